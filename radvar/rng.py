@@ -1,0 +1,89 @@
+"""Random streams for RAD, isolated from torch's global RNG.
+
+Contract:
+
+* Every RAD draw comes from a ``torch.Generator`` seeded from a 64-bit key
+  that :func:`next_key` hands out. The key is a Python ``int``: an op keeps it
+  in its context and rebuilds the same generator in backward, so indices and
+  projection matrices are regenerated, never stored.
+* Keys are a pure function of (base seed, distributed rank, call counter).
+  :func:`seed` sets the base seed and resets the counter, so the same program
+  run twice on the same device draws bitwise the same sketches; each rank of a
+  ``torch.distributed`` job gets its own stream.
+* torch's global generator is never read or advanced: turning RAD on does not
+  change the user's data order or dropout draws.
+* Inside ``with radvar.exact():`` RAD layers compute exact gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Iterator
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    """One step of splitmix64 (Steele, Lea, Flood 2014): a bijective 64-bit mixer."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.base = int.from_bytes(os.urandom(8), "little")
+        self.counter = 0
+        self.exact_depth = 0
+
+
+_state = _State()
+
+
+def seed(n: int) -> None:
+    """Make RAD draws reproducible: set the base seed and restart the stream."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"radvar.seed: n must be an int, got {n!r} ({type(n).__name__})")
+    _state.base = n & _MASK64
+    _state.counter = 0
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
+def next_key() -> int:
+    """A fresh 63-bit key for one RAD draw (one op call in forward)."""
+    _state.counter += 1
+    z = _splitmix64(_state.base ^ _splitmix64(_rank() + 1))
+    return _splitmix64(z ^ _state.counter) >> 1
+
+
+def generator(key: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with ``key``; same key, same draws."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(key)
+    return gen
+
+
+def is_exact() -> bool:
+    """True inside :func:`exact`."""
+    return _state.exact_depth > 0
+
+
+@contextlib.contextmanager
+def exact() -> Iterator[None]:
+    """Compute exact gradients in RAD layers (no sketching, full activations kept)."""
+    _state.exact_depth += 1
+    try:
+        yield
+    finally:
+        _state.exact_depth -= 1

@@ -1,0 +1,84 @@
+"""Importance (Poisson) sampling: keep x_ij with probability π_ij ∝ |x_ij|, capped at 1.
+
+Per row, π_ij = min(1, c_i |x_ij|) with c_i chosen so that Σ_j π_ij = keep · n
+(the expected number kept), the minimiser of Σ_j x_ij² / π_ij under that
+budget; kept values are scaled by 1/π_ij, so E[x̂] = x and
+Var(Ĝ) = Σ_ij (1/π_ij - 1) x_ij² ‖g_i‖² (../shared/DESIGN.md §2).
+The kept positions depend on the data, so they are stored: as a bitmap
+(n/8 bytes a row) or as int16 column indices plus per-row counts, whichever
+is smaller for this draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .. import _bits
+from .base import Meta, Saved, Sketch, itemsize
+
+
+def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
+    """π = min(1, c |x|) per row with Σ_j π_ij = min(keep · n, nnz_i)."""
+    a = x.detach().abs().float()
+    n = a.shape[1]
+    budget = keep * n
+    s, _ = a.sort(dim=1, descending=True)
+    tail = s.flip(1).cumsum(1).flip(1)  # tail[:, t] = Σ_{j >= t} s_j
+    t = torch.arange(n, device=a.device, dtype=a.dtype)
+    # t capped entries work when the (t+1)-th largest stays below the cap
+    ok = (budget - t) * s <= tail
+    first = ok.to(torch.int8).argmax(dim=1, keepdim=True)
+    c = (budget - first.to(a.dtype)) / tail.gather(1, first).clamp_min(torch.finfo(a.dtype).tiny)
+    nnz = (a > 0).sum(1, keepdim=True)
+    pi = (c * a).clamp_max_(1.0)
+    pi = torch.where(nnz.to(a.dtype) <= budget, (a > 0).to(a.dtype), pi)
+    return pi
+
+
+@dataclasses.dataclass(frozen=True)
+class Importance(Sketch):
+    """Poisson sampling with probability proportional to |x|, expected keep · n per row."""
+
+    per_example: bool = True
+    kind = "importance"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.per_example:
+            raise ValueError("Importance: per_example must be True (its probabilities depend on each row)")
+
+    def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
+        rows, n = x.shape
+        pi = inclusion_probabilities(x, self.keep)
+        mask = torch.rand(rows, n, generator=gen, device=x.device) < pi
+        values = (x[mask].float() / pi[mask]).to(x.dtype)
+        nnz = values.numel()
+        bitmap_bytes = (rows * n + 7) // 8
+        if n <= torch.iinfo(torch.int16).max and 2 * nnz + 4 * rows < bitmap_bytes:
+            cols = mask.nonzero()[:, 1].to(torch.int16)
+            counts = mask.sum(1, dtype=torch.int32)
+            return (values, cols, counts), {"shape": (rows, n), "format": "int16"}
+        return (values, _bits.pack(mask)), {"shape": (rows, n), "format": "bitmap"}
+
+    def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
+        rows, n = meta["shape"]
+        values = saved[0]
+        out = values.new_zeros(rows, n)
+        if meta["format"] == "int16":
+            cols, counts = saved[1], saved[2]
+            row_idx = torch.repeat_interleave(torch.arange(rows, device=values.device), counts.long())
+            out[row_idx, cols.long()] = values
+        else:
+            out[_bits.unpack(saved[1], (rows, n))] = values
+        return out
+
+    def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
+        """Upper bound: every row keeps keep · n values (fewer when x has zeros)."""
+        rows, n = shape
+        nnz = round(self.keep * rows * n)
+        index = (rows * n + 7) // 8
+        if n <= torch.iinfo(torch.int16).max:
+            index = min(index, 2 * nnz + 4 * rows)
+        return nnz * itemsize(dtype) + index

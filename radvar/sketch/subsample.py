@@ -1,0 +1,82 @@
+"""Feature subsampling: keep k = ceil(keep * n) features, scale n / k.
+
+Shared (``per_example=False``, the paper's "same sample"): one index set for
+all rows, so ``a @ x̂`` fills only k columns and costs k/n of the dense product.
+Per example ("different sample"): an independent set per row.
+Without replacement the estimator is unbiased since P(j kept) = k/n; with
+replacement each of k uniform draws contributes n/k times its column.
+Variances: ../shared/DESIGN.md §2 (shared: (n/k - 1)‖G‖² without, (n-1)/k ‖G‖²
+with replacement; per row: (n/k - 1) Σ_i ‖g_i‖²‖x_i‖²).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .base import Meta, Saved, Sketch, itemsize, kept_count
+
+
+@dataclasses.dataclass(frozen=True)
+class Subsample(Sketch):
+    """k of n features, one set for all rows or one per row, scaled by n/k."""
+
+    replace: bool = False
+    kind = "subsample"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.replace, bool):
+            raise TypeError(f"Subsample: replace must be a bool, got {self.replace!r}")
+
+    def _indices(self, rows: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        k = kept_count(self.keep, n)
+        if self.per_example:
+            if self.replace:
+                return torch.randint(0, n, (rows, k), generator=gen, device=device)
+            return torch.rand(rows, n, generator=gen, device=device).topk(k, dim=1, sorted=False).indices
+        if self.replace:
+            return torch.randint(0, n, (k,), generator=gen, device=device)
+        return torch.randperm(n, generator=gen, device=device)[:k]
+
+    def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
+        rows, n = x.shape
+        idx = self._indices(rows, n, gen, x.device)
+        kept = x.gather(1, idx) if self.per_example else x.index_select(1, idx)
+        return (kept,), {"shape": (rows, n)}
+
+    def _scale(self, n: int) -> float:
+        return n / kept_count(self.keep, n)
+
+    def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
+        (kept,) = saved
+        rows, n = meta["shape"]
+        idx = self._indices(rows, n, gen, kept.device)
+        scaled = kept * self._scale(n)
+        out = kept.new_zeros(rows, n)
+        if self.per_example:
+            return out.scatter_add_(1, idx, scaled) if self.replace else out.scatter_(1, idx, scaled)
+        return out.index_add_(1, idx, scaled) if self.replace else out.index_copy_(1, idx, scaled)
+
+    def left_matmul(self, a: torch.Tensor, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
+        if self.per_example:
+            return super().left_matmul(a, saved, meta, gen)
+        (kept,) = saved
+        rows, n = meta["shape"]
+        idx = self._indices(rows, n, gen, kept.device)
+        cols = (a @ kept).mul_(self._scale(n))
+        out = cols.new_zeros(a.shape[0], n)
+        return out.index_add_(1, idx, cols) if self.replace else out.index_copy_(1, idx, cols)
+
+    def right_matmul(self, saved: Saved, meta: Meta, gen: torch.Generator, b: torch.Tensor) -> torch.Tensor:
+        if self.per_example:
+            return super().right_matmul(saved, meta, gen, b)
+        (kept,) = saved
+        rows, n = meta["shape"]
+        idx = self._indices(rows, n, gen, kept.device)
+        return (kept @ b.index_select(0, idx)).mul_(self._scale(n))
+
+    def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
+        rows, n = shape
+        return rows * kept_count(self.keep, n) * itemsize(dtype)
