@@ -75,9 +75,18 @@ class LCG:
                 if indeg[v] == 0:
                     ready.append(v)
         if len(order) < len(self.sizes):
-            stuck = sorted(v for v in self.sizes if indeg[v] > 0)
-            raise ValueError(f"LCG: the edges form a cycle through nodes {stuck}; an LCG must be acyclic")
+            raise ValueError(f"LCG: the edges form a cycle {' -> '.join(self._cycle(indeg))}; an LCG must be acyclic")
         return order
+
+    def _cycle(self, indeg: dict[str, int]) -> list[str]:
+        """One cycle among the nodes a topological sort could not place (each has such a predecessor)."""
+        v = next(v for v in self.sizes if indeg[v] > 0)
+        seen: list[str] = []
+        while v not in seen:
+            seen.append(v)
+            v = next(u for u in self.pred[v] if indeg[u] > 0)
+        cycle = seen[seen.index(v):][::-1]
+        return cycle + [cycle[0]]
 
     def _relevant(self, order: list[str]) -> list[str]:
         """Topological order of the nodes on some input → output path."""

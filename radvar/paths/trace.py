@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import types
+
 import torch
 import torch.fx
 
@@ -31,6 +33,9 @@ def trace(fn: Callable[[torch.Tensor], torch.Tensor] | torch.nn.Module, x: torch
     """The LCG of ``fn`` (one tensor in, one tensor out) at the point ``x``; its Jacobian is ``∂fn(x)/∂x``."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"trace: x must be a floating torch.Tensor, got {type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+    if not isinstance(fn, (torch.nn.Module, types.FunctionType)):
+        op = fn
+        fn = lambda t: op(t)  # noqa: E731  (fx traces Python functions and modules, not builtins)
     gm = torch.fx.symbolic_trace(fn)
     env: dict[torch.fx.Node, Any] = {}
     depends: set[torch.fx.Node] = set()
