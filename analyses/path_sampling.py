@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from radvar.paths import (  # noqa: E402
-    LCG, EdgeBernoulli, Estimator, Injection, PathSampling, from_jacobians, jacobian, monte_carlo, trace,
+    LCG, EdgeBernoulli, Estimator, Injection, PathSampling, from_jacobians, jacobian, trace,
 )
 
 parser = argparse.ArgumentParser(description=__doc__)

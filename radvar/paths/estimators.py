@@ -128,7 +128,7 @@ class PathSampling(Estimator):
         p = paths(lcg)
         q = paths(omega).weight / total
         m, n = lcg.shape
-        _check_outcomes(float(q.numel()) ** self.n * m * n / 64, "PathSampling")
+        _check_outcomes(float(q.numel()) ** self.n, "PathSampling")
         tuples = torch.cartesian_prod(*[torch.arange(q.numel())] * self.n).reshape(-1, self.n)
         values = torch.zeros(tuples.shape[0], m * n, dtype=lcg.dtype)
         for j in range(self.n):
@@ -259,7 +259,7 @@ class Injection(Estimator):
             return {v: bernoulli_node_map(self.keep) for v in self._check(lcg)}
         return {v: projection_node_map(self._k(lcg.sizes[v]), self.dist) for v in self._check(lcg)}
 
-    def _matrices(self, signs: torch.Tensor, size: int) -> torch.Tensor:
+    def _matrices(self, signs: torch.Tensor) -> torch.Tensor:
         """``Q`` from raw draws: ``(…, s)`` 0/1 masks or ``(…, s, k)`` unit-variance entries."""
         if self.dist == "bernoulli":
             return torch.diag_embed(signs / self.keep)
@@ -277,7 +277,7 @@ class Injection(Estimator):
                 raw = torch.randint(0, 2, (draws, s, self._k(s)), generator=gen).to(lcg.dtype) * 2 - 1
             else:
                 raw = torch.randn((draws, s, self._k(s)), generator=gen, dtype=lcg.dtype)
-            nodes[v] = self._matrices(raw, s)
+            nodes[v] = self._matrices(raw)
         return accumulate(lcg, nodes=nodes).expand(draws, *lcg.shape)
 
     def variance(self, lcg: LCG) -> torch.Tensor:
@@ -302,7 +302,7 @@ class Injection(Estimator):
             raw = bits[:, col:col + width]
             s = lcg.sizes[v]
             raw = raw if self.dist == "bernoulli" else (2 * raw - 1).view(-1, s, self._k(s))
-            mats[v] = self._matrices(raw, s)
+            mats[v] = self._matrices(raw)
             col += width
         return probs, accumulate(lcg, nodes=mats).expand(bits.shape[0], *lcg.shape)
 

@@ -62,6 +62,7 @@ class LCG:
         if self.succ[output]:
             raise ValueError(f"LCG: the output node {output!r} must have no out-edges, got edges to {self.succ[output]}")
         self.order = self._relevant(self._toposort())
+        self._kept = frozenset(self.order)
 
     def _toposort(self) -> list[str]:
         indeg = {v: len(p) for v, p in self.pred.items()}
@@ -106,13 +107,11 @@ class LCG:
 
     def out_edges(self, u: str) -> list[Edge]:
         """Edges from ``u`` to nodes on an input → output path."""
-        kept = set(self.order)
-        return [(u, v) for v in self.succ[u] if v in kept]
+        return [(u, v) for v in self.succ[u] if v in self._kept]
 
     def in_edges(self, v: str) -> list[Edge]:
         """Edges into ``v`` from nodes on an input → output path."""
-        kept = set(self.order)
-        return [(u, v) for u in self.pred[v] if u in kept]
+        return [(u, v) for u in self.pred[v] if u in self._kept]
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "LCG":
         """The same graph with every edge matrix ``M`` replaced by ``fn(M)``."""
@@ -120,8 +119,7 @@ class LCG:
 
     def scalar_edge_count(self) -> int:
         """Number of scalar edges (nonzero entries) on input → output paths."""
-        kept = set(self.order)
-        return sum(int((m != 0).sum()) for (u, v), m in self.edges.items() if u in kept and v in kept)
+        return sum(int((m != 0).sum()) for (u, v), m in self.edges.items() if u in self._kept and v in self._kept)
 
     def __repr__(self) -> str:
         return f"LCG(nodes={len(self.sizes)}, edges={len(self.edges)}, input={self.input!r}, output={self.output!r}, shape={self.shape})"
