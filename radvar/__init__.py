@@ -1,8 +1,10 @@
 """radvar: randomized automatic differentiation (RAD) for PyTorch, with its variance made measurable."""
 
-from . import rng, sketch
-from .rng import exact, seed
-
 __version__ = "0.1.0"
 
-__all__ = ["rng", "sketch", "seed", "exact", "__version__"]
+from . import layers, memory, ops, rng, sketch  # noqa: E402
+from .convert import convert  # noqa: E402
+from .plan import Plan  # noqa: E402
+from .rng import exact, seed  # noqa: E402
+
+__all__ = ["rng", "sketch", "ops", "layers", "memory", "convert", "Plan", "seed", "exact", "__version__"]

@@ -1,0 +1,60 @@
+"""Side-by-side measurements: plain PyTorch against RAD conversions, in one process.
+
+For each configuration: bytes autograd keeps for backward (the ledger of
+:mod:`radvar.memory`) and the median wall time of a forward+backward step.
+Steps of all configurations are interleaved round by round, so slow drifts of
+the machine (other processes, clock changes) hit every configuration alike;
+ratios are taken against the plain model measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .convert import convert
+from .memory import saved_bytes
+from .sketch import Sketch
+
+PLAIN = "plain PyTorch"
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> None:
+    loss_fn(model(x), y).backward()
+    for p in model.parameters():
+        p.grad = None
+
+
+def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+            sketches: Sequence[Sketch], reps: int = 20, warmup: int = 3,
+            progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """One row per configuration (plain, then each sketch): saved bytes, median step
+    seconds, and both as ratios to plain (``memory_ratio`` = plain / config,
+    ``time_ratio`` = config / plain)."""
+    configs: dict[str, nn.Module] = {PLAIN: model}
+    for sk in sketches:
+        configs[sk.label()] = convert(model, sk)
+    bytes_ = {name: saved_bytes(m, x, loss_fn, y).total for name, m in configs.items()}
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for rep in range(warmup + reps):
+        for name, m in configs.items():
+            if progress:
+                progress(name)
+            start = time.perf_counter()
+            _step(m, x, y, loss_fn)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
+    rows = []
+    for name in configs:
+        med = statistics.median(times[name])
+        rows.append({"config": name, "saved_bytes": bytes_[name], "step_ms": med * 1e3,
+                     "memory_ratio": bytes_[PLAIN] / bytes_[name],
+                     "time_ratio": med / statistics.median(times[PLAIN])})
+    return pd.DataFrame(rows)

@@ -1,0 +1,123 @@
+"""What autograd keeps for backward, measured.
+
+:func:`saved_bytes` runs one forward pass (and the loss) under
+``torch.autograd.graph.saved_tensors_hooks`` and records every tensor packed
+for backward. The ledger counts each underlying storage once (views of one
+storage share bytes), excludes the model's parameters, and attributes each
+storage to the innermost module running when it was first packed; tensors
+packed by the loss go to ``"(loss)"``, those packed outside any module to
+``"(top)"``. It measures what autograd holds, not what a sketch promises:
+masks, indices and metadata tensors are all counted.
+
+:func:`cuda_peak_bytes` is the end-to-end measure on a GPU: the rise of
+``torch.cuda.max_memory_allocated`` over one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+LOSS = "(loss)"
+TOP = "(top)"
+
+
+@dataclasses.dataclass
+class SavedBytesReport:
+    """``total`` bytes kept for backward; ``per_module``: module, type, bytes, tensors."""
+
+    total: int
+    per_module: pd.DataFrame
+
+    def summary(self) -> str:
+        table = self.per_module.to_string(index=False)
+        return f"{table}\ntotal saved for backward: {self.total:,} bytes"
+
+    def _repr_html_(self) -> str:
+        return self.per_module.to_html(index=False) + f"<p>total: {self.total:,} bytes</p>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "per_module": self.per_module.to_dict(orient="records")}
+
+
+def _as_tuple(inputs: Any) -> tuple:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
+                loss_fn: Callable[..., torch.Tensor] | None = None,
+                targets: torch.Tensor | None = None) -> SavedBytesReport:
+    """Ledger of the bytes autograd keeps after ``loss_fn(model(*inputs)[, targets])``.
+
+    ``inputs`` is a tensor or a tuple of positional inputs. Without ``loss_fn``
+    only the model's forward is measured.
+    """
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    names = {m: (name or TOP) for name, m in model.named_modules()}
+    stack: list[str] = []
+    seen: dict[int, tuple[int, str]] = {}
+    count: dict[str, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in param_storages or storage.nbytes() == 0:
+            return t
+        owner = stack[-1] if stack else TOP
+        if ptr not in seen:
+            seen[ptr] = (storage.nbytes(), owner)
+            count[owner] = count.get(owner, 0) + 1
+        return t
+
+    called: list[str] = []
+
+    def enter(module: nn.Module, args: Any) -> None:
+        stack.append(names[module])
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        name = stack.pop()
+        if not list(module.children()):
+            called.append(name)
+
+    handles = []
+    for module in names:
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(*_as_tuple(inputs))
+            if loss_fn is not None:
+                stack.append(LOSS)
+                loss = loss_fn(out, targets) if targets is not None else loss_fn(out)
+                stack.pop()
+                del loss
+            del out
+    finally:
+        for h in handles:
+            h.remove()
+
+    per: dict[str, int] = {}
+    for nbytes, owner in seen.values():
+        per[owner] = per.get(owner, 0) + nbytes
+    modules = dict(model.named_modules())
+    order = list(dict.fromkeys(called + list(per)))
+    rows = [{"module": n, "type": type(modules[n]).__name__ if n in modules else n,
+             "bytes": per.get(n, 0), "tensors": count.get(n, 0)} for n in order]
+    frame = pd.DataFrame(rows, columns=["module", "type", "bytes", "tensors"])
+    return SavedBytesReport(total=sum(per.values()), per_module=frame)
+
+
+def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:
+    """Rise of CUDA peak allocated memory over one call of ``fn`` (bytes)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_peak_bytes needs a CUDA device; torch.cuda.is_available() is False")
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base

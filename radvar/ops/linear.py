@@ -1,0 +1,63 @@
+"""RAD linear map ``y = x Wᵀ + b`` for inputs of any leading dims.
+
+Saved for backward: W and a sketch of x (never x itself). Gradients:
+``∂x = g W`` and ``∂b = Σ_rows g`` exactly; ``∂W = gᵀ x̂`` with E[x̂] = x, so
+E[∂W] = gᵀ x, the exact weight gradient (Oktay et al., ICLR 2021, §4).
+
+Views (``sketch.axis``): ``None``/``"features"`` — rows are all leading dims,
+the sketch samples the n input features; ``"rows"`` — the sketch samples rows
+(tokens / examples) of the (rows, n) view: ∂W = (Ŷ g)ᵀ with Y = xᵀ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .. import rng
+from ..sketch import Sketch
+from ._autocast import autocast_dtype, autocast_off, cast
+
+AXES = (None, "features", "rows")
+
+
+class RADLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                sketch: Sketch, key: int) -> torch.Tensor:
+        x, weight, bias = cast(autocast_dtype(x), x, weight, bias)
+        with autocast_off(x):
+            y = F.linear(x, weight, bias)
+        view = x.reshape(-1, x.shape[-1])
+        if sketch.axis == "rows":
+            view = view.t()
+        saved, meta = sketch.compress(view, rng.generator(key, x.device))
+        ctx.save_for_backward(weight, *saved)
+        ctx.sketch, ctx.meta, ctx.key = sketch, meta, key
+        ctx.x_shape, ctx.has_bias = x.shape, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        weight, *saved = ctx.saved_tensors
+        gy = gy.to(weight.dtype)
+        g2d = gy.reshape(-1, gy.shape[-1])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = (gy @ weight).view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            gen = rng.generator(ctx.key, gy.device)
+            if ctx.sketch.axis == "rows":
+                gw = ctx.sketch.right_matmul(tuple(saved), ctx.meta, gen, g2d).t()
+            else:
+                gw = ctx.sketch.left_matmul(g2d.t(), tuple(saved), ctx.meta, gen)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2d.sum(0)
+        return gx, gw, gb, None, None
+
+
+def rad_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sketch: Sketch) -> torch.Tensor:
+    """``F.linear`` with a randomized weight gradient; one fresh RAD draw per call."""
+    return RADLinearFunction.apply(x, weight, bias, sketch, rng.next_key())

@@ -1,0 +1,65 @@
+"""Built-in models and data: the paper's networks, scikit-learn's bundled digits, synthetic data.
+
+Models (Oktay et al., ICLR 2021, §6): ``mlp`` — 784-300-300-300-10 with ReLU;
+``cnn`` — conv 5x5 pad 2: 3→16→32, avgpool 2, 32→32→32, avgpool 2,
+linear 2048→10, ReLU after each conv; ``wide_mlp`` — 2048-2048-2048-2048-10.
+``mlp(in_features=64)`` fits 8x8 digits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def mlp(in_features: int = 784, hidden: int = 300, depth: int = 3, classes: int = 10) -> nn.Sequential:
+    """The paper's feedforward net: ``depth`` hidden ReLU layers of width ``hidden``."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, classes))
+    return nn.Sequential(*layers)
+
+
+def wide_mlp(width: int = 2048, depth: int = 3, classes: int = 10) -> nn.Sequential:
+    """A wide MLP (2048-2048-2048-2048-10 by default) whose step is dominated by matmuls."""
+    return mlp(width, width, depth, classes)
+
+
+def cnn(in_channels: int = 3, classes: int = 10, image: int = 32) -> nn.Sequential:
+    """The paper's CIFAR-10 CNN (for ``image`` divisible by 4)."""
+    if image % 4:
+        raise ValueError(f"cnn: image must be divisible by 4 (two 2x2 pools), got {image}")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 5, padding=2), nn.ReLU(),
+        nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(),
+        nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * (image // 4) ** 2, classes),
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "wide_mlp": wide_mlp}
+
+
+def digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download): inputs (N, 64) in [0, 1], labels (N,)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.as_tensor(data.data, dtype=dtype) / 16.0
+    return x, torch.as_tensor(data.target, dtype=torch.long)
+
+
+def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int = 0,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian inputs of ``shape`` with uniform labels, from a private generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *shape), generator=gen, dtype=dtype), torch.randint(0, classes, (n,), generator=gen)

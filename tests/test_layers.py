@@ -1,0 +1,122 @@
+"""Twins, convert() and Plan: exactness of compact twins, structure, validation, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import radvar
+from radvar import Plan, zoo
+from radvar.layers import RADConv2d, RADLinear
+from radvar.sketch import Projection, Subsample
+
+COMPACT = [
+    (nn.ReLU(), (4, 3, 8, 8)),
+    (nn.LeakyReLU(0.2), (4, 3, 8, 8)),
+    (nn.AvgPool1d(3, 2, 1), (4, 3, 11)),
+    (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), (4, 3, 9, 7)),
+    (nn.AvgPool2d(2, divisor_override=3), (4, 3, 8, 8)),
+    (nn.AdaptiveAvgPool2d((3, 2)), (4, 3, 9, 7)),
+    (nn.MaxPool2d(3, 2, 1, dilation=1, ceil_mode=True), (4, 3, 9, 7)),
+    (nn.MaxPool2d(2, 1, 0, dilation=2), (4, 3, 8, 8)),
+    (nn.Dropout(0.3), (4, 3, 8, 8)),
+]
+
+
+@pytest.mark.parametrize("module,shape", COMPACT, ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else "")
+def test_compact_twins_are_exact_and_keep_less(module, shape):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    twin = radvar.convert(module, None)
+    assert type(twin) is not type(module) and isinstance(twin, type(module))
+    torch.manual_seed(5)
+    y_ref = module(x)
+    torch.manual_seed(5)
+    y = twin(x)
+    assert torch.equal(y, y_ref)
+    gy = torch.randn_like(y)
+    assert torch.equal(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(y_ref, x, gy)[0])
+    plain = radvar.memory.saved_bytes(module, x).total
+    compact = radvar.memory.saved_bytes(twin, x).total
+    assert compact <= plain / 8
+
+
+def test_convert_keeps_parameters_state_dict_and_original():
+    model = zoo.cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rad = radvar.convert(model, Subsample(0.1))
+    assert isinstance(rad[0], RADConv2d) and isinstance(rad[-1], RADLinear)
+    assert type(model[0]) is nn.Conv2d  # the original is untouched
+    assert rad.state_dict().keys() == model.state_dict().keys()
+    for k, v in rad.state_dict().items():
+        assert torch.equal(v, before[k])
+    same = radvar.convert(model, Subsample(0.1), inplace=True)
+    assert same is model and isinstance(model[0], RADConv2d)
+
+
+def test_user_subclasses_and_unplanned_modules_are_left_alone():
+    class MyLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = nn.Sequential(MyLinear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    rad = radvar.convert(model, Subsample(0.5))
+    assert type(rad[0]) is MyLinear and type(rad[1]) is nn.LayerNorm and isinstance(rad[2], RADLinear)
+    assert set(Plan.uniform(model, Subsample(0.5))) == {"2"}
+
+
+def test_plan_validation_errors():
+    model = zoo.mlp(in_features=8, hidden=6)
+    with pytest.raises(ValueError, match=r"Plan names module '9', which the model does not have"):
+        radvar.convert(model, Plan({"9": Subsample(0.1)}))
+    with pytest.raises(TypeError, match=r"Plan entry '1' is a ReLU, which radvar cannot randomize; supported"):
+        radvar.convert(model, Plan({"1": Subsample(0.1)}))
+    with pytest.raises(ValueError, match=r"axis 'positions' is not allowed; allowed: \[None, 'features', 'rows'\]"):
+        radvar.convert(model, Plan({"0": Subsample(0.1, axis="positions")}))
+    with pytest.raises(TypeError, match="must be a radvar.sketch.Sketch or None"):
+        Plan({"0": 0.1})
+    with pytest.raises(TypeError, match="convert: expected a radvar.Plan"):
+        radvar.convert(model, 0.1)
+
+
+def test_plan_json_round_trip(tmp_path):
+    model = zoo.mlp(in_features=8, hidden=6)
+    plan = Plan({"0": Subsample(0.1), "2": Projection(0.3, dist="gaussian"), "4": None}, {"budget": 123})
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    loaded = Plan.load(path)
+    assert loaded == plan and loaded.provenance == {"budget": 123}
+    assert json.loads(path.read_text())["entries"]["4"] == "exact"
+    rad = radvar.convert(model, loaded)
+    assert rad[4].sketch is None and rad[2].sketch == Projection(0.3, dist="gaussian")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**plan.to_dict(), "version": 99}))
+    with pytest.raises(ValueError, match="unsupported plan version 99"):
+        Plan.load(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Plan.load(bad)
+    assert [p.name for p in tmp_path.iterdir()] and not any(p.name.startswith(".plan-") for p in tmp_path.iterdir())
+
+
+def test_extra_repr_names_the_sketch():
+    rad = radvar.convert(zoo.mlp(8, 6), Subsample(0.1))
+    assert "sketch=Subsample(0.1, shared)" in repr(rad)
+
+
+def test_training_step_runs_end_to_end():
+    x, y = zoo.digits()
+    model = radvar.convert(zoo.mlp(in_features=64), Subsample(0.2))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for i in range(60):
+        idx = slice(i * 25 % 1500, i * 25 % 1500 + 150)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses

@@ -1,0 +1,101 @@
+"""The catalogue: validation, serialisation, contractions, saved bytes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from radvar import _bits, rng
+from radvar.sketch import Bernoulli, Importance, Projection, Sketch, Subsample, inclusion_probabilities
+
+ALL = [Bernoulli(0.25), Bernoulli(0.25, per_example=False), Subsample(0.25), Subsample(0.25, per_example=True),
+       Subsample(0.25, replace=True), Subsample(0.25, True, replace=True), Projection(0.25),
+       Projection(0.25, dist="gaussian", per_example=True), Importance(0.25)]
+
+
+@pytest.mark.parametrize("cls", [Bernoulli, Subsample, Projection, Importance])
+@pytest.mark.parametrize("keep", [0, -0.1, 1.0001, 2, math.nan, math.inf])
+def test_bad_keep_is_a_value_error_naming_the_value(cls, keep):
+    with pytest.raises(ValueError, match=r"keep must be in \(0, 1\], got"):
+        cls(keep)
+
+
+@pytest.mark.parametrize("keep", ["0.1", None, True])
+def test_non_numeric_keep_is_a_type_error(keep):
+    with pytest.raises(TypeError, match="keep must be a number"):
+        Subsample(keep)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match=r"dist must be one of \('rademacher', 'gaussian'\), got 'uniform'"):
+        Projection(0.1, dist="uniform")
+    with pytest.raises(ValueError, match="axis must be one of"):
+        Subsample(0.1, axis="channels")
+    with pytest.raises(ValueError, match="per_example must be True"):
+        Importance(0.1, per_example=False)
+    with pytest.raises(TypeError, match="replace must be a bool"):
+        Subsample(0.1, replace="yes")
+    with pytest.raises(ValueError, match="unknown sketch kind 'sparse'"):
+        Sketch.from_dict({"kind": "sparse", "keep": 0.1})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['scale'\]"):
+        Sketch.from_dict({"kind": "subsample", "keep": 0.1, "scale": 2})
+
+
+@pytest.mark.parametrize("sketch", ALL, ids=lambda s: s.label())
+def test_round_trip_and_contractions(sketch):
+    assert Sketch.from_dict(sketch.to_dict()) == sketch
+    x = torch.randn(9, 16, dtype=torch.float64).relu()
+    saved, meta = sketch.compress(x, rng.generator(3, "cpu"))
+    dense = sketch.restore(saved, meta, rng.generator(3, "cpu"))
+    a, b = torch.randn(4, 9, dtype=torch.float64), torch.randn(16, 5, dtype=torch.float64)
+    torch.testing.assert_close(sketch.left_matmul(a, saved, meta, rng.generator(3, "cpu")), a @ dense)
+    torch.testing.assert_close(sketch.right_matmul(saved, meta, rng.generator(3, "cpu"), b), dense @ b)
+
+
+@pytest.mark.parametrize("sketch", [s for s in ALL if not isinstance(s, (Bernoulli, Importance))],
+                         ids=lambda s: s.label())
+def test_saved_bytes_matches_what_compress_keeps(sketch):
+    x = torch.randn(30, 40)
+    saved, _ = sketch.compress(x, rng.generator(1, "cpu"))
+    assert sum(t.numel() * t.element_size() for t in saved) == sketch.saved_bytes((30, 40), torch.float32)
+
+
+def test_random_size_sketches_keep_their_expected_bytes_on_average():
+    x = torch.randn(50, 64)
+    for sketch in [Bernoulli(0.2), Importance(0.2)]:
+        sizes = [sum(t.numel() * t.element_size() for t in sketch.compress(x, rng.generator(i, "cpu"))[0])
+                 for i in range(50)]
+        expected = sketch.saved_bytes((50, 64))
+        assert abs(sum(sizes) / len(sizes) - expected) < 0.05 * expected
+
+
+def test_importance_probabilities():
+    x = torch.tensor([[10.0, 1.0, 1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 3.0, 0.0, 0.0, 0.0]])
+    pi = inclusion_probabilities(x, keep=0.5)  # budget 3 per row
+    torch.testing.assert_close(pi[0], torch.tensor([1.0, 0.5, 0.5, 0.5, 0.0, 0.5]))
+    torch.testing.assert_close(pi[1], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    big = torch.randn(20, 50)
+    pi = inclusion_probabilities(big, keep=0.1)
+    torch.testing.assert_close(pi.sum(1), torch.full((20,), 5.0))
+    assert (pi <= 1).all() and (pi >= 0).all()
+
+
+def test_importance_picks_the_smaller_index_format():
+    x = torch.randn(40, 1000)
+    assert Importance(0.01).compress(x, rng.generator(0, "cpu"))[1]["format"] == "int16"
+    assert Importance(0.5).compress(x, rng.generator(0, "cpu"))[1]["format"] == "bitmap"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=200))
+def test_bit_packing_round_trip(bits):
+    mask = torch.tensor(bits)
+    packed = _bits.pack(mask)
+    assert packed.numel() == (len(bits) + 7) // 8
+    assert torch.equal(_bits.unpack(packed, mask.shape), mask)
+    torch.testing.assert_close(_bits.select(packed, mask.shape, 2.0, -1.0, torch.float64),
+                               torch.where(mask, 2.0, -1.0).double())
