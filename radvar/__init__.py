@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from . import layers, memory, ops, rng, sketch  # noqa: E402
+from . import layers, memory, ops, paths, rng, sketch  # noqa: E402
 from .convert import convert  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .rng import exact, seed  # noqa: E402
 
-__all__ = ["rng", "sketch", "ops", "layers", "memory", "convert", "Plan", "seed", "exact", "__version__"]
+__all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "convert", "Plan", "seed", "exact", "__version__"]
