@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
@@ -37,6 +38,7 @@ args, _ = parser.parse_known_args()
 
 torch.set_num_threads(1)  # thousands of tiny batched matmuls per gradient: intra-op threads only add contention
 KEEPS = [1.0, 0.1, 0.01, 0.005, 0.002, 0.001]
+REPEATS = [0.01, 0.01]  # two more independent RAD runs at the goal keep (same start)
 if args.quick:
     SETTING = {"time_steps": 256, "adam_steps": 30, "draws": 16, "dtype": torch.float32}
     prefix = "pde_control_quick"
@@ -56,16 +58,19 @@ print(prob, SETTING)
 # %%
 radvar.seed(SEED)
 t0 = time.perf_counter()
-hist = pde.fit(prob, keep=KEEPS, steps=SETTING["adam_steps"], lr=LR, seed=SEED)
+hist = pde.fit(prob, keep=KEEPS + REPEATS, steps=SETTING["adam_steps"], lr=LR, seed=SEED)
 fit_seconds = time.perf_counter() - t0
-final = hist[hist.step == SETTING["adam_steps"]].set_index("keep").loss
+ends = hist[hist.step == SETTING["adam_steps"]]
+final = ends.groupby("keep").loss.agg(["count", "mean", "min", "max"])
+exact_final = final.loc[1.0, "mean"]
 start_loss = hist[hist.step == 0].loss.iloc[0]
 print(f"fit: {fit_seconds:.0f} s; start loss {start_loss:.4e}")
 print(final)
 
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 4))
-sns.lineplot(data=hist.assign(keep=hist.keep.map(lambda k: f"{k:g}")), x="step", y="loss", hue="keep", ax=ax, palette="viridis")
+labelled = hist.assign(keep=hist.keep.map(lambda k: f"{k:g}"))
+sns.lineplot(data=labelled, x="step", y="loss", hue="keep", units="run", estimator=None, ax=ax, palette="viridis", lw=1)
 ax.set_yscale("log")
 ax.set_xlabel("Adam step")
 ax.set_ylabel("exact loss J(theta)")
@@ -110,7 +115,8 @@ print(variance)
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
 axes[0].loglog(variance.keep, variance.relative, "o-", label="measured")
-ref = variance.relative.iloc[0] * (1 / variance.keep - 1) / (1 / variance.keep.iloc[0] - 1)
+shape = 1 / variance.keep - 1
+ref = shape * float(np.exp(np.mean(np.log(variance.relative) - np.log(shape))))  # least-squares fit in log space
 axes[0].loglog(variance.keep, ref, "--", color="grey", label="∝ 1/keep − 1")
 axes[0].set_xlabel("keep")
 axes[0].set_ylabel("tr Cov(ĝ) / ‖g‖²")
@@ -129,10 +135,15 @@ fig.savefig(args.out / f"{prefix}_variance_memory.png", dpi=120)
 
 # %%
 summary = pd.DataFrame({"keep": KEEPS})
-summary["final_loss"] = summary.keep.map(final)
-summary["ratio_vs_exact"] = summary.final_loss / final[1.0]
-summary["within_10pct"] = summary.ratio_vs_exact <= 1.10
-summary["min_loss"] = summary.keep.map(hist.groupby("keep").loss.min())
+summary["runs"] = summary.keep.map(final["count"])
+summary["final_loss"] = summary.keep.map(final["mean"])
+summary["ratio_vs_exact"] = summary.final_loss / exact_final
+summary["worst_ratio"] = summary.keep.map(final["max"]) / exact_final
+summary["within_10pct"] = summary.worst_ratio <= 1.10
+late = hist[hist.step >= 0.8 * SETTING["adam_steps"]]
+per_step_exact = late[late.keep == 1.0].set_index("step").loss
+late_ratio = late.assign(ratio=late.loss / late.step.map(per_step_exact)).groupby("keep").ratio.max()
+summary["late_max_ratio"] = summary.keep.map(late_ratio)
 summary["backward_bytes"] = [memory.bytes[0]] + [memory.bytes[i] for i in range(1, len(KEEPS))]
 summary["memory_ratio"] = summary.backward_bytes / memory.bytes[0]
 summary = summary.merge(variance[["keep", "relative"]].rename(columns={"relative": "relative_grad_variance"}), how="left")
@@ -158,7 +169,7 @@ Setting here vs the paper (Oktay et al., ICLR 2021, §5.3):
 | Adam steps, lr | {SETTING['adam_steps']}, {LR} | {PAPER['adam_steps']}, 1e-2 |
 | dtype | {str(SETTING['dtype']).replace('torch.', '')} | {PAPER['dtype']} |
 | start | constant 4.932, others U(-0.1, 0.1), seed {SEED} | same distribution |
-| runs | one Adam run per keep, same start; RAD seed {SEED} | |
+| runs | one Adam run per keep ({len(REPEATS) + 1} independent RAD runs at keep 0.01), same start; radvar.seed({SEED}) | |
 
 The horizon and Adam-step count are cut so the whole study runs in about ten
 minutes on 2 CPU cores (fit took {fit_seconds:.0f} s); dt is the paper's, so the
@@ -166,7 +177,10 @@ explicit scheme is as stable as there. Start loss {start_loss:.4e}.
 
 ## Final loss after {SETTING['adam_steps']} Adam steps, memory, variance
 
-`final_loss` is the exact loss of the last iterate; `backward_bytes` is measured by
+`final_loss` is the exact loss of the last iterate (mean over `runs`; `worst_ratio`
+uses the worst run; `within_10pct` means every run ended within 10% of the exact
+run); `late_max_ratio` is the largest loss / exact-run loss at the same step over the
+last 20% of steps (spikes from gradient noise); `backward_bytes` is measured by
 the saved-tensor ledger (keep 1 = the exact adjoint storing every state);
 `relative_grad_variance` = tr Cov(ĝ) / ‖g‖² at the start point from {SETTING['draws']} draws.
 

@@ -16,6 +16,9 @@ five-point Laplacian, interior points only (the boundary stays 0):
     phi_{s+1} = M_s phi_s,   M_s = I + r L + dt diag(S(t_s)),   r = D dt / dx^2,  t_s = s dt,
 
 stable for 4 r <= 1 (FTCS bound, e.g. LeVeque, *Finite Difference Methods*, 2007, §9.6).
+As L = T (x) I + I (x) T (T = tridiag(1, -2, 1)) and S does not depend on y, a step is two
+batched matrix products: M_s phi = (P + dt diag_x S_s) phi + phi Q, P = (1 - 4r) I + r Sh, Q = r Sh
+(Sh: ones on the first off-diagonals).
 Loss: J = sum_{s=1..T} dt * mean_grid (phi_s - target(t_s))^2, the mean over all
 n^2 grid points (boundary errors are 0).
 
@@ -31,7 +34,7 @@ through g_s (linear in phi_s) and the parameter contraction (linear in phi_s).
 Randomized adjoint. For each step s >= 1 forward keeps k = ceil(keep * m) of the
 m interior values of phi_s, drawn without replacement, independently per step
 (indices regenerated from a seed in backward, never stored). Backward uses
-phî_s = (m/k) P_s phi_s (zeros off the sample), so E[phî_s] = phi_s since each
+phî_s = (m/k) Pi_s phi_s (Pi_s the 0/1 diagonal of the sample), so E[phî_s] = phi_s since each
 point is kept with probability k/m. Then lambdâ is linear in the phî, so
 E[lambdâ_s] = lambda_s; and lambdâ_{s+1} depends only on the samples of steps
 > s, independent of the sample of step s, so
@@ -265,6 +268,8 @@ class ReactionDiffusion:
             out = self._autograd_loss(theta)
         else:
             every = None
+            if checkpoint_every is not None and method != "checkpoint":
+                raise ValueError(f"loss: checkpoint_every applies to method='checkpoint' only, got method={method!r}")
             if method == "checkpoint":
                 every = checkpoint_every or math.ceil(math.sqrt(self.steps))
                 if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -433,7 +438,8 @@ def fit(
     """Adam (lr ``lr``) on theta for ``steps`` iterations, one run per keep, all from the same start
     (:func:`initial_params` of ``seed`` unless ``init``), solved together in one vectorised batch.
 
-    Returns a long DataFrame (step, keep, loss, theta0..theta6): ``loss`` is the exact J of the
+    Returns a long DataFrame (run, step, keep, loss, theta0..theta6), ``run`` the row index of
+    ``keep`` (repeat a keep for independent RAD runs): ``loss`` is the exact J of the
     iterate at ``step`` (the forward pass is exact for every keep); step = ``steps`` is the end point.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -449,7 +455,7 @@ def fit(
     def log(step: int, losses: torch.Tensor) -> None:
         for r, k in enumerate(keeps):
             row = {f"theta{j}": float(v) for j, v in enumerate(theta[r].detach())}
-            records.append({"step": step, "keep": k, "loss": float(losses[r]), **row})
+            records.append({"run": r, "step": step, "keep": k, "loss": float(losses[r]), **row})
 
     for step in range(steps):
         opt.zero_grad()
