@@ -16,8 +16,13 @@ from .. import _bits
 class CompactLeakyReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
-        y = torch.relu(x) if slope == 0.0 else F.leaky_relu(x, slope)
-        ctx.save_for_backward(_bits.pack(x > 0))
+        if slope == 0.0:
+            y = torch.relu(x)
+            positive = y.bool()  # relu(x) != 0 iff x > 0 (a float->bool cast is cheaper than a compare)
+        else:
+            y = F.leaky_relu(x, slope)
+            positive = x > 0
+        ctx.save_for_backward(_bits.pack(positive))
         ctx.shape, ctx.slope = x.shape, slope
         return y
 
