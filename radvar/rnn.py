@@ -1,0 +1,142 @@
+"""IRNN: an Elman RNN with ReLU and identity recurrent init, and sequential digits.
+
+Cell (Elman 1990; identity init: Le, Jaitly & Hinton 2015, "A simple way to
+initialize recurrent networks of rectified linear units")::
+
+    h_t = relu(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh),   h_0 = 0 unless given
+
+with W_hh = I and zero biases at init; W_ih has ``nn.Linear``'s default init.
+:class:`IRNN`'s forward is a plain Python loop over steps built from
+``F.linear`` and ``torch.relu`` — the "plain PyTorch loop with the same cell"
+that RAD is measured against. Its RAD twin
+(:class:`radvar.layers.rnn.RADIRNN`) randomizes both weight gradients at every
+step. The paper's experiment (Oktay et al., ICLR 2021, §6) is an IRNN with
+hidden size 100 on sequential MNIST (784 steps); :func:`sequential_digits`
+gives the small stand-in bundled with scikit-learn: 8x8 digits read pixel by
+pixel in row-major order, 64 steps of one input each.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NONLINEARITIES = ("relu",)
+
+Cell = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _positive_int(value: object, name: str, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+class IRNN(nn.Module):
+    """Single-layer Elman RNN with ReLU: ``h_t = relu(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)``.
+
+    Parameters are named as in ``nn.RNN`` (``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh``, without the layer suffix). Input is
+    (batch, steps, input_size) with ``batch_first=True`` (default), else
+    (steps, batch, input_size). ``forward(x, h0=None)`` returns
+    ``(output, h_n)``: every hidden state, laid out like the input, and the
+    last one, (batch, hidden_size). Only ``nonlinearity="relu"`` is offered:
+    tanh's derivative needs its output, which would keep the full hidden state
+    for backward and void RAD's memory saving.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "relu", bias: bool = True,
+                 batch_first: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.input_size = _positive_int(input_size, "input_size", "IRNN")
+        self.hidden_size = _positive_int(hidden_size, "hidden_size", "IRNN")
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"IRNN: nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+        for name, flag in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"IRNN: {name} must be a bool, got {flag!r} ({type(flag).__name__})")
+        self.nonlinearity, self.batch_first = nonlinearity, batch_first
+        kw = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **kw))
+        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **kw))
+        self.bias_ih = nn.Parameter(torch.empty(hidden_size, **kw)) if bias else None
+        self.bias_hh = nn.Parameter(torch.empty(hidden_size, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """W_hh = I, biases 0 (Le et al. 2015); W_ih as ``nn.Linear`` (Kaiming uniform, a = √5)."""
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.weight_ih, a=5 ** 0.5)
+            self.weight_hh.copy_(torch.eye(self.hidden_size))
+            for b in (self.bias_ih, self.bias_hh):
+                if b is not None:
+                    b.zero_()
+
+    def cell(self, x_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One plain step: ``relu(F.linear(x_t, W_ih, b_ih) + F.linear(h, W_hh, b_hh))``."""
+        return torch.relu(F.linear(x_t, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh))
+
+    def _check(self, x: torch.Tensor, h0: torch.Tensor | None) -> None:
+        layout = "(batch, steps, input_size)" if self.batch_first else "(steps, batch, input_size)"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"IRNN: x must be a tensor {layout}, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[2] != self.input_size or 0 in x.shape:
+            raise ValueError(f"IRNN: x must have shape {layout} with input_size={self.input_size} and no "
+                             f"empty dimension, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"IRNN: x must be a floating-point tensor, got dtype {x.dtype}")
+        batch = x.shape[0] if self.batch_first else x.shape[1]
+        if h0 is not None and (not isinstance(h0, torch.Tensor) or tuple(h0.shape) != (batch, self.hidden_size)):
+            got = tuple(h0.shape) if isinstance(h0, torch.Tensor) else type(h0).__name__
+            raise ValueError(f"IRNN: h0 must be None or a tensor of shape (batch, hidden_size) = "
+                             f"{(batch, self.hidden_size)}, got {got}")
+
+    def run(self, x: torch.Tensor, h0: torch.Tensor | None, cell: Cell) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loop over steps with a given ``cell(x_t, h) -> h``; returns ``(output, h_n)``."""
+        self._check(x, h0)
+        steps = x.unbind(1 if self.batch_first else 0)
+        h = h0 if h0 is not None else x.new_zeros(steps[0].shape[0], self.hidden_size)
+        outputs = []
+        for x_t in steps:
+            h = cell(x_t, h)
+            outputs.append(h)
+        return torch.stack(outputs, 1 if self.batch_first else 0), h
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.run(x, h0, self.cell)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, "
+                f"bias={self.bias_ih is not None}, batch_first={self.batch_first}")
+
+
+class IRNNClassifier(nn.Module):
+    """An :class:`IRNN` read out by a linear layer on its last hidden state: logits = h_T Wᵀ + b."""
+
+    def __init__(self, input_size: int = 1, hidden_size: int = 100, classes: int = 10) -> None:
+        super().__init__()
+        _positive_int(classes, "classes", "IRNNClassifier")
+        self.rnn = IRNN(input_size, hidden_size)
+        self.head = nn.Linear(hidden_size, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[1])
+
+
+def irnn(input_size: int = 1, hidden_size: int = 100, classes: int = 10) -> IRNNClassifier:
+    """The paper's sequential-MNIST model (IRNN, hidden 100, linear readout); ``input_size=1`` reads a pixel a step."""
+    return IRNNClassifier(input_size, hidden_size, classes)
+
+
+def sequential_digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits as sequences: inputs (1797, 64, 1) in [0, 1], pixels row-major; labels (1797,)."""
+    from .zoo import digits  # zoo re-exports this module's factories: import at call time
+
+    x, y = digits(dtype)
+    return x.unsqueeze(-1), y
