@@ -154,3 +154,16 @@ def test_exact_context_and_no_grad():
     assert torch.equal(got, exact)
     with torch.no_grad():
         torch.testing.assert_close(rad(x), base(x))
+
+
+def test_frozen_weights_draw_nothing_and_keep_the_plain_graph():
+    base, x = _layer("conv2d")
+    rad = radvar.convert(base, Subsample(0.2))
+    rad.weight.requires_grad_(False)
+    xr = x.clone().requires_grad_()
+    gx, = torch.autograd.grad(rad(xr), xr, torch.ones_like(base(x)))
+    ref, = torch.autograd.grad(base(xr), xr, torch.ones_like(base(x)))
+    assert torch.equal(gx, ref)
+    state = radvar.rng._state.counter
+    rad(x)
+    assert radvar.rng._state.counter == state  # no RAD key was drawn

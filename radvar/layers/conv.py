@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import rng
 from ..ops import conv as conv_op
 from ..sketch import Sketch
 from .registry import Twin, register
@@ -17,11 +16,8 @@ class _RADConv(Twin):
     axes = conv_op.AXES
     sketch: Sketch | None
 
-    def adopt(self, sketch: Sketch | None) -> None:
-        self.sketch = sketch
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sketch is None or self.sketch.keep == 1.0 or rng.is_exact() or not torch.is_grad_enabled():
+        if not self._randomizes():
             return self._conv_forward(x, self.weight, self.bias)
         padding = self.padding
         if self.padding_mode != "zeros" or isinstance(padding, str):
@@ -32,8 +28,7 @@ class _RADConv(Twin):
                                 self.sketch)
 
     def extra_repr(self) -> str:
-        label = self.sketch.label() if self.sketch is not None else "exact"
-        return f"{super().extra_repr()}, sketch={label}"
+        return f"{super().extra_repr()}, {self.sketch_label()}"
 
 
 @register(nn.Conv1d)

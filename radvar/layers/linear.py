@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import rng
 from ..ops import linear as linear_op
 from ..sketch import Sketch
 from .registry import Twin, register
@@ -20,14 +19,10 @@ class RADLinear(nn.Linear, Twin):
     axes = linear_op.AXES
     sketch: Sketch | None
 
-    def adopt(self, sketch: Sketch | None) -> None:
-        self.sketch = sketch
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sketch is None or self.sketch.keep == 1.0 or rng.is_exact() or not torch.is_grad_enabled():
+        if not self._randomizes():
             return F.linear(x, self.weight, self.bias)
         return linear_op.rad_linear(x, self.weight, self.bias, self.sketch)
 
     def extra_repr(self) -> str:
-        label = self.sketch.label() if self.sketch is not None else "exact"
-        return f"{super().extra_repr()}, sketch={label}"
+        return f"{super().extra_repr()}, {self.sketch_label()}"

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+import torch
 from torch import nn
 
+from .. import rng
 from ..sketch import Sketch
 
 
@@ -32,6 +34,19 @@ class Twin(nn.Module):
 
     def adopt(self, sketch: Sketch | None) -> None:
         """Set per-instance state after the class swap."""
+        if self.randomized:
+            self.sketch = sketch
+
+    def sketch_label(self) -> str:
+        """``sketch=...`` for ``extra_repr``."""
+        sketch = getattr(self, "sketch", None)
+        return f"sketch={sketch.label() if sketch is not None else 'exact'}"
+
+    def _randomizes(self) -> bool:
+        """Draw a sketch only when a weight gradient will be computed and is not exact."""
+        sketch = getattr(self, "sketch", None)
+        return (sketch is not None and sketch.keep < 1.0 and not rng.is_exact() and torch.is_grad_enabled()
+                and self.weight.requires_grad)
 
 
 _REGISTRY: dict[type[nn.Module], type[Twin]] = {}
