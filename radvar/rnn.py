@@ -6,14 +6,15 @@ initialize recurrent networks of rectified linear units")::
     h_t = relu(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh),   h_0 = 0 unless given
 
 with W_hh = I and zero biases at init; W_ih has ``nn.Linear``'s default init.
-:class:`IRNN`'s forward is a plain Python loop over steps built from
-``F.linear`` and ``torch.relu`` — the "plain PyTorch loop with the same cell"
-that RAD is measured against. Its RAD twin
-(:class:`radvar.layers.rnn.RADIRNN`) randomizes both weight gradients at every
-step. The paper's experiment (Oktay et al., ICLR 2021, §6) is an IRNN with
-hidden size 100 on sequential MNIST (784 steps); :func:`sequential_digits`
-gives the small stand-in bundled with scikit-learn: 8x8 digits read pixel by
-pixel in row-major order, 64 steps of one input each.
+:class:`IRNN`'s forward is a plain Python loop over steps of two
+``nn.Linear`` maps and ``torch.relu`` — the "plain PyTorch loop with the same
+cell" that RAD is measured against. ``radvar.convert`` makes both maps
+``RADLinear`` (their weight gradients randomized at every step, a fresh draw
+per step) and the IRNN itself :class:`radvar.layers.rnn.CompactIRNN`, whose
+ReLU keeps a 1-bit mask. The paper's experiment (Oktay et al., ICLR 2021,
+§6) is an IRNN with hidden size 100 on sequential MNIST (784 steps);
+:func:`sequential_digits` gives the small stand-in bundled with scikit-learn:
+8x8 digits read pixel by pixel in row-major order, 64 steps of one input each.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NONLINEARITIES = ("relu",)
 
-Cell = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _positive_int(value: object, name: str, owner: str) -> int:
@@ -38,10 +38,13 @@ def _positive_int(value: object, name: str, owner: str) -> int:
 
 
 class IRNN(nn.Module):
-    """Single-layer Elman RNN with ReLU: ``h_t = relu(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)``.
+    """Single-layer Elman RNN with ReLU: ``h_t = relu(ih(x_t) + hh(h_{t-1}))``.
 
-    Parameters are named as in ``nn.RNN`` (``weight_ih``, ``weight_hh``,
-    ``bias_ih``, ``bias_hh``, without the layer suffix). Input is
+    The two maps are ``nn.Linear`` children, ``ih`` (input_size → hidden_size)
+    and ``hh`` (hidden_size → hidden_size), called once per step: a plan gives
+    each its own sketch (``"rnn.ih"``, ``"rnn.hh"``), the memory ledger
+    attributes bytes to each, and variance capture sees every step as one
+    call of the same layer (per-step RAD variances add up). Input is
     (batch, steps, input_size) with ``batch_first=True`` (default), else
     (steps, batch, input_size). ``forward(x, h0=None)`` returns
     ``(output, h_n)``: every hidden state, laid out like the input, and the
@@ -62,25 +65,18 @@ class IRNN(nn.Module):
             if not isinstance(flag, bool):
                 raise TypeError(f"IRNN: {name} must be a bool, got {flag!r} ({type(flag).__name__})")
         self.nonlinearity, self.batch_first = nonlinearity, batch_first
-        kw = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **kw))
-        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **kw))
-        self.bias_ih = nn.Parameter(torch.empty(hidden_size, **kw)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(hidden_size, **kw)) if bias else None
+        self.ih = nn.Linear(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.hh = nn.Linear(hidden_size, hidden_size, bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """W_hh = I, biases 0 (Le et al. 2015); W_ih as ``nn.Linear`` (Kaiming uniform, a = √5)."""
+        """W_hh = I and biases 0 (Le et al. 2015); W_ih keeps ``nn.Linear``'s init (Kaiming uniform, a = √5)."""
         with torch.no_grad():
-            nn.init.kaiming_uniform_(self.weight_ih, a=5 ** 0.5)
-            self.weight_hh.copy_(torch.eye(self.hidden_size))
-            for b in (self.bias_ih, self.bias_hh):
+            self.ih.reset_parameters()
+            self.hh.weight.copy_(torch.eye(self.hidden_size))
+            for b in (self.ih.bias, self.hh.bias):
                 if b is not None:
                     b.zero_()
-
-    def cell(self, x_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """One plain step: ``relu(F.linear(x_t, W_ih, b_ih) + F.linear(h, W_hh, b_hh))``."""
-        return torch.relu(F.linear(x_t, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh))
 
     def _check(self, x: torch.Tensor, h0: torch.Tensor | None) -> None:
         layout = "(batch, steps, input_size)" if self.batch_first else "(steps, batch, input_size)"
@@ -97,23 +93,24 @@ class IRNN(nn.Module):
             raise ValueError(f"IRNN: h0 must be None or a tensor of shape (batch, hidden_size) = "
                              f"{(batch, self.hidden_size)}, got {got}")
 
-    def run(self, x: torch.Tensor, h0: torch.Tensor | None, cell: Cell) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loop over steps with a given ``cell(x_t, h) -> h``; returns ``(output, h_n)``."""
+    def run(self, x: torch.Tensor, h0: torch.Tensor | None,
+            activation: Activation) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loop ``h_t = activation(ih(x_t) + hh(h_{t-1}))``; returns ``(output, h_n)``."""
         self._check(x, h0)
         steps = x.unbind(1 if self.batch_first else 0)
         h = h0 if h0 is not None else x.new_zeros(steps[0].shape[0], self.hidden_size)
         outputs = []
         for x_t in steps:
-            h = cell(x_t, h)
+            h = activation(self.ih(x_t) + self.hh(h))
             outputs.append(h)
         return torch.stack(outputs, 1 if self.batch_first else 0), h
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.run(x, h0, self.cell)
+        return self.run(x, h0, torch.relu)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, "
-                f"bias={self.bias_ih is not None}, batch_first={self.batch_first}")
+                f"bias={self.ih.bias is not None}, batch_first={self.batch_first}")
 
 
 class IRNNClassifier(nn.Module):
