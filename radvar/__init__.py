@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from . import layers, memory, ops, paths, rng, sketch  # noqa: E402
+from . import train  # noqa: E402
 from .convert import convert  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .rng import exact, seed  # noqa: E402
