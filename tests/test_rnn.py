@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from scipy import stats
 
 import radvar
 from radvar import Plan, rnn
@@ -63,6 +64,45 @@ def _grads(module: rnn.IRNN, x: torch.Tensor, h0: torch.Tensor, gy: torch.Tensor
     return dict(zip(names + ["x", "h0"], grads))
 
 
+def _step_pairs(cell: rnn.IRNN, x: torch.Tensor, h0: torch.Tensor,
+                gy: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(h_{t-1}, g_t) for every call of ``cell.hh``: its input and the exact gradient of its output."""
+    pairs: list[list[torch.Tensor]] = []
+
+    def hook(module, args, out):
+        pair = [args[0].detach()]
+        pairs.append(pair)
+        out.register_hook(lambda g: pair.append(g.detach()))
+
+    handle = cell.hh.register_forward_hook(hook)
+    try:
+        _loss(cell, x, h0, gy).backward()
+    finally:
+        handle.remove()
+    cell.zero_grad()
+    return [(h, g) for h, g in pairs]
+
+
+def _summed_closed_form(sketch, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
+    """Σ_t Var_t of ∂Ŵ_hh: one independent draw per step, DESIGN.md §2 per step (None: no form used here).
+
+    Subsample: (n/k − 1)·‖G_t‖² shared, (n/k − 1)·Σ_i ‖g_i‖²‖h_i‖² per example;
+    Rademacher projection: (n − 1)/k times the same two quantities; G_t = g_tᵀ h_{t-1}.
+    """
+    if sketch.axis is not None or not isinstance(sketch, (Subsample, Projection)) or sketch.keep == 1.0:
+        return None
+    n = pairs[0][0].shape[1]
+    k = kept_count(sketch.keep, n)
+    factor = n / k - 1 if isinstance(sketch, Subsample) else (n - 1) / k
+    if isinstance(sketch, Projection) and sketch.dist != "rademacher":
+        return None
+    total = 0.0
+    for h, g in pairs:
+        stat = ((h * h).sum(1) * (g * g).sum(1)).sum() if sketch.per_example else (g.t() @ h).square().sum()
+        total += factor * float(stat)
+    return total
+
+
 def test_plain_cell_matches_torch_rnn():
     cell, x, h0, _ = _small()
     ref = torch.nn.RNN(3, 6, nonlinearity="relu", batch_first=True).double()
@@ -93,6 +133,11 @@ def test_weight_gradients_unbiased_and_the_rest_exact(sketch):
         assert_unbiased(torch.stack([d[name] for d in draws]), exact[name])
     for name in ("ih.bias", "hh.bias", "x", "h0"):  # g_t is backpropagated exactly
         torch.testing.assert_close(draws[0][name], exact[name])
+    predicted = _summed_closed_form(sketch, _step_pairs(cell, x, h0, gy))
+    if predicted is not None:  # the weight is used at every step: per-step variances add
+        err = torch.stack([(d["hh.weight"] - exact["hh.weight"]).square().sum() for d in draws])
+        z = stats.norm.ppf(1 - 1e-4 / 2)
+        assert abs(float(err.mean()) - predicted) <= z * float(err.std()) / len(draws) ** 0.5
 
 
 def test_forward_exact_and_exact_modes_match_plain():
