@@ -2,8 +2,12 @@
 
 Models (Oktay et al., ICLR 2021, §6): ``mlp`` — 784-300-300-300-10 with ReLU;
 ``cnn`` — conv 5x5 pad 2: 3→16→32, avgpool 2, 32→32→32, avgpool 2,
-linear 2048→10, ReLU after each conv; ``wide_mlp`` — 2048-2048-2048-2048-10.
+linear 2048→10, ReLU after each conv; ``wide_mlp`` — 2048-2048-2048-2048-10;
+``irnn`` — the IRNN of :mod:`radvar.rnn` (re-exported with ``sequential_digits``).
 ``mlp(in_features=64)`` fits 8x8 digits.
+
+:data:`MODELS` and :data:`DATASETS` map names to factories; :data:`DESCRIPTIONS`
+holds one line for each (``radvar zoo`` prints them).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from .rnn import irnn, sequential_digits
 
 
 def mlp(in_features: int = 784, hidden: int = 300, depth: int = 3, classes: int = 10) -> nn.Sequential:
@@ -46,8 +52,6 @@ def cnn(in_channels: int = 3, classes: int = 10, image: int = 32) -> nn.Sequenti
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "wide_mlp": wide_mlp}
-
 
 def digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled 8x8 digits (1,797 images, no download): inputs (N, 64) in [0, 1], labels (N,)."""
@@ -63,3 +67,17 @@ def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int = 0,
     """Gaussian inputs of ``shape`` with uniform labels, from a private generator."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((n, *shape), generator=gen, dtype=dtype), torch.randint(0, classes, (n,), generator=gen)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "wide_mlp": wide_mlp, "irnn": irnn}
+DATASETS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "digits": digits, "synthetic": synthetic, "sequential_digits": sequential_digits}
+DESCRIPTIONS: dict[str, str] = {
+    "mlp": "the paper's MLP: 784-300-300-300-10, ReLU (mlp(in_features=64) fits digits)",
+    "cnn": "the paper's CIFAR-10 CNN: 4 conv 5x5 (16/32/32/32), 2 avg pools, linear 2048-10",
+    "wide_mlp": "a wide MLP 2048-2048-2048-2048-10 whose step is dominated by matmuls",
+    "digits": "scikit-learn's bundled 8x8 digits: 1,797 images (N, 64) in [0, 1], 10 classes; no download",
+    "synthetic": "Gaussian inputs of any shape with uniform labels, from a private generator",
+    "irnn": "the paper's IRNN: ReLU Elman RNN, identity-initialised recurrence, hidden 100, linear readout",
+    "sequential_digits": "8x8 digits read pixel by pixel: (N, 64, 1) sequences, 10 classes",
+}
