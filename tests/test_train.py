@@ -43,7 +43,8 @@ def test_fit_history_columns_and_ledger(digits):
     assert {"loss", "lr", "step_time_s", "saved_bytes", "eval_loss", "eval_accuracy"} <= set(hist.columns)
     assert hist["eval_accuracy"].between(0, 1).all()
     radvar.seed(0)
-    assert hist["saved_bytes"].iloc[0] == memory.saved_bytes(model, train[0][:50], F.cross_entropy, train[1][:50]).total
+    first = train[0][:50].clone(), train[1][:50].clone()
+    assert hist["saved_bytes"].iloc[0] == memory.saved_bytes(model, first[0], F.cross_entropy, first[1]).total
     assert hist.steps_to(float("inf")) == 4 and hist.steps_to(-1.0) is None
     assert "12 steps" in hist.summary()
 

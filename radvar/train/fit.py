@@ -186,7 +186,8 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
         seed = saved["seed"]
         state = {k: saved[k] for k in state}
 
-    first = next(iter(data)) if not _is_tensor_pair(data) else (data[0][:batch_size], data[1][:batch_size])
+    # a copy: the ledger counts whole storages, and a slice is a view into all of the data
+    first = next(iter(data)) if not _is_tensor_pair(data) else (data[0][:batch_size].clone(), data[1][:batch_size].clone())
     with precision.autocast():
         position = ckpt.rng_state()
         # on a copy: a training-mode forward may update buffers (e.g. BatchNorm statistics)

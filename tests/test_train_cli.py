@@ -1,0 +1,56 @@
+"""``radvar train``: writes history.csv and the learning curve; bad options exit 2 with one line."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+import radvar
+from cli.main import cli
+from radvar import sketch, zoo
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_writes_history_and_plot(tmp_path):
+    res = CliRunner().invoke(cli, ["train", "--keep", "0.1", "--sketch", "subsample:per-example", "--steps", "6",
+                                   "--log-every", "3", "--batch-size", "50", "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0, res.output
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["step"]) == [3, 6] and {"loss", "eval_loss", "eval_accuracy", "saved_bytes"} <= set(hist)
+    assert (tmp_path / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Subsample(keep=0.1, per_example=True" in res.output
+
+
+def test_train_with_plan_file(tmp_path):
+    plan = radvar.Plan.uniform(zoo.mlp(in_features=64), sketch.Projection(0.2))
+    plan.save(tmp_path / "plan.json")
+    res = CliRunner().invoke(cli, ["train", "--plan", str(tmp_path / "plan.json"), "--steps", "2", "--log-every", "2",
+                                   "--out", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "history.csv").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keep", "1.5"], "keep must be in (0, 1], got 1.5"),
+    (["--amp", "fp16"], "amp='fp16' (autocast with a GradScaler) needs a CUDA device"),
+    (["--resume"], "--resume needs --checkpoint"),
+])
+def test_train_bad_input(tmp_path, args, message):
+    res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path), "-q", *args])
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_train_plan_for_another_model(tmp_path):
+    radvar.Plan.uniform(zoo.cnn(in_channels=1, image=8), sketch.Subsample(0.1)).save(tmp_path / "cnn.json")
+    res = CliRunner().invoke(cli, ["train", "--plan", str(tmp_path / "cnn.json"), "--steps", "2",
+                                   "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 2 and "radvar: error:" in res.output
