@@ -318,10 +318,9 @@ class _Adjoint(torch.autograd.Function):
         blocks = prob._chunks(size)
         phi = prob._phi0(rows)
         total = theta.new_zeros(rows)
-        kept: list[torch.Tensor] = []
-        if every is None:
+        if every is None:  # per row: T x k sampled values (k = m: every state)
             kept = [theta.new_empty(prob.steps, k) for k in ks]
-        else:
+        else:  # the state entering each block
             kept = [theta.new_empty(len(blocks), rows, prob.interior, prob.interior)]
         for i, (a, b) in enumerate(blocks):
             if every is not None:

@@ -174,5 +174,7 @@ def test_bad_call_raises() -> None:
         prob.loss(torch.zeros(6, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"keep < 1 needs method='rad'"):
         prob.loss(_params(), keep=0.5, method="exact")
+    with pytest.raises(ValueError, match=r"checkpoint_every applies to method='checkpoint' only"):
+        prob.loss(_params(), method="exact", checkpoint_every=2)
     with pytest.raises(ValueError, match=r"one value per params row \(2\), got 3"):
         prob.loss(_params().expand(2, 7), keep=[0.1, 0.2, 0.3])
