@@ -66,7 +66,8 @@ def test_fit_keeps_global_rng_and_is_reproducible(digits):
 def test_epochs_mode_rows(digits):
     train, _ = digits
     hist = fit(small(), train, loss_fn=F.cross_entropy, optimizer=SGD, epochs=2, batch_size=100,
-               log_every=4, seed=0, progress=False)
+               log_every=4, seed=0, progress=False, eval_data={"train": train, "test": digits[1]})
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy"} <= set(hist.columns)
     assert list(hist["step"]) == [4, 8, 12]  # 6 batches per epoch
     assert list(hist["epoch"]) == [0, 1, 1]
 

@@ -13,7 +13,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -91,8 +91,9 @@ def _check_data(data: Any, batch_size: int | None, name: str = "data") -> None:
 
 def evaluate(model: nn.Module, data: Batch | Iterable[Batch], loss_fn: Callable[..., torch.Tensor],
              device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
-             chunk: int = 4096) -> dict[str, float]:
-    """Mean loss (example-weighted) and, for class logits with integer targets, accuracy; no gradients."""
+             chunk: int = 4096, name: str = "eval") -> dict[str, float]:
+    """``{name}_loss`` (example-weighted mean) and, for class logits with integer targets,
+    ``{name}_accuracy``; no gradients, eval mode."""
     batches = ((x[i:i + chunk], y[i:i + chunk]) for x, y in [data] for i in range(0, x.shape[0], chunk)) \
         if _is_tensor_pair(data) else data
     was_training = model.training
@@ -109,16 +110,16 @@ def evaluate(model: nn.Module, data: Batch | Iterable[Batch], loss_fn: Callable[
                 correct += float((out.argmax(1) == y).sum())
             n += x.shape[0]
     model.train(was_training)
-    metrics = {"eval_loss": total / n}
+    metrics = {f"{name}_loss": total / n}
     if classify:
-        metrics["eval_accuracy"] = correct / n
+        metrics[f"{name}_accuracy"] = correct / n
     return metrics
 
 
 def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..., torch.Tensor],
         optimizer: torch.optim.Optimizer | Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer],
         plan: Plan | Sketch | None = None, steps: int | None = None, epochs: int | None = None,
-        batch_size: int | None = None, eval_data: Batch | Iterable[Batch] | None = None,
+        batch_size: int | None = None, eval_data: Batch | Iterable[Batch] | Mapping[str, Any] | None = None,
         eval_every: int | None = None, amp: str | None = None, compile: bool | str = False,
         device: str | torch.device = "auto", seed: int | None = None, log_every: int = 10,
         callbacks: Sequence[Callback] = (), checkpoint: str | os.PathLike | None = None,
@@ -133,7 +134,8 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     (CPU or GPU) or "fp16" (GPU, with a GradScaler). ``compile``: True (inductor)
     or a backend name. ``seed`` seeds radvar's RAD stream (each rank its own).
     Every ``log_every`` steps a row is added (see :mod:`radvar.train.history`),
-    evaluated on ``eval_data`` every ``eval_every`` steps (default: every row) and
+    evaluated on ``eval_data`` (one dataset, columns ``eval_*``, or a mapping
+    name -> dataset, columns ``name_*``) every ``eval_every`` steps (default: every row) and
     passed to each callback; a callback returning True stops training. With
     ``checkpoint``, state is saved every ``checkpoint_every`` steps and at the
     end; ``resume=True`` continues from the file if it exists.
@@ -156,8 +158,11 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     if not all(callable(cb) for cb in callbacks):
         raise TypeError("fit: callbacks must be callables taking one row dict")
     _check_data(data, batch_size)
-    if eval_data is not None:
-        _check_data(eval_data, None, "eval_data")
+    evals = {} if eval_data is None else dict(eval_data) if isinstance(eval_data, Mapping) else {"eval": eval_data}
+    for name, ev in evals.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"fit: eval_data names must be identifiers (column prefixes), got {name!r}")
+        _check_data(ev, None, f"eval_data[{name!r}]")
     if plan is not None and not isinstance(plan, (Plan, Sketch)):
         raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, got {type(plan).__name__}")
 
@@ -214,8 +219,9 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
         }
         if cuda:
             row["cuda_peak_bytes"] = max(w[2] for w in window)
-        if eval_data is not None and (step % eval_every == 0 or finished(step, epoch)):
-            row.update(evaluate(model, eval_data, loss_fn, dev, precision.autocast))
+        if step % eval_every == 0 or finished(step, epoch):
+            for name, ev in evals.items():
+                row.update(evaluate(model, ev, loss_fn, dev, precision.autocast, name=name))
         rows.append(row)
         window.clear()
         bar.set_postfix(loss=f"{row['loss']:.4g}")
