@@ -6,15 +6,14 @@ Parses options only; the loop is :func:`radvar.train.fit`. Writes
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
+import matplotlib
 import torch
 
 import radvar
-from radvar.train import fit
+from radvar.train import fit, save_figure
 
 from . import specs
 from .options import load_problem, log, problem_options, quiet, runtime_options
@@ -42,25 +41,6 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
     if keep is None:
         return specs.parse_sketch(sketch_spec) if has_keep else None
     return specs.parse_sketch(":".join([parts[0], repr(keep), *parts[2 if has_keep else 1:]]))
-
-
-def _save_plot(history, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ax = history.plot()
-    fd, tmp = tempfile.mkstemp(prefix=".curve-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        ax.figure.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    finally:
-        plt.close(ax.figure)
 
 
 @click.command()
@@ -106,6 +86,7 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
                   log_every=log_every, checkpoint=checkpoint, checkpoint_every=log_every if checkpoint else None,
                   resume=resume, progress=not quiet())
     history.save_csv(out_dir / "history.csv")
-    _save_plot(history, out_dir / "learning_curve.png")
+    matplotlib.use("Agg")  # files only, no display
+    save_figure(history.plot().figure, out_dir / "learning_curve.png")
     click.echo(history.summary())
     click.echo(f"wrote {out_dir / 'history.csv'} and {out_dir / 'learning_curve.png'}")

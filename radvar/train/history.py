@@ -18,6 +18,23 @@ from pathlib import Path
 import pandas as pd
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically (temp file renamed into place) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".figure-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
 class History(pd.DataFrame):
     """A pandas DataFrame of a run, with :meth:`steps_to`, :meth:`summary`, :meth:`plot` and :meth:`save_csv`."""
 
