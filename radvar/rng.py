@@ -68,8 +68,15 @@ def next_key() -> int:
 
 
 def generator(key: int, device: torch.device | str) -> torch.Generator:
-    """A generator on ``device`` seeded with ``key``; same key, same draws."""
+    """A generator on ``device`` seeded with ``key``; same key, same draws.
+
+    torch's CPU generator (mt19937) uses only the low 32 bits of its seed, so
+    on CPU the key is folded to 32 bits with its high half mixed in: keys that
+    differ only above bit 31 still get different streams.
+    """
     gen = torch.Generator(device=device)
+    if gen.device.type == "cpu":
+        key = _splitmix64(key) & 0xFFFFFFFF
     gen.manual_seed(key)
     return gen
 

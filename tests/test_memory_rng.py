@@ -69,3 +69,12 @@ def test_dropout_draws_unchanged_by_conversion():
 def test_seed_rejects_non_int():
     with pytest.raises(TypeError, match="n must be an int"):
         radvar.seed(1.5)
+
+
+def test_keys_differing_only_in_high_bits_give_different_streams():
+    from radvar import rng
+
+    a = torch.rand(4, generator=rng.generator(5, "cpu"))
+    b = torch.rand(4, generator=rng.generator(5 + 2**32, "cpu"))
+    assert not torch.equal(a, b)
+    assert torch.equal(a, torch.rand(4, generator=rng.generator(5, "cpu")))
