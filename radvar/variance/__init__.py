@@ -1,0 +1,14 @@
+"""Variance analysis of RAD plans: closed forms, Monte Carlo, minibatch noise, and tests.
+
+``capture`` (one exact pass, statistics per layer) -> ``layer_variance`` (a
+closed form per sketch, cheap enough for a keep grid) -> ``analytic`` /
+``empirical`` / ``minibatch`` -> :class:`VarianceReport`. The math, with
+sources, is in docs/variance.md and ../../shared/DESIGN.md §2.
+"""
+
+from .analytic import analytic
+from .capture import Capture, LayerStats, capture, layer_variance, layer_variance_se
+from .report import VarianceReport
+
+__all__ = ["capture", "Capture", "LayerStats", "layer_variance", "layer_variance_se", "analytic",
+           "VarianceReport"]

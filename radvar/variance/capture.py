@@ -1,0 +1,190 @@
+"""``capture``: one exact forward/backward with hooks, reduced to the statistics the closed forms need.
+
+For every module radvar can randomize, a forward hook keeps its input until
+the output gradient arrives (a tensor hook), reduces the pair to per-view
+:class:`~radvar.variance.forms.ViewStats` and drops both. ``g`` is the true
+gradient of the batch loss ``loss_fn(model(inputs), targets)`` (so of the
+*mean* loss when ``loss_fn`` is mean-reduced), and the weight gradient it implies
+is the exact ``∂loss/∂W``. RAD layers of a converted model run exactly during
+capture (``radvar.exact()``); parameters' ``.grad`` are left untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .. import rng
+from ..sketch import Sketch
+from .forms import ViewStats
+from .kinds import kind_for
+
+Batch = tuple[Any, torch.Tensor]
+
+
+def split_batch(batch: Any, owner: str) -> tuple[tuple, torch.Tensor]:
+    """``(inputs, targets)`` -> (positional inputs tuple, targets); names the argument on error."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"{owner}: batch must be an (inputs, targets) pair, got {type(batch).__name__}"
+                        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+    inputs, targets = batch
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise TypeError(f"{owner}: batch inputs must be a tensor or a tuple of tensors, got {type(batch[0]).__name__}")
+    if inputs[0].dim() == 0 or inputs[0].shape[0] == 0:
+        raise ValueError(f"{owner}: batch is empty (inputs of shape {tuple(inputs[0].shape)}); need at least one example")
+    return inputs, targets
+
+
+def batch_loss(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable, owner: str) -> torch.Tensor:
+    """``loss_fn(model(*inputs), targets)``, checked to be a real scalar tensor."""
+    if not callable(loss_fn):
+        raise TypeError(f"{owner}: loss_fn must be callable, got {loss_fn!r}")
+    loss = loss_fn(model(*inputs), targets)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"{owner}: loss_fn must return a floating scalar tensor (mean-reduced loss), got {shape}")
+    return loss.reshape(())
+
+
+@dataclasses.dataclass
+class LayerStats:
+    """One randomizable layer: its kind, views, dtype, ‖∂W‖², and the stats of each call."""
+
+    name: str
+    type: str
+    kind: str
+    axes: tuple[str, ...]
+    dtype: torch.dtype
+    weight_shape: tuple[int, ...]
+    grad_sq: float
+    calls: list[dict[str, ViewStats]]
+
+    def axis(self, sketch: Sketch) -> str:
+        """The view ``sketch`` acts on (``axis=None`` is the layer's default)."""
+        if sketch.axis is None:
+            return self.axes[0]
+        if sketch.axis not in self.axes:
+            raise ValueError(f"layer {self.name!r} ({self.type}): sketch axis {sketch.axis!r} is not allowed; "
+                             f"allowed: {[None, *self.axes]}")
+        return sketch.axis
+
+    def view_shapes(self, sketch: Sketch) -> list[tuple[int, int]]:
+        """(rows, features) of the view ``sketch`` sees, one per call."""
+        axis = self.axis(sketch)
+        return [(c[axis].rows, c[axis].n) for c in self.calls]
+
+    def saved_bytes(self, sketch: Sketch | None) -> int:
+        """What the sketch promises to keep (``Sketch.saved_bytes``), summed over calls; exact: the input."""
+        if sketch is None or sketch.keep == 1.0:
+            first = self.axes[0]
+            return sum(c[first].rows * c[first].n for c in self.calls) * _itemsize(self.dtype)
+        return sum(sketch.saved_bytes(shape, self.dtype) for shape in self.view_shapes(sketch))
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclasses.dataclass
+class Capture:
+    """Statistics of one batch: ``layers`` by qualified name, the ``loss`` value and ``batch_size``."""
+
+    layers: dict[str, LayerStats]
+    loss: float
+    batch_size: int
+
+    def __getitem__(self, name: str) -> LayerStats:
+        return self.layers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+def capture(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor], *,
+            names: Mapping[str, Any] | None = None, projection_draws: int = 32,
+            importance: bool = True) -> Capture:
+    """One exact forward/backward on ``batch = (inputs, targets)``; statistics per randomizable layer.
+
+    ``names`` restricts capture to those layers (e.g. a Plan); ``projection_draws``
+    Monte Carlo draws estimate the conv projection constant; ``importance=False``
+    skips the sorted |x| kept for Importance sketches (rows × features floats).
+    """
+    if isinstance(projection_draws, bool) or not isinstance(projection_draws, int) or projection_draws < 1:
+        raise ValueError(f"capture: projection_draws must be an int >= 1, got {projection_draws!r}")
+    inputs, targets = split_batch(batch, "capture")
+    wanted = None if names is None else set(names)
+    modules = {n: m for n, m in model.named_modules()
+               if kind_for(m) is not None and (wanted is None or n in wanted)}
+    calls: dict[str, list[dict[str, ViewStats]]] = {n: [] for n in modules}
+    gen = rng.generator(rng.next_key(), inputs[0].device)
+
+    def forward_hook(name: str, module: nn.Module) -> Callable:
+        kind = kind_for(module)
+
+        def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if not out.requires_grad:
+                return
+            x = args[0].detach()
+
+            def on_grad(g: torch.Tensor) -> None:
+                calls[name].append(kind.view_stats(module, x, g.detach(), gen, projection_draws, importance))
+
+            out.register_hook(on_grad)
+
+        return hook
+
+    handles = [m.register_forward_hook(forward_hook(n, m)) for n, m in modules.items()]
+    try:
+        with rng.exact(), torch.enable_grad():
+            loss = batch_loss(model, inputs, targets, loss_fn, "capture")
+            weights = [m.weight for m in modules.values()]
+            grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else []
+    finally:
+        for h in handles:
+            h.remove()
+    layers = {}
+    for (name, module), grad in zip(modules.items(), grads):
+        kind = kind_for(module)
+        layers[name] = LayerStats(name, type(module).__name__, kind.name, kind.axes, module.weight.dtype,
+                                  tuple(module.weight.shape),
+                                  0.0 if grad is None else float(grad.double().square().sum()), calls[name])
+    return Capture(layers, float(loss.detach()), int(inputs[0].shape[0]))
+
+
+def layer_variance(stats: LayerStats, sketch: Sketch | None) -> tuple[float, str]:
+    """E‖Ĝ − G‖²_F of ``stats``' weight gradient under ``sketch`` (summed over calls) and its method.
+
+    Per-call draws are independent, so variances add. Cost: a few scalar operations
+    (Importance: O(rows·features) vector operations on the cached sorted |x|).
+    """
+    if sketch is None:
+        return 0.0, "exact"
+    if not isinstance(sketch, Sketch):
+        raise TypeError(f"layer_variance: sketch must be a radvar.sketch.Sketch or None, got {sketch!r}")
+    axis = stats.axis(sketch)
+    if not stats.calls:
+        return 0.0, "not called"
+    total, methods = 0.0, []
+    for call in stats.calls:
+        value, method = call[axis].variance(sketch)
+        total += value
+        methods.append(method)
+    return total, methods[0] if len(set(methods)) == 1 else "; ".join(dict.fromkeys(methods))
+
+
+def layer_variance_se(stats: LayerStats, sketch: Sketch | None) -> float:
+    """Standard error of :func:`layer_variance` (0 for closed forms; Monte Carlo estimates add up in quadrature)."""
+    if sketch is None or not stats.calls:
+        return 0.0
+    axis = stats.axis(sketch)
+    return sum(c[axis].standard_error(sketch) ** 2 for c in stats.calls) ** 0.5
+
+
+__all__ = ["Capture", "LayerStats", "capture", "layer_variance", "layer_variance_se", "split_batch", "batch_loss"]

@@ -1,0 +1,54 @@
+"""Measured bytes for the reports: the saved-tensor ledger on the model as given and on its conversion.
+
+``bytes_exact`` comes from :func:`radvar.memory.saved_bytes` on the model run
+exactly; ``bytes_plan`` from the converted model (``radvar.convert``), once
+per keep fraction by resetting the twins' sketches in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .. import rng
+from ..convert import convert
+from ..memory import SavedBytesReport, saved_bytes
+from ..plan import Plan
+
+
+@dataclasses.dataclass
+class Ledger:
+    """Per-module and total bytes for the exact model and for the plan at each keep (None: as planned)."""
+
+    exact: SavedBytesReport
+    plan: dict[float | None, SavedBytesReport]
+
+    @staticmethod
+    def _module(report: SavedBytesReport, name: str) -> int:
+        rows = report.per_module.loc[report.per_module["module"] == name, "bytes"]
+        return int(rows.sum())
+
+    def bytes_exact(self, name: str) -> int:
+        return self._module(self.exact, name)
+
+    def bytes_plan(self, name: str, keep: float | None) -> int:
+        return self._module(self.plan[keep], name)
+
+
+def measure(model: nn.Module, inputs: tuple, targets: torch.Tensor, loss_fn: Callable, plan: Plan,
+            keeps: Sequence[float | None]) -> Ledger:
+    """One ledger forward for the exact model and one per keep for the converted model."""
+    with rng.exact():
+        exact = saved_bytes(model, inputs, loss_fn, targets)
+    converted = convert(model, plan)
+    modules = dict(converted.named_modules())
+    per_keep = {}
+    for keep in keeps:
+        for name, sketch in plan.items():
+            if sketch is not None:
+                modules[name].adopt(sketch if keep is None else dataclasses.replace(sketch, keep=keep))
+        per_keep[keep] = saved_bytes(converted, inputs, loss_fn, targets)
+    return Ledger(exact, per_keep)

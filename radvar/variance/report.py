@@ -1,0 +1,118 @@
+"""``VarianceReport``: per-layer and total variance figures, in the manner of a statsmodels result.
+
+``per_layer`` is a tidy DataFrame, one row per (layer, keep); ``total`` one row
+per keep (or a single row). ``summary()`` prints both, ``plot()`` draws
+variance against keep per layer next to the data noise, ``to_dict()`` /
+``from_dict()`` round-trip through JSON (NaN as null).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ["layer", "type", "sketch", "keep", "bytes_exact", "bytes_plan", "rad_variance", "rad_se",
+           "data_variance", "grad_norm_sq", "ci_low", "ci_high", "method"]
+KINDS = ("analytic", "empirical", "minibatch")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _frame(records: list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    for col in frame.columns:
+        if frame[col].dtype == object and frame[col].map(lambda v: v is None or isinstance(v, (int, float))).all():
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
+@dataclasses.dataclass
+class VarianceReport:
+    """Result of :func:`analytic`, :func:`empirical` or :func:`minibatch`.
+
+    ``per_layer`` columns (at least): layer, type, sketch, keep, bytes_exact,
+    bytes_plan, rad_variance (E‖Ĝ − G‖²_F of the weight gradient), rad_se,
+    data_variance (tr Σ_W / B), grad_norm_sq (‖G‖²), ci_low/ci_high, method.
+    ``total``: sums over layers (one row per keep) plus whole-model figures.
+    """
+
+    kind: str
+    per_layer: pd.DataFrame
+    total: pd.DataFrame
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"VarianceReport: kind must be one of {KINDS}, got {self.kind!r}")
+        missing = [c for c in COLUMNS if c not in self.per_layer.columns]
+        if missing:
+            raise ValueError(f"VarianceReport: per_layer lacks columns {missing}")
+
+    # ---- text ------------------------------------------------------------
+    def summary(self) -> str:
+        """A readable table: header facts, the per-layer rows and the totals."""
+        head = [f"radvar variance report ({self.kind})"]
+        head += [f"  {k}: {v}" for k, v in self.meta.items() if not isinstance(v, (dict, list))]
+        shown = self.per_layer.dropna(axis=1, how="all")
+        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+            return "\n".join(head + ["", shown.to_string(index=False), "", "total:",
+                                     self.total.dropna(axis=1, how="all").to_string(index=False)])
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        facts = "".join(f"<li>{k}: {v}</li>" for k, v in self.meta.items() if not isinstance(v, (dict, list)))
+        return (f"<h4>radvar variance report ({self.kind})</h4><ul>{facts}</ul>"
+                + self.per_layer.dropna(axis=1, how="all").to_html(index=False, float_format="{:.4g}".format)
+                + "<p>total</p>" + self.total.dropna(axis=1, how="all").to_html(index=False, float_format="{:.4g}".format))
+
+    # ---- figures ---------------------------------------------------------
+    def plot(self, ax: Any = None) -> Any:
+        """Variance against keep per layer (log-log), with each layer's data noise dashed; returns the Axes.
+
+        With a single keep per layer: RAD and data variance side by side per layer.
+        """
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(7, 4.5))
+        frame = self.per_layer
+        if frame["keep"].nunique(dropna=True) > 1:
+            sns.lineplot(data=frame, x="keep", y="rad_variance", hue="layer", style="layer", markers=True, ax=ax)
+            palette = dict(zip(frame["layer"].unique(), sns.color_palette(n_colors=frame["layer"].nunique())))
+            for layer, rows in frame.dropna(subset=["data_variance"]).groupby("layer", sort=False):
+                ax.axhline(rows["data_variance"].iloc[0], ls="--", lw=1, color=palette[layer])
+            ax.set(xscale="log", yscale="log", xlabel="keep fraction", ylabel="variance  E‖Ĝ − G‖²")
+            ax.set_title("RAD variance vs keep (dashed: minibatch data noise)")
+        else:
+            long = frame.melt(id_vars=["layer"], value_vars=["rad_variance", "data_variance"],
+                              var_name="source", value_name="variance").dropna()
+            sns.barplot(data=long, x="layer", y="variance", hue="source", ax=ax)
+            ax.set(yscale="log", ylabel="variance  E‖Ĝ − G‖²")
+        return ax
+
+    # ---- JSON ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "per_layer": _records(self.per_layer), "total": _records(self.total),
+                "meta": {k: _clean(v) for k, v in self.meta.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VarianceReport":
+        if not isinstance(d, dict) or not {"kind", "per_layer", "total"} <= set(d):
+            raise ValueError(f"VarianceReport.from_dict: need a dict with 'kind', 'per_layer' and 'total', got {d!r:.200}")
+        return cls(d["kind"], _frame(d["per_layer"], None), _frame(d["total"], None), dict(d.get("meta") or {}))
