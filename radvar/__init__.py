@@ -2,10 +2,10 @@
 
 __version__ = "0.1.0"
 
-from . import layers, memory, ops, paths, rng, sketch  # noqa: E402
+from . import layers, memory, ops, paths, pde, rng, sketch, variance  # noqa: E402
 from . import train  # noqa: E402
 from .convert import convert  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .rng import exact, seed  # noqa: E402
 
-__all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "convert", "Plan", "seed", "exact", "__version__"]
+__all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "pde", "variance", "train", "convert", "Plan", "seed", "exact", "__version__"]
