@@ -16,7 +16,7 @@ masks, indices and metadata tensors are all counted.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -48,6 +48,38 @@ def _as_tuple(inputs: Any) -> tuple:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
+class _Ledger:
+    """Pack hook that records each unique storage once, skipping ``exclude``'s storages."""
+
+    def __init__(self, exclude: Iterable[torch.Tensor], owner: Callable[[], str] = lambda: TOP):
+        self.skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self.owner = owner
+        self.seen: dict[int, tuple[int, str]] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.skip and ptr not in self.seen and storage.nbytes() > 0:
+            self.seen[ptr] = (storage.nbytes(), self.owner())
+        return t
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    @property
+    def total(self) -> int:
+        return sum(nbytes for nbytes, _ in self.seen.values())
+
+
+def saved_bytes_of(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes autograd keeps for backward from what ``fn()`` computes (storages of ``exclude``,
+    e.g. parameters, left out). The same counting rule as :func:`saved_bytes`, for any callable."""
+    ledger = _Ledger(exclude)
+    with torch.enable_grad(), ledger.hooks():
+        fn()
+    return ledger.total
+
+
 def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
                 loss_fn: Callable[..., torch.Tensor] | None = None,
                 targets: torch.Tensor | None = None) -> SavedBytesReport:
@@ -56,22 +88,9 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
     ``inputs`` is a tensor or a tuple of positional inputs. Without ``loss_fn``
     only the model's forward is measured.
     """
-    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     names = {m: (name or TOP) for name, m in model.named_modules()}
     stack: list[str] = []
-    seen: dict[int, tuple[int, str]] = {}
-    count: dict[str, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr in param_storages or storage.nbytes() == 0:
-            return t
-        owner = stack[-1] if stack else TOP
-        if ptr not in seen:
-            seen[ptr] = (storage.nbytes(), owner)
-            count[owner] = count.get(owner, 0) + 1
-        return t
+    ledger = _Ledger(model.parameters(), owner=lambda: stack[-1] if stack else TOP)
 
     called: list[str] = []
 
@@ -88,7 +107,7 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(leave))
     try:
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.enable_grad(), ledger.hooks():
             out = model(*_as_tuple(inputs))
             if loss_fn is not None:
                 stack.append(LOSS)
@@ -101,14 +120,16 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
             h.remove()
 
     per: dict[str, int] = {}
-    for nbytes, owner in seen.values():
+    count: dict[str, int] = {}
+    for nbytes, owner in ledger.seen.values():
         per[owner] = per.get(owner, 0) + nbytes
+        count[owner] = count.get(owner, 0) + 1
     modules = dict(model.named_modules())
     order = list(dict.fromkeys(called + list(per)))
     rows = [{"module": n, "type": type(modules[n]).__name__ if n in modules else n,
              "bytes": per.get(n, 0), "tensors": count.get(n, 0)} for n in order]
     frame = pd.DataFrame(rows, columns=["module", "type", "bytes", "tensors"])
-    return SavedBytesReport(total=sum(per.values()), per_module=frame)
+    return SavedBytesReport(total=ledger.total, per_module=frame)
 
 
 def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:

@@ -43,7 +43,7 @@ is unbiased. phi_0 is known and used exactly. keep = 1 stores phi_s whole and is
 the exact adjoint; ``method="checkpoint"`` stores every c-th state and recomputes
 the rest in backward (Griewank & Walther, *Evaluating Derivatives*, 2008, ch. 12).
 
-Memory is what autograd keeps for backward, measured by :func:`saved_bytes`
+Memory is what autograd keeps for backward, measured by :func:`radvar.memory.saved_bytes_of`
 (unique storages packed through ``torch.autograd.graph.saved_tensors_hooks``,
 parameters excluded): T k values for RAD, T m for exact, ceil(T/c) m for checkpoints.
 """
@@ -51,13 +51,14 @@ parameters excluded): T k values for RAD, T m for exact, ceil(T/c) m for checkpo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from . import rng
+from .memory import saved_bytes_of
 from .rng import _splitmix64
 from .sketch.base import check_keep, kept_count
 
@@ -402,27 +403,10 @@ def initial_params(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.T
     return theta
 
 
-def saved_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
-    """Bytes autograd keeps for backward while ``fn()`` runs forward: unique storages packed
-    through ``torch.autograd.graph.saved_tensors_hooks``, storages of ``exclude`` (parameters) left out."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in skip:
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
 def backward_bytes(prob: ReactionDiffusion, params: torch.Tensor, keep: float = 1.0, method: str = "rad", **kw: int) -> int:
-    """:func:`saved_bytes` of one forward of ``prob.loss(params, keep, method)`` (``params`` excluded)."""
+    """:func:`radvar.memory.saved_bytes_of` one forward of ``prob.loss(params, keep, method)`` (``params`` excluded)."""
     theta = params.detach().clone().requires_grad_(True)
-    return saved_bytes(lambda: prob.loss(theta, keep, method, **kw), exclude=[theta])
+    return saved_bytes_of(lambda: prob.loss(theta, keep, method, **kw), exclude=[theta])
 
 
 def fit(
