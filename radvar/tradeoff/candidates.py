@@ -1,0 +1,214 @@
+"""Per-layer candidate curves: (bytes, RAD variance) for every sketch family × keep, exact included.
+
+Memory of a plan (../../shared/DESIGN.md §2, §"Memory"):
+``predicted(plan) = fixed + Σ_l reserved_l(sketch_l)`` where
+
+* ``fixed`` is measured by the saved-tensor ledger (:func:`radvar.memory.saved_bytes`)
+  on the model converted with every randomizable layer exact (compact twins on):
+  its total minus the bytes the ledger attributes to the randomizable layers —
+  activation masks, pooling state, loss tensors, whatever the rest keeps;
+* ``reserved_l`` is what the layer's sketch keeps on its 2-D view
+  (:meth:`radvar.sketch.Sketch.saved_bytes`; exact: the full input). Sketches
+  that keep a random number of values (Bernoulli; Importance, whose Poisson
+  count has mean at most keep·n per row) reserve ``Z_MARGIN`` standard
+  deviations more, sd ≤ √(expected count), so one step exceeds it with
+  probability below 1e-9.
+
+Variance of each candidate is the closed form of
+:func:`radvar.variance.layer_variance` on statistics from one exact pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..convert import convert
+from ..layers import twin_for
+from ..memory import saved_bytes
+from ..sketch import Bernoulli, Importance, Projection, Sketch, Subsample, kept_count
+from ..sketch.base import itemsize
+from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
+from ..variance.capture import split_batch
+
+Z_MARGIN = 6.0
+PAPER_FAMILIES: tuple[Sketch, ...] = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0))
+"""The paper's estimators: same sample, different sample, Rademacher projection (keep ignored)."""
+DEFAULT_FAMILIES: tuple[Sketch, ...] = PAPER_FAMILIES + (Importance(1.0),)
+DEFAULT_KEEPS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+                                    0.6, 0.7, 0.8, 0.9)
+EXACT = "exact"
+COLUMNS = ["layer", "type", "family", "keep", "k", "sketch", "bytes", "variance", "se", "method"]
+
+
+def family_name(template: Sketch) -> str:
+    """A family's label: the sketch's label without its keep, e.g. ``Subsample(shared)``."""
+    return template.label().replace(f"{template.keep:g}, ", "", 1)
+
+
+def with_keep(template: Sketch, keep: float) -> Sketch:
+    """``template`` with its keep fraction replaced."""
+    return dataclasses.replace(template, keep=keep)
+
+
+def check_families(families: Any) -> tuple[Sketch, ...]:
+    """Sketch templates (keep is ignored); names the bad entry."""
+    if isinstance(families, Sketch) or not isinstance(families, Sequence) or len(families) == 0:
+        raise TypeError(f"families must be a non-empty sequence of radvar.sketch.Sketch templates, got {families!r}")
+    for f in families:
+        if not isinstance(f, Sketch):
+            raise TypeError(f"families: every entry must be a radvar.sketch.Sketch, got {f!r} ({type(f).__name__})")
+    return tuple(families)
+
+
+def check_keeps(keeps: Any) -> tuple[float, ...]:
+    """A grid of keep fractions in (0, 1)."""
+    try:
+        values = [float(k) for k in keeps]
+    except TypeError:
+        raise TypeError(f"keeps must be a sequence of numbers in (0, 1), got {keeps!r}") from None
+    if not values or any(not (0.0 < k < 1.0) or math.isnan(k) for k in values):
+        raise ValueError(f"keeps must be a non-empty sequence of numbers in (0, 1) (exact is always a candidate), "
+                         f"got {list(keeps)!r}")
+    return tuple(sorted(set(values)))
+
+
+def reserved_bytes(sketch: Sketch | None, shape: tuple[int, int], dtype: torch.dtype) -> int:
+    """Bytes to reserve for one call: ``saved_bytes`` plus Z_MARGIN sd of a random kept count."""
+    rows, n = shape
+    if sketch is None or sketch.keep == 1.0:
+        return rows * n * itemsize(dtype)
+    base = sketch.saved_bytes(shape, dtype)
+    if isinstance(sketch, Importance):  # values + int16 column index per kept entry
+        return base + math.ceil(Z_MARGIN * math.sqrt(sketch.keep * rows * n)) * (itemsize(dtype) + 2)
+    if isinstance(sketch, Bernoulli):
+        p = sketch.keep
+        if sketch.per_example:
+            return base + math.ceil(Z_MARGIN * math.sqrt(rows * n * p * (1 - p))) * itemsize(dtype)
+        return base + math.ceil(Z_MARGIN * math.sqrt(n * p * (1 - p))) * rows * itemsize(dtype)
+    return base
+
+
+def layer_reserved(stats: LayerStats, sketch: Sketch | None) -> int:
+    """:func:`reserved_bytes` summed over the layer's calls, on the view the sketch uses."""
+    if sketch is None or sketch.keep == 1.0:
+        return stats.saved_bytes(None)
+    return sum(reserved_bytes(sketch, shape, stats.dtype) for shape in stats.view_shapes(sketch))
+
+
+def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
+    """(fixed, exact total): ledger bytes of the all-exact compact model, and that total
+    minus the bytes the ledger attributes to randomizable modules."""
+    exact_model = convert(model, None)
+    report = saved_bytes(exact_model, inputs, loss_fn, targets)
+    modules = dict(exact_model.named_modules())
+    randomized = report.per_module["module"].map(
+        lambda n: n in modules and (t := twin_for(modules[n])) is not None and t.randomized)
+    return report.total - int(report.per_module.loc[randomized, "bytes"].sum()), report.total
+
+
+@dataclasses.dataclass
+class Candidates:
+    """Every layer's options. ``table``: one row per (layer, option) with columns
+    layer, type, family, keep, k, sketch (a Sketch or None = exact), bytes (reserved),
+    variance (E‖Ĝ − G‖²_F), se (its standard error: 0 for closed forms), method. ``fixed``: ledger bytes outside the randomizable
+    layers; ``exact_total``: ledger bytes of the all-exact model; ``capture``: the statistics."""
+
+    table: pd.DataFrame
+    fixed: int
+    exact_total: int
+    batch_size: int
+    capture: Capture
+
+    @property
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys(self.table["layer"]))
+
+    def options(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer, in :attr:`layers` order: (bytes, variance) arrays for the solvers."""
+        groups = self.table.groupby("layer", sort=False)
+        return [(g["bytes"].to_numpy(np.int64), g["variance"].to_numpy(np.float64)) for _, g in groups]
+
+    def rows(self, choice: Sequence[int]) -> pd.DataFrame:
+        """The chosen option of each layer (``choice`` indexes each layer's options)."""
+        groups = self.table.groupby("layer", sort=False)
+        picked = [groups.get_group(name).iloc[c] for name, c in zip(self.layers, choice)]
+        return pd.DataFrame(picked).reset_index(drop=True)
+
+    def uniform(self, template: Sketch | None, keep: float) -> pd.DataFrame:
+        """Each layer's row for the uniform plan ``template`` at ``keep`` (None: exact).
+
+        A layer whose view has ``k = kept_count(keep, n) = n`` runs exact (keep = 1 is exact).
+        """
+        out = []
+        for name, g in self.table.groupby("layer", sort=False):
+            stats = self.capture[name]
+            if template is None:
+                out.append(g[g["family"] == EXACT].iloc[0])
+                continue
+            sketch = with_keep(template, keep)
+            row = _option(stats, sketch, family_name(template))
+            out.append(pd.Series(row))
+        return pd.DataFrame(out).reset_index(drop=True)
+
+
+def _option(stats: LayerStats, sketch: Sketch | None, family: str) -> dict[str, Any]:
+    value, method = layer_variance(stats, sketch)
+    if sketch is None:
+        k = None
+    else:
+        ns = {n for _, n in stats.view_shapes(sketch)}
+        k = kept_count(sketch.keep, max(ns)) if ns else None
+    return {"layer": stats.name, "type": stats.type, "family": family,
+            "keep": 1.0 if sketch is None else sketch.keep, "k": k, "sketch": sketch,
+            "bytes": layer_reserved(stats, sketch), "variance": float(value),
+            "se": layer_variance_se(stats, sketch), "method": method}
+
+
+def layer_options(stats: LayerStats, families: Sequence[Sketch], keeps: Sequence[float]) -> list[dict[str, Any]]:
+    """Exact plus every family at every keep whose view the layer allows; duplicate (bytes, variance) dropped."""
+    rows = [_option(stats, None, EXACT)]
+    allowed = {None, *stats.axes}
+    for template in families:
+        if template.axis not in allowed:
+            continue
+        for keep in keeps:
+            rows.append(_option(stats, with_keep(template, keep), family_name(template)))
+    seen: set[tuple[str, int, float]] = set()
+    unique = []
+    for r in rows:
+        key = (r["family"], r["bytes"], r["variance"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return unique
+
+
+def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
+               families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
+               *, stats: Capture | None = None, projection_draws: int = 8) -> Candidates:
+    """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
+
+    One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and
+    one ledger pass (:func:`fixed_bytes`). Rows per layer: exact, then each
+    family (a Sketch template whose keep is ignored) at each keep. ``projection_draws``: Monte Carlo
+    draws for the conv projection constant (see :func:`radvar.variance.capture`).
+    """
+    families = check_families(families)
+    keeps = check_keeps(keeps)
+    inputs, targets = split_batch(batch, "candidates")
+    if stats is None:
+        stats = capture(model, batch, loss_fn, projection_draws=projection_draws,
+                        importance=any(isinstance(f, Importance) for f in families))
+    if not stats.layers:
+        raise ValueError(f"candidates: the model has no module radvar can randomize "
+                         f"(types: {sorted({type(m).__name__ for m in model.modules()})})")
+    rows = [r for s in stats.layers.values() for r in layer_options(s, families, keeps)]
+    fixed, exact_total = fixed_bytes(model, inputs, loss_fn, targets)
+    return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, exact_total, stats.batch_size, stats)

@@ -1,0 +1,164 @@
+"""``radvar.tune``: choose every layer's sketch and keep fraction under a memory or a variance budget.
+
+Pipeline: candidate curves from one exact pass and one ledger pass
+(:mod:`radvar.tradeoff.candidates`), the exact multiple-choice knapsack (or its
+Lagrangian relaxation) on them (:mod:`radvar.tradeoff.solve`), a check against
+the best uniform plan of every family, then the plan is converted and the
+ledger measured: if the measured bytes exceed the budget, the budget is
+tightened by the excess and solved again (the measured figure is the one that
+counts). The :class:`radvar.Plan` carries all of it in ``provenance`` (JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..convert import convert
+from ..memory import saved_bytes
+from ..plan import Plan
+from ..sketch import Sketch
+from ..variance.capture import split_batch
+from .allocate import SOLVERS, Allocation, allocate, best_uniform
+from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
+                         family_name)
+
+RETRIES = 3
+
+
+def take_batch(data: Any, batch_size: int | None, owner: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The first ``batch_size`` examples of ``data = (inputs, targets)`` (all if None), as contiguous copies
+    (the ledger counts whole storages, so a view of a larger tensor would count the whole tensor)."""
+    inputs, targets = split_batch(data, owner)
+    n = inputs[0].shape[0]
+    if batch_size is None:
+        batch_size = n
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"{owner}: batch_size must be an int in [1, {n}] (the examples in data), got {batch_size!r}")
+    return tuple(t[:batch_size].clone() for t in inputs), targets[:batch_size].clone()
+
+
+def resolve_budget(budget: Any, exact_total: int, smallest: int) -> int:
+    """Bytes from ``budget``: an int is bytes, a float in (0, 1] a fraction of the exact ledger total.
+
+    Raises if it is below ``smallest``, the smallest feasible budget.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise TypeError(f"budget must be an int (bytes) or a float in (0, 1] (fraction of the exact saved bytes, "
+                        f"{exact_total:,}), got {budget!r} ({type(budget).__name__})")
+    if isinstance(budget, float):
+        if math.isnan(budget) or not 0.0 < budget <= 1.0:
+            raise ValueError(f"budget as a float is a fraction of the exact saved bytes ({exact_total:,}) and must "
+                             f"be in (0, 1], got {budget!r}; the smallest feasible budget is {smallest:,} bytes "
+                             f"({smallest / exact_total:.4f})")
+        value = math.floor(budget * exact_total)
+    else:
+        value = budget
+    if value <= 0:
+        raise ValueError(f"budget must be positive, got {budget!r}; the smallest feasible budget is {smallest:,} bytes "
+                         f"({smallest / exact_total:.4f} of the exact {exact_total:,})")
+    if value < smallest:
+        raise ValueError(f"budget {value:,} bytes is below the fixed costs plus the cheapest sketch of every layer; "
+                         f"the smallest feasible budget is {smallest:,} bytes ({smallest / exact_total:.4f} of the "
+                         f"exact {exact_total:,})")
+    return int(value)
+
+
+def measured_bytes(model: nn.Module, plan: Plan, batch: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+                   loss_fn: Callable) -> int:
+    """Ledger total of ``model`` converted with ``plan`` on one forward + loss."""
+    inputs, targets = batch
+    return saved_bytes(convert(model, plan), inputs, loss_fn, targets).total
+
+
+def _choose(cands: Candidates, budget: int | None, variance_budget: float | None, solver: str,
+            families: Sequence[Sketch], keeps: Sequence[float]) -> tuple[Allocation, Allocation | None]:
+    """The solver's allocation, or the best uniform plan when that is better (possible only with the
+    Lagrangian solver); also the best uniform plan (memory budget only)."""
+    alloc = allocate(cands, budget, variance_budget, solver)
+    if budget is None:
+        return alloc, None
+    uniforms = [u for f in families if (u := best_uniform(cands, f, budget, keeps)) is not None]
+    best = min(uniforms, key=lambda u: u.variance, default=None)
+    if best is not None and best.variance < alloc.variance:
+        return best, best
+    return alloc, best
+
+
+def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any) -> dict[str, Any]:
+    inputs, targets = batch
+    return {"examples_in_data": int(data[0][0].shape[0] if isinstance(data[0], tuple) else data[0].shape[0]),
+            "batch_size": int(inputs[0].shape[0]),
+            "input_shapes": [list(t.shape[1:]) for t in inputs], "input_dtypes": [str(t.dtype) for t in inputs],
+            "targets": {"shape": list(targets.shape[1:]), "dtype": str(targets.dtype)}}
+
+
+def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budget: int | float | None = None,
+         variance_budget: float | None = None, *, batch_size: int | None = None,
+         families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
+         solver: str = "exact") -> Plan:
+    """A :class:`radvar.Plan` for ``model`` from statistics of one batch of ``data = (inputs, targets)``.
+
+    ``budget``: bytes autograd may keep for backward (int), or a fraction in (0, 1]
+    (float) of the exact model's saved bytes (the ledger on the model converted
+    all-exact with compact activations); minimises the total RAD variance
+    Σ_l E‖Ĝ_l − G_l‖² under it, and the plan's ledger bytes after
+    :func:`radvar.convert` are checked to be within it.
+    ``variance_budget``: the largest total RAD variance allowed; minimises memory.
+    Give exactly one. ``batch_size``: the step's batch, the first examples of
+    ``data`` (default: all of it). ``families``: sketch templates (keep ignored);
+    ``keeps``: the keep grid (exact is always a candidate); ``solver``:
+    ``"exact"`` or ``"lagrangian"``.
+    """
+    if (budget is None) == (variance_budget is None):
+        raise ValueError(f"tune: give exactly one of budget (memory) or variance_budget; got budget={budget!r}, "
+                         f"variance_budget={variance_budget!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"tune: solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+    if variance_budget is not None and (isinstance(variance_budget, bool)
+                                        or not isinstance(variance_budget, (int, float))):
+        raise TypeError(f"tune: variance_budget must be a number >= 0, got {variance_budget!r}")
+    families, keeps = check_families(families), check_keeps(keeps)
+    batch = take_batch(data, batch_size, "tune")
+    cands = candidates(model, batch, loss_fn, families, keeps)
+    keep_grid = sorted(set(cands.table.loc[cands.table["family"] != "exact", "keep"]))
+    smallest = cands.fixed + int(cands.table.groupby("layer")["bytes"].min().sum())
+    target = None if budget is None else resolve_budget(budget, cands.exact_total, smallest)
+    attempts: list[dict[str, int]] = []
+    limit = target
+    for _ in range(RETRIES):
+        alloc, best_uni = _choose(cands, limit, variance_budget, solver, families, keep_grid)
+        measured = measured_bytes(model, alloc.plan(), batch, loss_fn)
+        attempts.append({"solved_for": limit, "predicted_bytes": alloc.bytes, "measured_bytes": measured})
+        if target is None or measured <= target:
+            break
+        limit -= measured - target  # the ledger is what counts: tighten by the excess
+        if limit < smallest:
+            break
+    if target is not None and measured > target:
+        raise RuntimeError(f"tune: could not meet the memory budget {target:,} bytes as measured by the ledger "
+                           f"after {len(attempts)} tries: {attempts}")
+    provenance = {
+        "kind": "tuned",
+        "radvar_version": __version__,
+        "objective": "min variance under memory" if target is not None else "min memory under variance",
+        "budget": {"given": budget, "bytes": target} if target is not None else None,
+        "variance_budget": variance_budget,
+        "solver": solver, "chosen": alloc.label,
+        "gap": None if alloc.solution is None else alloc.solution.gap,
+        "predicted_bytes": alloc.bytes, "measured_bytes": measured,
+        "fixed_bytes": cands.fixed, "exact_bytes": cands.exact_total,
+        "predicted_rad_variance": alloc.variance, "predicted_rad_variance_se": alloc.se,
+        "best_uniform": None if best_uni is None else {"plan": best_uni.label, "bytes": best_uni.bytes,
+                                                        "rad_variance": best_uni.variance},
+        "families": [family_name(f) for f in families], "keeps": list(keep_grid),
+        "data": data_summary(batch, data), "loss": cands.capture.loss,
+        "per_layer": [{"layer": r.layer, "family": r.family, "keep": float(r.keep), "bytes": int(r.bytes),
+                       "rad_variance": float(r.variance), "method": r.method} for r in alloc.per_layer.itertuples()],
+        "attempts": attempts,
+    }
+    return alloc.plan(provenance)

@@ -1,0 +1,113 @@
+"""radvar.tune and the candidate curves: ledger-checked memory, optimality against uniform plans, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import radvar
+from radvar import zoo
+from radvar.memory import saved_bytes
+from radvar.sketch import Importance, Projection, Subsample
+from radvar.tradeoff import allocate, candidates, tune
+from radvar.tradeoff.tune import measured_bytes
+
+KEEPS = (0.1, 0.25, 0.5)
+FAMILIES = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0), Importance(1.0))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    radvar.seed(0)
+    x, y = zoo.digits()
+    model = zoo.mlp(in_features=64, hidden=32, depth=2)
+    batch = ((x[:64].clone(),), y[:64].clone())
+    cands = candidates.candidates(model, batch, F.cross_entropy, FAMILIES, KEEPS)
+    return model, (x, y), batch, cands
+
+
+def test_fixed_plus_exact_layers_is_the_exact_ledger_total(setup):
+    model, _, batch, cands = setup
+    exact = allocate.uniform(cands, None)
+    assert exact.bytes == cands.exact_total
+    assert cands.exact_total == saved_bytes(radvar.convert(model, None), batch[0], F.cross_entropy, batch[1]).total
+
+
+@pytest.mark.parametrize("template", FAMILIES, ids=lambda s: s.label())
+def test_predicted_bytes_bound_the_ledger_after_convert(setup, template):
+    """Subsample and Projection keep exactly what they promise; Importance at most its reservation."""
+    model, _, batch, cands = setup
+    for keep in KEEPS:
+        alloc = allocate.uniform(cands, template, keep)
+        measured = measured_bytes(model, alloc.plan(), batch, F.cross_entropy)
+        if isinstance(template, Importance):
+            assert measured <= alloc.bytes
+        else:
+            assert measured == alloc.bytes
+
+
+def test_tuned_plan_is_within_budget_and_never_worse_than_uniform(setup, tmp_path):
+    model, data, batch, cands = setup
+    uni = allocate.uniform(cands, Subsample(1.0), 0.25)
+    plan = tune(model, data, F.cross_entropy, budget=uni.bytes, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    prov = plan.provenance
+    assert measured_bytes(model, plan, batch, F.cross_entropy) <= uni.bytes
+    assert prov["measured_bytes"] <= prov["budget"]["bytes"] == uni.bytes
+    assert prov["predicted_bytes"] <= uni.bytes
+    for template in FAMILIES:
+        best = allocate.best_uniform(cands, template, uni.bytes, KEEPS)
+        if best is not None:
+            assert prov["predicted_rad_variance"] <= best.variance * (1 + 1e-12)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    again = radvar.Plan.load(path)
+    assert again == plan and again.provenance == json.loads(json.dumps(prov))
+    assert prov["radvar_version"] == radvar.__version__ and prov["data"]["batch_size"] == 64
+    radvar.convert(model, again)  # applies
+
+
+def test_fraction_budget_and_variance_budget(setup):
+    model, data, batch, cands = setup
+    plan = tune(model, data, F.cross_entropy, budget=0.3, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    assert plan.provenance["budget"]["bytes"] == int(0.3 * cands.exact_total)
+    assert measured_bytes(model, plan, batch, F.cross_entropy) <= 0.3 * cands.exact_total
+    vb = 0.5 * plan.provenance["predicted_rad_variance"]
+    low = tune(model, data, F.cross_entropy, variance_budget=vb, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    assert low.provenance["predicted_rad_variance"] <= vb
+    assert low.provenance["predicted_bytes"] >= plan.provenance["predicted_bytes"]
+    zero = tune(model, data, F.cross_entropy, variance_budget=0.0, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    assert all(s is None for s in zero.values())
+
+
+def test_budget_errors_name_the_smallest_feasible(setup):
+    model, data, _, cands = setup
+    smallest = cands.fixed + int(cands.table.groupby("layer")["bytes"].min().sum())
+    kw = dict(batch_size=64, families=FAMILIES, keeps=KEEPS)
+    with pytest.raises(ValueError, match=f"smallest feasible budget is {smallest:,} bytes"):
+        tune(model, data, F.cross_entropy, budget=smallest - 1, **kw)
+    with pytest.raises(ValueError, match=f"smallest feasible budget is {smallest:,} bytes"):
+        tune(model, data, F.cross_entropy, budget=cands.fixed // 2, **kw)
+    for bad in (0, -100):
+        with pytest.raises(ValueError, match=f"budget must be positive.*{smallest:,} bytes"):
+            tune(model, data, F.cross_entropy, budget=bad, **kw)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"must be in \(0, 1\].*smallest feasible budget"):
+            tune(model, data, F.cross_entropy, budget=bad, **kw)
+    with pytest.raises(ValueError, match="exactly one of budget"):
+        tune(model, data, F.cross_entropy, budget=10**6, variance_budget=1.0, **kw)
+    with pytest.raises(ValueError, match="exactly one of budget"):
+        tune(model, data, F.cross_entropy, **kw)
+    with pytest.raises(TypeError, match="budget must be an int"):
+        tune(model, data, F.cross_entropy, budget="1MB", **kw)
+    with pytest.raises(ValueError, match="batch_size must be an int in"):
+        tune(model, data, F.cross_entropy, budget=0.5, batch_size=10**6, families=FAMILIES, keeps=KEEPS)
+    with pytest.raises(ValueError, match="keeps must be"):
+        tune(model, data, F.cross_entropy, budget=0.5, batch_size=64, keeps=(0.0, 2.0))
+    with pytest.raises(TypeError, match="families: every entry"):
+        tune(model, data, F.cross_entropy, budget=0.5, batch_size=64, families=("subsample",))
+    with pytest.raises(ValueError, match="solver must be one of"):
+        tune(model, data, F.cross_entropy, budget=0.5, solver="greedy", **kw)
