@@ -7,5 +7,7 @@ from . import train  # noqa: E402
 from .convert import convert  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .rng import exact, seed  # noqa: E402
+from . import tradeoff  # noqa: E402
+from .tradeoff import tune  # noqa: E402
 
-__all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "pde", "variance", "train", "convert", "Plan", "seed", "exact", "__version__"]
+__all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "pde", "variance", "train", "tradeoff", "tune", "convert", "Plan", "seed", "exact", "__version__"]
