@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
 from scipy import stats
 
 import radvar
-from radvar import Plan, rnn
-from radvar.layers import twin_for
-from radvar.layers import RADLinear
+from radvar import Plan, rnn, variance
+from radvar.layers import RADLinear, twin_for
 from radvar.layers.rnn import CompactIRNN
 from radvar.sketch import Importance, Projection, Subsample, kept_count
 
@@ -52,9 +54,12 @@ def _small(batch_first: bool = True) -> tuple[rnn.IRNN, torch.Tensor, torch.Tens
     return cell, x, h0, gy
 
 
+def _loss_of(out: tuple[torch.Tensor, torch.Tensor], gy: torch.Tensor) -> torch.Tensor:
+    return (out[0] * gy).sum() + out[1].square().sum()
+
+
 def _loss(module: rnn.IRNN, x: torch.Tensor, h0: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
-    out, h_n = module(x, h0)
-    return (out * gy).sum() + h_n.square().sum()
+    return _loss_of(module(x, h0), gy)
 
 
 def _grads(module: rnn.IRNN, x: torch.Tensor, h0: torch.Tensor, gy: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -64,43 +69,23 @@ def _grads(module: rnn.IRNN, x: torch.Tensor, h0: torch.Tensor, gy: torch.Tensor
     return dict(zip(names + ["x", "h0"], grads))
 
 
-def _step_pairs(cell: rnn.IRNN, x: torch.Tensor, h0: torch.Tensor,
-                gy: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(h_{t-1}, g_t) for every call of ``cell.hh``: its input and the exact gradient of its output."""
-    pairs: list[list[torch.Tensor]] = []
+class _Wrapped(torch.nn.Module):
+    """The IRNN with a fixed h0 as a one-input model, for ``radvar.variance.capture``."""
 
-    def hook(module, args, out):
-        pair = [args[0].detach()]
-        pairs.append(pair)
-        out.register_hook(lambda g: pair.append(g.detach()))
+    def __init__(self, cell: rnn.IRNN, h0: torch.Tensor) -> None:
+        super().__init__()
+        self.rnn, self.h0 = cell, h0
 
-    handle = cell.hh.register_forward_hook(hook)
-    try:
-        _loss(cell, x, h0, gy).backward()
-    finally:
-        handle.remove()
-    cell.zero_grad()
-    return [(h, g) for h, g in pairs]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rnn(x, self.h0)
 
 
-def _summed_closed_form(sketch, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
-    """Σ_t Var_t of ∂Ŵ_hh: one independent draw per step, DESIGN.md §2 per step (None: no form used here).
-
-    Subsample: (n/k − 1)·‖G_t‖² shared, (n/k − 1)·Σ_i ‖g_i‖²‖h_i‖² per example;
-    Rademacher projection: (n − 1)/k times the same two quantities; G_t = g_tᵀ h_{t-1}.
-    """
-    if sketch.axis is not None or not isinstance(sketch, (Subsample, Projection)) or sketch.keep == 1.0:
-        return None
-    n = pairs[0][0].shape[1]
-    k = kept_count(sketch.keep, n)
-    factor = n / k - 1 if isinstance(sketch, Subsample) else (n - 1) / k
-    if isinstance(sketch, Projection) and sketch.dist != "rademacher":
-        return None
-    total = 0.0
-    for h, g in pairs:
-        stat = ((h * h).sum(1) * (g * g).sum(1)).sum() if sketch.per_example else (g.t() @ h).square().sum()
-        total += factor * float(stat)
-    return total
+def _predicted_variance(cell: rnn.IRNN, x: torch.Tensor, h0: torch.Tensor, gy: torch.Tensor, sketch) -> float | None:
+    """radvar.variance's closed form for ``hh`` (one capture call per step, summed), or None without one."""
+    cap = variance.capture(_Wrapped(cell, h0), (x, gy), lambda out, gy: _loss_of(out, gy))
+    assert len(cap["rnn.hh"].calls) == x.shape[1]  # every step is a call of the same layer
+    value, method = variance.layer_variance(cap["rnn.hh"], sketch)
+    return value if method == "closed form" else None
 
 
 def test_plain_cell_matches_torch_rnn():
@@ -133,7 +118,7 @@ def test_weight_gradients_unbiased_and_the_rest_exact(sketch):
         assert_unbiased(torch.stack([d[name] for d in draws]), exact[name])
     for name in ("ih.bias", "hh.bias", "x", "h0"):  # g_t is backpropagated exactly
         torch.testing.assert_close(draws[0][name], exact[name])
-    predicted = _summed_closed_form(sketch, _step_pairs(cell, x, h0, gy))
+    predicted = _predicted_variance(cell, x, h0, gy, sketch)
     if predicted is not None:  # the weight is used at every step: per-step variances add
         err = torch.stack([(d["hh.weight"] - exact["hh.weight"]).square().sum() for d in draws])
         z = stats.norm.ppf(1 - 1e-4 / 2)
@@ -232,3 +217,15 @@ def test_bad_inputs_and_keep():
             radvar.convert(rnn.IRNN(3, 4), Subsample(keep))
     with pytest.raises(TypeError, match=r"IRNNClassifier: classes must be a positive int, got '10'"):
         rnn.irnn(classes="10")
+
+
+@pytest.mark.slow
+def test_analysis_quick_run(tmp_path):
+    """analyses/rnn.py --quick runs end to end and writes its table, data and figure (~30 s on shared cores)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "analyses" / "rnn.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("rnn_quick.md", "rnn_quick.json", "rnn_quick_curves.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "## Memory per step" in (tmp_path / "rnn_quick.md").read_text()
