@@ -43,8 +43,8 @@ class IRNN(nn.Module):
     The two maps are ``nn.Linear`` children, ``ih`` (input_size → hidden_size)
     and ``hh`` (hidden_size → hidden_size), called once per step: a plan gives
     each its own sketch (``"rnn.ih"``, ``"rnn.hh"``), the memory ledger
-    attributes bytes to each, and variance capture sees every step as one
-    call of the same layer (per-step RAD variances add up). Input is
+    attributes each map's saved sketches to it, and variance capture sees
+    every step as one call of the same layer (per-step RAD variances add up). Input is
     (batch, steps, input_size) with ``batch_first=True`` (default), else
     (steps, batch, input_size). ``forward(x, h0=None)`` returns
     ``(output, h_n)``: every hidden state, laid out like the input, and the
