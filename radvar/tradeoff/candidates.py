@@ -192,20 +192,18 @@ def layer_options(stats: LayerStats, families: Sequence[Sketch], keeps: Sequence
 
 def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
                families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-               *, stats: Capture | None = None, projection_draws: int = 8) -> Candidates:
+               *, stats: Capture | None = None) -> Candidates:
     """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
 
     One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and
     one ledger pass (:func:`fixed_bytes`). Rows per layer: exact, then each
-    family (a Sketch template whose keep is ignored) at each keep. ``projection_draws``: Monte Carlo
-    draws for the conv projection constant (see :func:`radvar.variance.capture`).
+    family (a Sketch template whose keep is ignored) at each keep.
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
     inputs, targets = split_batch(batch, "candidates")
     if stats is None:
-        stats = capture(model, batch, loss_fn, projection_draws=projection_draws,
-                        importance=any(isinstance(f, Importance) for f in families))
+        stats = capture(model, batch, loss_fn, importance=any(isinstance(f, Importance) for f in families))
     if not stats.layers:
         raise ValueError(f"candidates: the model has no module radvar can randomize "
                          f"(types: {sorted({type(m).__name__ for m in model.modules()})})")

@@ -22,10 +22,12 @@ from ..convert import convert
 from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
+from ..variance import Capture
 from ..variance.capture import split_batch
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
                          family_name)
+from .noise import trace_sigma
 
 RETRIES = 3
 
@@ -98,9 +100,9 @@ def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any
 
 
 def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budget: int | float | None = None,
-         variance_budget: float | None = None, *, batch_size: int | None = None,
+         variance_budget: float | None = None, *, relative: bool = False, batch_size: int | None = None,
          families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-         solver: str = "exact") -> Plan:
+         solver: str = "exact", stats: Capture | None = None) -> Plan:
     """A :class:`radvar.Plan` for ``model`` from statistics of one batch of ``data = (inputs, targets)``.
 
     ``budget``: bytes autograd may keep for backward (int), or a fraction in (0, 1]
@@ -109,10 +111,13 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     Σ_l E‖Ĝ_l − G_l‖² under it, and the plan's ledger bytes after
     :func:`radvar.convert` are checked to be within it.
     ``variance_budget``: the largest total RAD variance allowed; minimises memory.
-    Give exactly one. ``batch_size``: the step's batch, the first examples of
+    With ``relative=True`` it is a fraction of the data noise at this batch size,
+    ``tr Σ / B`` (:func:`radvar.tradeoff.noise.trace_sigma`): 0.1 means "RAD may add
+    at most 10% to the minibatch variance". Give exactly one. ``batch_size``: the step's batch, the first examples of
     ``data`` (default: all of it). ``families``: sketch templates (keep ignored);
     ``keeps``: the keep grid (exact is always a candidate); ``solver``:
-    ``"exact"`` or ``"lagrangian"``.
+    ``"exact"`` or ``"lagrangian"``. ``stats``: a :func:`radvar.variance.capture` of the same
+    model on the same batch, to reuse (the capture is the expensive step).
     """
     if (budget is None) == (variance_budget is None):
         raise ValueError(f"tune: give exactly one of budget (memory) or variance_budget; got budget={budget!r}, "
@@ -122,16 +127,21 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     if variance_budget is not None and (isinstance(variance_budget, bool)
                                         or not isinstance(variance_budget, (int, float))):
         raise TypeError(f"tune: variance_budget must be a number >= 0, got {variance_budget!r}")
+    if not isinstance(relative, bool) or (relative and variance_budget is None):
+        raise ValueError(f"tune: relative=True applies to variance_budget (a fraction of the data noise); "
+                         f"got relative={relative!r}, variance_budget={variance_budget!r}")
     families, keeps = check_families(families), check_keeps(keeps)
     batch = take_batch(data, batch_size, "tune")
-    cands = candidates(model, batch, loss_fn, families, keeps)
+    cands = candidates(model, batch, loss_fn, families, keeps, stats=stats)
     keep_grid = sorted(set(cands.table.loc[cands.table["family"] != "exact", "keep"]))
     smallest = cands.fixed + int(cands.table.groupby("layer")["bytes"].min().sum())
     target = None if budget is None else resolve_budget(budget, cands.exact_total, smallest)
+    data_variance = trace_sigma(model, batch, loss_fn) / cands.batch_size if relative else None
+    absolute = variance_budget * data_variance if relative else variance_budget
     attempts: list[dict[str, int]] = []
     limit = target
     for _ in range(RETRIES):
-        alloc, best_uni = _choose(cands, limit, variance_budget, solver, families, keep_grid)
+        alloc, best_uni = _choose(cands, limit, absolute, solver, families, keep_grid)
         measured = measured_bytes(model, alloc.plan(), batch, loss_fn)
         attempts.append({"solved_for": limit, "predicted_bytes": alloc.bytes, "measured_bytes": measured})
         if target is None or measured <= target:
@@ -147,7 +157,9 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         "radvar_version": __version__,
         "objective": "min variance under memory" if target is not None else "min memory under variance",
         "budget": {"given": budget, "bytes": target} if target is not None else None,
-        "variance_budget": variance_budget,
+        "variance_budget": None if variance_budget is None else {"given": variance_budget, "relative": relative,
+                                                                  "absolute": absolute},
+        "data_variance": data_variance,
         "solver": solver, "chosen": alloc.label,
         "gap": None if alloc.solution is None else alloc.solution.gap,
         "predicted_bytes": alloc.bytes, "measured_bytes": measured,
