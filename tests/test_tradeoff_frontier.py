@@ -1,0 +1,73 @@
+"""Frontier and batch-size co-optimisation: dominance, ledger-checked memory at other batch sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import radvar
+from radvar import zoo
+from radvar.sketch import Importance, Projection, Subsample
+from radvar.tradeoff import batch, candidates, frontier, noise
+from radvar.tradeoff.tune import measured_bytes
+
+KEEPS = (0.1, 0.25, 0.5)
+FAMILIES = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0), Importance(1.0))
+B = 64
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    radvar.seed(0)
+    x, y = zoo.digits()
+    model = zoo.mlp(in_features=64, hidden=32, depth=2)
+    fit = ((x[:B].clone(),), y[:B].clone())
+    cands = candidates.candidates(model, fit, F.cross_entropy, FAMILIES, KEEPS)
+    return model, (x, y), cands, noise.trace_sigma(model, fit, F.cross_entropy)
+
+
+def test_tuned_front_dominates_every_uniform_plan(setup):
+    model, data, cands, ts = setup
+    front = frontier.frontier(model, data, F.cross_entropy, cands, ts, small_batches=(8, 16), families=FAMILIES)
+    t = front.table
+    tuned = t[t.curve == frontier.TUNED]
+    assert np.all(np.diff(tuned.bytes) > 0) and np.all(np.diff(tuned.rad_variance) < 0)
+    for r in t[t.curve.str.startswith("uniform")].itertuples():
+        better = tuned[tuned.bytes <= r.bytes]
+        assert not better.empty and better.rad_variance.min() <= r.rad_variance * (1 + 1e-12)
+    small = t[t.curve == frontier.SMALL_BATCH].set_index("batch_size")
+    x, y = data
+    for b in (8, 16):
+        assert small.loc[b, "bytes"] == measured_bytes(model, radvar.Plan({}), ((x[:b].clone(),), y[:b].clone()),
+                                                       F.cross_entropy)
+        assert small.loc[b, "total_variance"] == pytest.approx(ts / b)
+    at = front.at(int(small.loc[16, "bytes"]))
+    assert (at.bytes <= small.loc[16, "bytes"]).all()
+    with pytest.raises(ValueError, match="trace_sigma must be a number >= 0"):
+        frontier.frontier(model, data, F.cross_entropy, cands, -1.0)
+
+
+def test_co_optimum_fits_the_ledger_at_its_batch_and_beats_the_exact_batch(setup):
+    model, data, cands, ts = setup
+    x, y = data
+    budget = int(0.5 * cands.exact_total)
+    sizes = (16, 32, 64, 96)
+    co = batch.co_optimize(model, data, F.cross_entropy, budget, sizes, ts, fit_batch=B, families=FAMILIES,
+                           keeps=KEEPS, groups=8)
+    assert list(co.table.batch_size) == list(sizes)
+    best = co.best
+    plan = co.allocation.plan()
+    b = int(best.batch_size)
+    measured = measured_bytes(model, plan, ((x[:b].clone(),), y[:b].clone()), F.cross_entropy)
+    assert measured <= best.rad_bytes <= budget  # the batch-scaled memory model is a ledger bound
+    exact = co.best_exact
+    assert exact is not None and exact.exact_fits and exact.exact_bytes <= budget
+    assert best.total_variance <= exact.data_variance  # the all-exact plan at that batch was a candidate
+    assert "best exact batch that fits" in co.summary()
+    with pytest.raises(ValueError, match="batch_sizes must be ints in"):
+        batch.co_optimize(model, data, F.cross_entropy, budget, (0, 16), ts)
+    with pytest.raises(ValueError, match="budget must be a positive int"):
+        batch.co_optimize(model, data, F.cross_entropy, -1, sizes, ts)
