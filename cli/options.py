@@ -83,6 +83,13 @@ def load_problem(model: str | None, data_spec: str | None, loss_spec: str, model
     return Problem(net.to(dev), x.to(dev), y.to(dev), loss_fn, meta)
 
 
+def check_batch_size(problem: Problem, batch_size: int) -> None:
+    """A step cannot use more examples than the data holds."""
+    if batch_size > len(problem.x):
+        raise specs.SpecError(f"--batch-size: {batch_size} is larger than the {len(problem.x)} examples of "
+                              f"--data {problem.meta['data']!r}")
+
+
 def quiet() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.meta.get(QUIET_KEY))

@@ -1,0 +1,89 @@
+"""Scalar specs: memory budgets, sketches, devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import torch
+
+from radvar.sketch import Sketch
+
+from .errors import SpecError
+
+SKETCH_OPTIONS = ("shared", "per-example", "replace", "rademacher", "gaussian", "axis=NAME")
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """A memory budget: a fraction of the exact model's saved bytes, or absolute bytes."""
+
+    fraction: float | None = None
+    nbytes: int | None = None
+
+    @property
+    def value(self) -> float | int:
+        """What :func:`radvar.tradeoff.tune` takes: a float fraction or int bytes."""
+        return self.fraction if self.fraction is not None else self.nbytes
+
+    def __str__(self) -> str:
+        return f"{self.fraction:g} of exact" if self.fraction is not None else f"{self.nbytes:,} bytes"
+
+
+def parse_budget(text: str) -> Budget:
+    """``F`` in (0, 1] (a fraction of exact saved bytes) or bytes: ``123456``, ``2MB``, ``1.5MiB``."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kmg]i?b|b)?\s*", text.lower())
+    if not m:
+        raise SpecError(f"--budget: {text!r} is not a fraction in (0, 1] or a size like 2000000, 2MB, 1.5MiB")
+    value, unit = float(m.group(1)), m.group(2)
+    if unit is None and value <= 1:
+        if value <= 0:
+            raise SpecError(f"--budget: fraction {text!r} must be in (0, 1]")
+        return Budget(fraction=value)
+    nbytes = value * _UNITS[unit or "b"]
+    if unit is None and not value.is_integer():
+        raise SpecError(f"--budget: {text!r} is neither a fraction in (0, 1] nor a whole number of bytes")
+    if nbytes < 1:
+        raise SpecError(f"--budget: {text!r} is less than one byte")
+    return Budget(nbytes=int(nbytes))
+
+
+def parse_sketch(text: str) -> Sketch:
+    """``KIND:KEEP[:OPTION...]``, KIND in radvar.sketch's catalogue, e.g. ``subsample:0.1:per-example``."""
+    parts = text.split(":")
+    kinds = sorted(Sketch.registry)
+    if len(parts) < 2 or parts[0] not in Sketch.registry:
+        raise SpecError(f"--sketch: {text!r} must be KIND:KEEP[:OPTION...] with KIND in {kinds}")
+    try:
+        keep = float(parts[1])
+    except ValueError:
+        raise SpecError(f"--sketch: keep {parts[1]!r} in {text!r} is not a number in (0, 1]") from None
+    fields: dict[str, Any] = {"kind": parts[0], "keep": keep}
+    for opt in parts[2:]:
+        if opt in ("shared", "per-example"):
+            fields["per_example"] = opt == "per-example"
+        elif opt == "replace":
+            fields["replace"] = True
+        elif opt in ("rademacher", "gaussian"):
+            fields["dist"] = opt
+        elif opt.startswith("axis="):
+            fields["axis"] = opt[5:]
+        else:
+            raise SpecError(f"--sketch: unknown option {opt!r} in {text!r}; allowed: {SKETCH_OPTIONS}")
+    try:
+        return Sketch.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"--sketch: {text!r}: {e}") from e
+
+
+def resolve_device(text: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--device: 'cuda' was asked for but torch.cuda.is_available() is False; use cpu or auto")
+    if text not in ("cpu", "cuda"):
+        raise SpecError(f"--device: {text!r}; allowed: cpu, cuda, auto")
+    return torch.device(text)
