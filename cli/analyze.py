@@ -1,0 +1,71 @@
+"""``radvar analyze``: where the memory goes, what a RAD plan saves, what it costs in variance."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+import radvar
+from radvar import report as report_lib
+
+from . import plans, specs
+from .report import echo_analysis
+from .options import check_batch_size, load_problem, log, problem_options, progress, runtime_options, ticker
+
+
+@click.command()
+@problem_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=150, show_default=True,
+              help="Training batch size analysed (data noise is tr Σ / batch size).")
+@click.option("--budget", "budget_spec", metavar="F|BYTES",
+              help="Memory budget of the recommended plan: a fraction in (0, 1] of the exact (compact) saved "
+                   "bytes, or bytes (2000000, 2MB, 1.5MiB) [default: the memory of uniform Subsample(0.1)].")
+@click.option("--sketch", "sketch_specs", multiple=True, metavar="KIND:KEEP[:OPT]",
+              help="Sketch family (repeatable), e.g. subsample:0.1 or importance:0.1. Alone: analyse that "
+                   "uniform plan; with --budget: the families radvar.tune chooses from.")
+@click.option("--draws", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Monte Carlo draws checking the plan's closed-form RAD variance (0: none; else >= 2).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write report.md, report.html (figures embedded), analysis.json and PNGs here.")
+@click.option("--json", "json_path", metavar="PATH|-", help="Write the analysis JSON to PATH, or to stdout with -.")
+@click.option("--format", "fmt", type=click.Choice(report_lib.FORMATS), default="table", show_default=True,
+              help="How to print the per-layer table on stdout.")
+@runtime_options
+def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
+            weights: str | None, seed: int, device: str, batch_size: int, budget_spec: str | None,
+            sketch_specs: tuple[str, ...], draws: int, out_dir: str | None, json_path: str | None,
+            fmt: str) -> None:
+    """Analyse MODEL (default: the paper MLP on scikit-learn digits) per layer: saved bytes exact -> plan,
+    RAD variance, data noise, the plan's sketch and keep; totals; optionally a report folder."""
+    start = time.perf_counter()
+    budget = specs.parse_budget(budget_spec) if budget_spec is not None else None
+    families = [specs.parse_sketch(s) for s in sketch_specs]
+    if draws == 1:
+        raise specs.SpecError("--draws: 1 draw has no variance; use 0 (no Monte Carlo check) or at least 2")
+    if out_dir is not None:
+        report_lib.check_target(out_dir)
+    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
+    check_batch_size(problem, batch_size)
+    log(f"analyze: {problem.meta['model']} on {problem.meta['data']} ({problem.meta['examples']} examples), "
+        f"batch {batch_size}")
+    with progress(None, "analyze") as bar:
+        tick = ticker(bar)
+        plan, source = plans.choose(problem, batch_size, budget, families)
+        tick("plan")
+        analysis = report_lib.analyze(problem.model, (problem.x, problem.y), problem.loss_fn,
+                                      batch_size=batch_size, plan=plan, families=families or None,
+                                      draws=draws, progress=tick)
+    analysis.meta = {**problem.meta, "batch_size": batch_size, "plan": source, **analysis.meta,
+                     "radvar": radvar.__version__, "seconds": round(time.perf_counter() - start, 2)}
+    if out_dir is not None:
+        path = report_lib.write_report(analysis, out_dir)
+        log(f"report written to {path}/ (report.html, report.md, analysis.json)")
+    if json_path == "-":
+        click.echo(json.dumps(analysis.to_dict(), indent=2))
+        return
+    if json_path is not None:
+        report_lib.write_text(json_path, json.dumps(analysis.to_dict(), indent=2) + "\n")
+        log(f"analysis JSON written to {json_path}")
+    echo_analysis(analysis, fmt)

@@ -1,0 +1,34 @@
+"""The plan ``radvar analyze`` shows, and where it came from.
+
+* ``--sketch`` without ``--budget``: that sketch on every randomizable layer;
+* otherwise :func:`radvar.tradeoff.tune` under ``--budget`` (families from
+  ``--sketch``, keeps ignored); without ``--budget`` the budget is the ledger
+  bytes of the paper's uniform Subsample(0.1) plan: the recommendation answers
+  "what is the least-variance plan in the memory of the paper's setting?".
+"""
+
+from __future__ import annotations
+
+from radvar import Plan, convert, memory
+from radvar.sketch import Sketch, Subsample
+from radvar.tradeoff import DEFAULT_FAMILIES, tune
+
+from .options import Problem
+from .specs import Budget
+
+PAPER = Subsample(0.1)  # the paper's "same sample" estimator at its keep fraction
+
+
+def choose(problem: Problem, batch_size: int, budget: Budget | None, families: list[Sketch]) -> tuple[Plan, str]:
+    """The plan to analyse and one line saying where it came from."""
+    if budget is None and families:
+        return Plan.uniform(problem.model, families[0]), f"uniform {families[0].label()} (--sketch)"
+    x, y = problem.x[:batch_size].clone(), problem.y[:batch_size].clone()
+    if budget is None:
+        paper = memory.saved_bytes(convert(problem.model, PAPER), x, problem.loss_fn, y).total
+        value, source = paper, f"the memory of uniform {PAPER.label()}: {paper:,} bytes"
+    else:
+        value, source = budget.value, f"--budget {budget}"
+    plan = tune(problem.model, (problem.x, problem.y), problem.loss_fn, budget=value, batch_size=batch_size,
+                families=families or DEFAULT_FAMILIES)
+    return plan, f"recommended by radvar.tune for {source}"

@@ -1,0 +1,40 @@
+"""``radvar tune``: the least-variance plan under a memory budget, saved as JSON (radvar.tradeoff.tune)."""
+
+from __future__ import annotations
+
+import click
+
+from radvar.tradeoff import DEFAULT_FAMILIES, tune as tune_lib
+
+from . import specs
+from .options import check_batch_size, load_problem, log, problem_options, runtime_options
+
+
+@click.command()
+@problem_options
+@click.option("--budget", "budget_spec", required=True, metavar="F|BYTES",
+              help="A fraction in (0, 1] of the exact (compact) saved bytes, or bytes (2000000, 2MB, 1.5MiB).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=150, show_default=True)
+@click.option("--sketch", "sketch_specs", multiple=True, metavar="KIND:KEEP[:OPT]",
+              help="Sketch families to choose from (repeatable; keep ignored) [default: same sample, "
+                   "different sample, projection, importance].")
+@click.option("-o", "--output", "output", required=True, metavar="PLAN.json", help="Where to save the plan.")
+@runtime_options
+def tune(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
+         weights: str | None, seed: int, device: str, budget_spec: str, batch_size: int,
+         sketch_specs: tuple[str, ...], output: str) -> None:
+    """Choose every layer's sketch and keep for MODEL under --budget; save the plan (radvar.Plan JSON)."""
+    budget = specs.parse_budget(budget_spec)
+    families = [specs.parse_sketch(s) for s in sketch_specs] or list(DEFAULT_FAMILIES)
+    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
+    check_batch_size(problem, batch_size)
+    log(f"tune: {problem.meta['model']} on {problem.meta['data']}, batch {batch_size}, budget {budget}")
+    plan = tune_lib(problem.model, (problem.x, problem.y), problem.loss_fn, budget=budget.value,
+                    batch_size=batch_size, families=families)
+    plan.save(output)
+    p = plan.provenance
+    for name, sketch in plan.items():
+        click.echo(f"{name:>20}  {sketch.label() if sketch is not None else 'exact'}")
+    click.echo(f"saved for backward: {p['measured_bytes']:,} bytes measured (budget {p['budget']['bytes']:,}; "
+               f"exact {p['exact_bytes']:,}); predicted RAD variance {p['predicted_rad_variance']:.3g}")
+    log(f"plan written to {output}")

@@ -1,0 +1,18 @@
+"""Reports shared by notebooks and the CLI: the per-layer analysis, tables, seaborn figures, documents.
+
+``analyze(model, (x, y), loss_fn, batch_size=..., plan=...)`` -> :class:`Analysis`
+(tidy frames, ``.summary()``, ``.to_dict()``/``.from_dict()``); :func:`write_report`
+writes report.md, a self-contained report.html and analysis.json; :mod:`radvar.report.figures`
+draws the seaborn figures (imported on first use: it loads matplotlib).
+"""
+
+from .analysis import FAMILIES, analyze, small_batch_same_memory
+from .document import check_target, html_document, markdown, write_report, write_text
+from .result import Analysis
+from .tables import FORMATS, bench_table, format_bytes, layer_table, render, summary_lines
+
+__all__ = [
+    "Analysis", "analyze", "FAMILIES", "small_batch_same_memory",
+    "check_target", "write_report", "write_text", "markdown", "html_document",
+    "FORMATS", "render", "layer_table", "summary_lines", "bench_table", "format_bytes",
+]

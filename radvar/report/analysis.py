@@ -1,0 +1,178 @@
+"""``analyze``: one model, its data and a plan -> an :class:`~radvar.report.result.Analysis`.
+
+Nothing here estimates anything new; it gathers, per layer:
+
+* bytes kept for backward by plain PyTorch and with the plan — the saved-tensor
+  ledger (:func:`radvar.memory.saved_bytes`) on the model and on
+  ``convert(model, plan)``, measured on the first ``batch_size`` examples;
+* RAD variance E‖Ĝ − G‖²_F of each weight gradient under the plan, and
+  against keep for each sketch family — closed forms on one exact pass
+  (:func:`radvar.tradeoff.candidates.candidates`, :func:`radvar.variance.layer_variance`);
+* data noise tr Σ_l / B of the same weight gradients — per-example gradients
+  over all of ``data`` (:func:`radvar.variance.minibatch`).
+
+Totals (DESIGN.md §2): total variance = data + RAD; the equivalent batch size
+is the exact batch with the same total variance, B_eq = B · D / (D + R); the
+small batch with the same memory is the largest exact batch whose ledger
+bytes fit in the plan's (bisection on the ledger). The frontier is
+:func:`radvar.tradeoff.frontier.frontier` plus the plan's measured point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import memory, variance
+from ..convert import convert
+from ..layers import twin_for
+from ..plan import Plan
+from ..sketch import Sketch
+from ..tradeoff import candidates as cand_lib
+from ..tradeoff import frontier as frontier_lib
+from .result import Analysis
+
+FAMILIES: tuple[Sketch, ...] = cand_lib.DEFAULT_FAMILIES
+KEEPS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def _first(x: torch.Tensor, y: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of the first ``b`` examples: the ledger counts whole storages, so a view would count all data."""
+    return x[:b].clone(), y[:b].clone()
+
+
+def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
+    """The input shape of each leaf module's first call, as ``150x300``."""
+    shapes: dict[str, str] = {}
+
+    def hook(name: str) -> Callable:
+        def record(mod: nn.Module, args: tuple) -> None:
+            if name not in shapes and args and isinstance(args[0], torch.Tensor):
+                shapes[name] = "x".join(map(str, args[0].shape))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
+               if next(m.children(), None) is None]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def small_batch_same_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                            budget: int) -> int:
+    """The largest exact batch b <= len(x) whose ledger bytes fit in ``budget`` (0 if none)."""
+    lo, hi = 0, len(x)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        xs, ys = _first(x, y, mid)
+        if memory.saved_bytes(model, xs, loss_fn, ys).total <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable[..., torch.Tensor], *,
+            batch_size: int, plan: Plan, families: Sequence[Sketch] | None = None, draws: int = 0,
+            progress: Callable[[str], None] | None = None) -> Analysis:
+    """Per-layer memory (plain -> plan), RAD variance, data noise, variance-vs-keep curves and frontier.
+
+    ``data = (inputs, targets)``: data noise is measured over all of it; the first
+    ``batch_size`` examples are the step whose memory and RAD variance are shown.
+    ``families``: sketch templates scanned over keep (default :data:`FAMILIES`).
+    ``draws`` > 0 adds a Monte Carlo check of the plan's RAD variance per layer
+    (:func:`radvar.variance.empirical`: ``mc_variance`` with its 99% ``ci_low``/``ci_high``).
+    """
+    if not isinstance(plan, Plan):
+        raise TypeError(f"analyze: plan must be a radvar.Plan, got {type(plan).__name__}")
+    plan.validate(model)
+    x, y = data
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(x):
+        raise ValueError(f"analyze: batch_size must be an int in [1, {len(x)}] (the examples in data), "
+                         f"got {batch_size!r}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0 or draws == 1:
+        raise ValueError(f"analyze: draws must be 0 (no Monte Carlo check) or an int >= 2, got {draws!r}")
+    families = tuple(families or FAMILIES)
+    tick = progress or (lambda stage: None)
+    xb, yb = _first(x, y, batch_size)
+
+    shapes = _input_shapes(model, xb)
+    tick("memory")
+    plain = memory.saved_bytes(model, xb, loss_fn, yb)
+    planned = memory.saved_bytes(convert(model, plan), xb, loss_fn, yb)
+    tick("RAD variance")
+    cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, KEEPS)
+    rad = {name: variance.layer_variance(cands.capture[name], plan.get(name)) for name in cands.capture}
+    tick("data noise")
+    noise = variance.minibatch(model, (x, y), loss_fn, batch_size).per_layer
+    data_var = dict(zip(noise["layer"], noise["data_variance"]))
+    mc: dict[str, dict] = {}
+    if draws:
+        tick(f"Monte Carlo ({draws} draws)")
+        mc = {r["layer"]: r for r in variance.empirical(model, (xb, yb), loss_fn, plan, draws=draws)
+              .per_layer.to_dict(orient="records")}
+
+    modules = dict(model.named_modules())
+    bytes_plain = dict(zip(plain.per_module["module"], plain.per_module["bytes"]))
+    bytes_plan = dict(zip(planned.per_module["module"], planned.per_module["bytes"]))
+    rows = []
+    for name in dict.fromkeys([*shapes, *bytes_plain, *bytes_plan]):
+        module = modules.get(name)
+        twin = twin_for(module) if module is not None else None
+        sketch = plan.get(name)
+        value, method = rad.get(name, (0.0, "exact"))
+        rows.append({
+            "layer": name, "type": type(module).__name__ if module is not None else name,
+            "shape": shapes.get(name, ""), "randomized": bool(twin is not None and twin.randomized),
+            "bytes_exact": int(bytes_plain.get(name, 0)), "bytes_plan": int(bytes_plan.get(name, 0)),
+            "sketch": sketch.label() if sketch is not None else "exact",
+            "keep": sketch.keep if sketch is not None else None,
+            "rad_variance": float(value), "data_variance": float(data_var.get(name, math.nan)), "method": method,
+            **{f"{col}": mc.get(name, {}).get(src, math.nan)
+               for col, src in (("mc_variance", "rad_variance"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))},
+        })
+    layers = pd.DataFrame(rows)
+    curves = cands.table[cands.table["family"] != cand_lib.EXACT]
+    curves = curves[["layer", "family", "keep", "variance"]].rename(columns={"variance": "rad_variance"})
+
+    tick("frontier")
+    d_total = float(layers["data_variance"].sum(skipna=True))
+    r_total = float(layers["rad_variance"].sum())
+    small_batches = sorted({max(1, batch_size // d) for d in (16, 8, 4, 2)})
+    front = frontier_lib.frontier(model, (x, y), loss_fn, cands, d_total * batch_size, small_batches, families)
+    table = front.table
+    frontier = pd.DataFrame({"config": table["curve"], "kind": table["curve"].map(_kind), "label": table["plan"],
+                             "bytes": table["bytes"], "variance": table["total_variance"]})
+    frontier.loc[len(frontier)] = {"config": "plan", "kind": "plan", "label": "the analysed plan (measured)",
+                                   "bytes": planned.total, "variance": d_total + r_total}
+    tick("small batch")
+    small = small_batch_same_memory(model, x, y, loss_fn, planned.total)
+
+    totals = {
+        "batch_size": batch_size, "bytes_exact": plain.total, "bytes_plan": planned.total,
+        "memory_saved": plain.total - planned.total,
+        "memory_ratio": plain.total / planned.total if planned.total else math.inf,
+        "data_variance": d_total, "rad_variance": r_total,
+        "variance_added": r_total / d_total if d_total > 0 else math.inf,
+        "equivalent_batch_size": batch_size * d_total / (d_total + r_total) if d_total + r_total > 0 else batch_size,
+        "small_batch_same_memory": small,
+    }
+    meta = {"families": [cand_lib.family_name(f) for f in families], "keeps": list(KEEPS), "draws": draws}
+    return Analysis(meta=meta, layers=layers, totals=totals, curves=curves.reset_index(drop=True),
+                    frontier=frontier, plan=plan.to_dict())
+
+
+def _kind(curve: str) -> str:
+    if curve == frontier_lib.SMALL_BATCH:
+        return "exact small batch"
+    if curve == frontier_lib.TUNED:
+        return "tuned"
+    return "exact" if curve == "exact" else "uniform RAD"

@@ -1,0 +1,103 @@
+"""Tables for terminals, Markdown and JSON: formatting only, no estimates."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .result import Analysis
+
+FORMATS = ("table", "markdown", "json")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def format_bytes(n: Any) -> str:
+    """Decimal units, three significant digits: ``1.23 MB``."""
+    if _missing(n):
+        return "-"
+    n = float(n)
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_float(v: Any) -> str:
+    """Three significant digits; ``-`` for missing; ``0`` for exact zeros."""
+    if _missing(v):
+        return "-"
+    return "0" if v == 0 else f"{float(v):.3g}"
+
+
+def layer_table(analysis: "Analysis") -> pd.DataFrame:
+    """The per-layer table as shown: saved bytes exact -> plan, RAD variance, data noise, plan entry."""
+    rows = []
+    for r in analysis.layers.to_dict(orient="records"):
+        rows.append({
+            "layer": r["layer"], "type": r["type"], "shape": r["shape"],
+            "saved exact -> plan": f"{format_bytes(r['bytes_exact'])} -> {format_bytes(r['bytes_plan'])}",
+            "RAD variance": format_float(r["rad_variance"]),
+            "data noise": format_float(r["data_variance"]),
+            "plan": r["sketch"] or "exact",
+        })
+        if analysis.meta.get("draws"):
+            rows[-1]["Monte Carlo [99% CI]"] = (
+                "-" if _missing(r["mc_variance"]) else
+                f"{format_float(r['mc_variance'])} [{format_float(r['ci_low'])}, {format_float(r['ci_high'])}]")
+    return pd.DataFrame(rows)
+
+
+def summary_lines(analysis: "Analysis") -> list[str]:
+    """Totals in words: memory saved, variance added, equivalent batch size."""
+    t = analysis.totals
+    lines = [f"saved for backward: {format_bytes(t['bytes_exact'])} exact -> {format_bytes(t['bytes_plan'])} "
+             f"with the plan ({t['memory_ratio']:.2f}x less, {format_bytes(t['memory_saved'])} saved)"]
+    lines.append(f"gradient variance: data noise {format_float(t['data_variance'])} at batch {t['batch_size']}"
+                 f" + RAD {format_float(t['rad_variance'])} (+{100 * t['variance_added']:.0f}%)")
+    eq, small = t["equivalent_batch_size"], t["small_batch_same_memory"]
+    lines.append(f"equivalent exact batch size: {format_float(eq)} of {t['batch_size']}; "
+                 f"the exact batch that fits in the plan's memory: {small}")
+    verdict = "beats" if eq > small else "does not beat"
+    lines.append(f"in the same memory, the plan {verdict} exact training at batch {small} "
+                 f"(equivalent batch {format_float(eq)} vs {small})")
+    return lines
+
+
+def bench_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``radvar.bench.compare`` output, formatted."""
+    return pd.DataFrame({
+        "config": frame["config"],
+        "saved": [format_bytes(v) for v in frame["saved_bytes"]],
+        "step ms": [f"{v:.2f}" for v in frame["step_ms"]],
+        "memory ratio": [f"{v:.2f}x" for v in frame["memory_ratio"]],
+        "time ratio": [f"{v:.2f}x" for v in frame["time_ratio"]],
+    })
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """``table`` (aligned text), ``markdown`` or ``json`` (a list of records)."""
+    if fmt == "table":
+        return frame.to_string(index=False)
+    if fmt == "markdown":
+        return markdown(frame)
+    if fmt == "json":
+        return json.dumps(frame.to_dict(orient="records"), indent=2)
+    raise ValueError(f"render: fmt must be one of {FORMATS}, got {fmt!r}")
