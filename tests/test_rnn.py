@@ -166,7 +166,10 @@ def test_memory_per_step_ledger(sketch):
     per_step = 4 * batch * (kept_count(0.1, inputs) + kept_count(0.1, hidden)) + math.ceil(batch * hidden / 8)
     assert rad == steps * per_step
     assert plain / steps >= 5 * rad / steps
-    assert radvar.memory.saved_bytes(radvar.convert(model, None), x).total == plain  # exact twin: no mask added
+    # all exact: hh keeps h_0..h_{T-1} (attributed to hh), the ReLU a mask a step, and h_T is kept by nobody
+    exact = radvar.memory.saved_bytes(radvar.convert(model, None), x)
+    assert exact.total == plain - 4 * batch * hidden + steps * math.ceil(batch * hidden / 8)
+    assert exact.per_module.set_index("module").loc["hh", "bytes"] == 4 * (steps * batch * hidden)
 
 
 def test_classifier_plan_and_conversion():

@@ -1,4 +1,4 @@
-"""Compact twin of :class:`radvar.rnn.IRNN`: a 1-bit ReLU mask per step when ``hh`` is sketched.
+"""Compact twin of :class:`radvar.rnn.IRNN`: its ReLU keeps a 1-bit mask per step.
 
 An IRNN's maps are ``nn.Linear`` children, so ``convert`` randomizes them as
 ``RADLinear`` (plan entries ``"<name>.ih"`` and ``"<name>.hh"``); each step's
@@ -12,8 +12,9 @@ then keeps a sketch of x_t, a sketch of h_{t-1} and, here, the ReLU mask in
 Input and bias gradients are exact, so the backpropagated
 g_t = ∂L/∂(pre-activation at t) is exact and ∂Ŵ_hh = Σ_t g_tᵀ ĥ_{t-1} is
 unbiased with variance Σ_t Var_t (independent draws add; likewise W_ih).
-When ``hh`` keeps h_{t-1} in full (exact), plain ``torch.relu`` is used: its
-saved output is that same tensor, so a mask would only add bytes.
+As with ``CompactReLU`` before an exact ``Linear``, an exact ``hh`` still keeps
+h_{t-1} in full, so the all-exact twin keeps the plain bytes plus the masks;
+the ledger then attributes h_{t-1} to ``hh``, the map whose sketch removes it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from .registry import Twin, register
 
 @register(IRNN)
 class CompactIRNN(IRNN, Twin):
-    """:class:`IRNN` whose ReLU keeps a packed mask while its ``hh`` map keeps a sketch."""
+    """:class:`IRNN` whose ReLU keeps a packed mask (1 bit an element) for backward."""
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        sketched = isinstance(self.hh, Twin) and self.hh._randomizes()
-        return self.run(x, h0, compact_relu if sketched else torch.relu)
+        return self.run(x, h0, compact_relu)
