@@ -37,8 +37,12 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
             weights: str | None, seed: int, device: str, batch_size: int, budget_spec: str | None,
             sketch_specs: tuple[str, ...], draws: int, out_dir: str | None, json_path: str | None,
             fmt: str) -> None:
-    """Analyse MODEL (default: the paper MLP on scikit-learn digits) per layer: saved bytes exact -> plan,
-    RAD variance, data noise, the plan's sketch and keep; totals; optionally a report folder."""
+    """Where memory goes, what RAD saves, what it costs, which plan.
+
+    MODEL defaults to the paper MLP on scikit-learn digits. Prints, per layer:
+    saved bytes exact -> plan, RAD variance, data noise, the plan's sketch and
+    keep; then the totals. --out writes a report folder.
+    """
     start = time.perf_counter()
     budget = specs.parse_budget(budget_spec) if budget_spec is not None else None
     families = [specs.parse_sketch(s) for s in sketch_specs]

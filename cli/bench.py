@@ -28,7 +28,10 @@ DEFAULT_SKETCHES = ("subsample:0.1", "subsample:0.1:per-example", "bernoulli:0.1
 def bench(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
           weights: str | None, seed: int, device: str, batch_size: int, sketch_specs: tuple[str, ...],
           reps: int, fmt: str) -> None:
-    """Saved bytes and median step time, plain PyTorch vs each sketch, interleaved in one process."""
+    """Plain PyTorch vs sketches: saved bytes and step time.
+
+    Steps of all configurations are interleaved in one process (radvar.bench.compare).
+    """
     sketches = [specs.parse_sketch(s) for s in sketch_specs or DEFAULT_SKETCHES]
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
     check_batch_size(problem, batch_size)

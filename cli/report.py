@@ -18,7 +18,7 @@ from .options import log, runtime_options
 @click.option("--format", "fmt", type=click.Choice(report_lib.FORMATS), default="table", show_default=True)
 @runtime_options
 def report(analysis_json: str, out_dir: str | None, fmt: str) -> None:
-    """Print the per-layer table of a saved analysis and optionally rebuild its report folder."""
+    """Re-render a saved analysis.json (table, Markdown, report folder)."""
     if out_dir is not None:
         report_lib.check_target(out_dir)
     try:

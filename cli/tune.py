@@ -23,7 +23,11 @@ from .options import check_batch_size, load_problem, log, problem_options, runti
 def tune(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
          weights: str | None, seed: int, device: str, budget_spec: str, batch_size: int,
          sketch_specs: tuple[str, ...], output: str) -> None:
-    """Choose every layer's sketch and keep for MODEL under --budget; save the plan (radvar.Plan JSON)."""
+    """The least-variance plan under a memory budget, saved as JSON.
+
+    Chooses every layer's sketch and keep for MODEL under --budget (radvar.tune)
+    and writes a radvar.Plan to -o.
+    """
     budget = specs.parse_budget(budget_spec)
     families = [specs.parse_sketch(s) for s in sketch_specs] or list(DEFAULT_FAMILIES)
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)

@@ -12,7 +12,7 @@ from .options import runtime_options
 @click.command()
 @runtime_options
 def zoo() -> None:
-    """List the built-in models and datasets (usable as MODEL and --data)."""
+    """Built-in models and datasets (usable as MODEL and --data)."""
     width = max(map(len, zoo_lib.DESCRIPTIONS))
     for title, names in (("models", zoo_lib.MODELS), ("datasets", zoo_lib.DATASETS)):
         click.echo(f"{title}:")
