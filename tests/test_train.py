@@ -143,6 +143,15 @@ def test_compiled_gradients_equal_eager(digits):
     assert not torch.equal(eager[0][0], eager[1][0])  # each step draws afresh
     for e, c in zip(eager, comp):
         assert all(torch.equal(a, b) for a, b in zip(e, c))
+    # through fit: compiled training gives the eager run's parameters bitwise
+    fitted = []
+    for compile in (False, "aot_eager"):
+        torch.manual_seed(0)
+        net = small()
+        fit(net, digits[0], loss_fn=F.cross_entropy, optimizer=SGD, plan=sketch.Subsample(0.2), steps=3,
+            batch_size=64, seed=5, compile=compile, progress=False)
+        fitted.append(list(net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(*fitted))
 
 
 def test_max_batch_size_ledger(digits):
