@@ -36,6 +36,11 @@ def _worker(rank: int, port: int, out: str) -> None:
                    optimizer=lambda p: torch.optim.SGD(p, lr=0.1), plan=sketch.Subsample(0.2), steps=6,
                    batch_size=25, log_every=3, seed=0, device="cpu", progress=False)
         assert dist.is_initialized() and dist.get_world_size() == WORLD
+        # without a seed, rank 0's data seed is used everywhere, so the ranks' shards partition each epoch
+        torch.manual_seed(rank)
+        unseeded = fit(zoo.mlp(in_features=64, hidden=8, depth=1), (x[:400], y[:400]), loss_fn=F.cross_entropy,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1), steps=1, batch_size=25, device="cpu",
+                       progress=False)
 
         # one step on the same batch with the same seed on both ranks: local RAD gradient, then DDP's
         torch.manual_seed(0)
@@ -52,7 +57,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.all_gather(gathered, local)
         torch.save({"local": local, "ddp": model[0].weight.grad.clone(), "gathered": gathered,
                     "params": [p.detach().clone() for p in fitted.parameters()],
-                    "loss": hist["loss"].tolist(), "world_size": hist.attrs["world_size"]},
+                    "loss": hist["loss"].tolist(), "world_size": hist.attrs["world_size"],
+                    "unseeded": unseeded.attrs["seed"]},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         if dist.is_initialized():
@@ -72,3 +78,4 @@ def test_ddp_two_ranks_gloo(tmp_path):
     # fit under DDP keeps the replicas identical and logs the rank-averaged loss
     assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))
     assert r0["loss"] == r1["loss"] and r0["world_size"] == WORLD and len(r0["loss"]) == 2
+    assert r0["unseeded"] == r1["unseeded"]

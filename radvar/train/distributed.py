@@ -63,3 +63,12 @@ def mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / world()[1]
+
+
+def broadcast(value: int, device: torch.device) -> int:
+    """Rank 0's value of an int on every rank (identity on one rank)."""
+    if world()[1] == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())

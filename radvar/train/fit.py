@@ -176,8 +176,8 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
         raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer or a callable returning one, got {optimizer!r}")
     scaler = precision.scaler()
     rank, world = distributed.init(dev)
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())  # data order only; RAD draws use radvar.rng
+    if seed is None:  # data order only (RAD draws use radvar.rng); rank 0's, so the shards partition the data
+        seed = distributed.broadcast(int(torch.randint(0, 2**62, (1,)).item()), dev)
     rng.seed(seed)
 
     state = {"step": 0, "epoch": 0, "batch": 0, "rows": []}
