@@ -49,6 +49,7 @@ class Frontier:
         """Seaborn line plot of total variance against saved bytes (log-log), one line per curve."""
         import matplotlib.pyplot as plt
         import seaborn as sns
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         ax = ax or plt.subplots(figsize=(7, 4.5))[1]
         frame = self.table.assign(kib=self.table["bytes"] / 1024)
@@ -56,7 +57,11 @@ class Frontier:
                      drawstyle="steps-post", estimator=None, sort=True, ax=ax)
         ax.set(xscale="log", yscale="log", xlabel="bytes kept for backward (KiB)",
                ylabel="total gradient variance  tr Σ/B + RAD")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(self.exact_bytes / 1024, color="grey", lw=0.8, ls=":")
+        ax.legend(loc="lower left", fontsize=8)
         ax.set_title(f"memory–variance frontier (RAD at batch {self.batch_size})")
         return ax
 
