@@ -6,9 +6,12 @@ closed form per sketch, cheap enough for a keep grid) -> ``analytic`` /
 sources, is in docs/variance.md and ../../shared/DESIGN.md §2.
 """
 
+from . import statistics
 from .analytic import analytic
+from .empirical import empirical
+from .minibatch import minibatch
 from .capture import Capture, LayerStats, capture, layer_variance, layer_variance_se
 from .report import VarianceReport
 
 __all__ = ["capture", "Capture", "LayerStats", "layer_variance", "layer_variance_se", "analytic",
-           "VarianceReport"]
+           "empirical", "minibatch", "VarianceReport", "statistics"]

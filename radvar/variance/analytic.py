@@ -12,7 +12,7 @@ from torch import nn
 from ..sketch import check_keep
 from .capture import Batch, capture, layer_variance, layer_variance_se, split_batch
 from .ledger import measure
-from .plan_input import as_plan
+from .plan_input import as_plan, needs_importance
 from .report import COLUMNS, VarianceReport
 
 
@@ -37,7 +37,7 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     plan = as_plan(model, plan, "analytic")
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
-    cap = capture(model, batch, loss_fn, names=plan)
+    cap = capture(model, batch, loss_fn, names=plan, importance=needs_importance(plan))
     ledger = measure(model, inputs, targets, loss_fn, plan, grid)
     rows, totals = [], []
     for keep in grid:

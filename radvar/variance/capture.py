@@ -108,16 +108,17 @@ class Capture:
 
 
 def capture(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor], *,
-            names: Mapping[str, Any] | None = None, projection_draws: int = 32,
+            names: Mapping[str, Any] | None = None, projection_pairs: int = 256,
             importance: bool = True) -> Capture:
     """One exact forward/backward on ``batch = (inputs, targets)``; statistics per randomizable layer.
 
-    ``names`` restricts capture to those layers (e.g. a Plan); ``projection_draws``
-    Monte Carlo draws estimate the conv projection constant; ``importance=False``
+    ``names`` restricts capture to those layers (e.g. a Plan); ``projection_pairs``
+    example pairs estimate the conv shared-projection cross term when the exact
+    all-pairs sum would cost more than a few backward passes; ``importance=False``
     skips the sorted |x| kept for Importance sketches (rows × features floats).
     """
-    if isinstance(projection_draws, bool) or not isinstance(projection_draws, int) or projection_draws < 1:
-        raise ValueError(f"capture: projection_draws must be an int >= 1, got {projection_draws!r}")
+    if isinstance(projection_pairs, bool) or not isinstance(projection_pairs, int) or projection_pairs < 2:
+        raise ValueError(f"capture: projection_pairs must be an int >= 2, got {projection_pairs!r}")
     inputs, targets = split_batch(batch, "capture")
     wanted = None if names is None else set(names)
     modules = {n: m for n, m in model.named_modules()
@@ -134,7 +135,7 @@ def capture(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor]
             x = args[0].detach()
 
             def on_grad(g: torch.Tensor) -> None:
-                calls[name].append(kind.view_stats(module, x, g.detach(), gen, projection_draws, importance))
+                calls[name].append(kind.view_stats(module, x, g.detach(), gen, projection_pairs, importance))
 
             out.register_hook(on_grad)
 

@@ -23,7 +23,7 @@ in column f, so ``col = tot = ‖G‖²`` shared and ``Σ_i ‖g_i‖²‖x_i‖
   is a sum of k i.i.d. rank-one terms, so Var = V/k exactly, with
   V = Σ_{f≠f'} (‖D_ff'‖² + ⟨D_ff', D_f'f⟩) for Rademacher (``D_ff'``: feature f
   of the view placed at feature f') and V + 2·col for Gaussian (Isserlis).
-  For Linear V = (n − 1)·tot; for conv V is estimated by Monte Carlo.
+  For Linear V = (n − 1)·tot; conv: see ``kinds/conv.py``.
 * Importance (Poisson, π ∝ |x| capped at 1, per row): ``Σ_rf (1/π_rf − 1)‖C_rf‖²``.
 
 keep = 1 is exact in every twin (the layers skip the sketch), so it has 0 variance.

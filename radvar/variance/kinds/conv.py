@@ -7,15 +7,26 @@ offset κ reads at output position q), the contribution of input entry
 (b, c, p) is ``C_bcp[o, κ] = g[b, o, q_κ(p)] x[b, c, p]`` (one weight slice per
 channel c, so different channels never share entries). Hence
 
-* ‖C_bcp‖² = x[b,c,p]² h[b,p] with h = (Σ_o g²) correlated with a ones kernel
-  (a transposed convolution), so the per-row col = Σ x² h for both views;
+* ‖C_bcp‖² = x[b,c,p]² h[b,c,p] with h = (Σ_{o in c's group} g²) correlated with
+  a ones kernel (a transposed convolution), so the per-row col = Σ x² h in both views;
 * per-row tot = Σ_bc ‖A_bc‖², A_bc = Σ_q g[b,:,q] P[b,c,q,:] (the per-example,
   per-channel weight gradient), equal to Σ_b ‖A_b‖² for the examples view;
 * shared col = Σ_p ‖C_p‖² = Σ_κ Σ_q ‖Σ_b g[b,:,q] P[b,:,q,κ]ᵀ‖², tot = ‖G‖².
 
-Projection V needs all pairs of positions (n² contributions), more than a few
-backward passes: it is estimated by Monte Carlo with k = 1 (one ±1 vector r;
-x̂ = (x r) rᵀ), unbiased for V since Var(k) = V/k exactly (see ``forms``).
+Projection (Rademacher, Var = V/k; see ``forms``): with D_pq the contribution of
+feature p's values placed at feature q, V = Σ_{p≠q} ‖D_pq‖² + ⟨D_pq, D_qp⟩, where
+
+* Σ_{p,q} ‖D_pq‖² = Σ_c Σ_{b,b'} X_c[b,b'] Γ_c[b,b'] with the example Gram matrices
+  X_c = Σ_p x[·,c,p] x[·,c,p] and Γ_c = Σ_{o in c's group, q} ν_q g[·,o,q] g[·,o,q]
+  (ν_q: how many kernel offsets at output q read a real input position); per row
+  only b = b' enters; the examples view sums X and Γ over channels first (a
+  feature may move to another channel);
+* Σ_{p,q} ⟨D_pq, D_qp⟩ = Σ_{b,b'} ⟨A_bb', A_b'b⟩ with A_bb' the weight gradient of
+  x_b against g_b' (A_bb = A_b): per row it is the row tot; shared it needs all
+  pairs of examples, computed exactly when that is cheap (≤ ``_EXACT_FLOPS``) and
+  otherwise estimated from ``pairs`` uniformly drawn ordered pairs b ≠ b'
+  (unbiased; its standard error is kept);
+* the p = q terms are the view's col, removed twice.
 """
 
 from __future__ import annotations
@@ -28,10 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...layers import RADConv1d, RADConv2d, RADConv3d
-from ..forms import ImportanceStats, ViewStats
+from ..forms import CLOSED, ImportanceStats, ViewStats
 from . import register
 
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CHUNK = 1 << 22  # elements of per-example gradient blocks built at once
+_EXACT_FLOPS = 2e9  # budget for the exact all-pairs cross term of a shared projection
 
 
 def effective_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -77,20 +90,13 @@ def _prepare(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> tuple[torch
     return x, g.reshape(g.shape[0], g.shape[1], -1), p, conv
 
 
-def _weight_grad(module: nn.Module, x: torch.Tensor, g: torch.Tensor, conv: tuple) -> torch.Tensor:
-    stride, padding, dilation = conv
-    w = module.weight.detach().double()
-    return torch.ops.aten.convolution_backward(g, x, w, None, list(stride), list(padding), list(dilation), False,
-                                               [0] * len(stride), module.groups, [False, True, False])[1]
-
-
 @register(RADConv1d, RADConv2d, RADConv3d)
 class ConvKind:
     name = "conv"
     axes = ("positions", "examples")
 
     def view_stats(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator,
-                   projection_draws: int, importance: bool) -> dict[str, ViewStats]:
+                   projection_pairs: int, importance: bool) -> dict[str, ViewStats]:
         gs = g.double()
         x, g, p, conv = _prepare(module, x, g)
         b, c = x.shape[:2]
@@ -105,16 +111,22 @@ class ConvKind:
                 shared_col += float(torch.einsum("boq,bcq->qoc", gg, pg[..., k]).square().sum())
         h = self._h(module, x, gs, conv)
         row_col = float((x.square() * h).sum())
-        grad = _weight_grad(module, x, gs, conv)
+        gram_x = torch.einsum("bcp,dcp->cbd", x.flatten(2), x.flatten(2))
+        gram_g = self._gram_g(module, x, g, conv)[torch.arange(c) // (c // module.groups)]
+        x_sq, g_sq = gram_x.diagonal(dim1=1, dim2=2), gram_g.diagonal(dim1=1, dim2=2)  # (C, B)
+        cross, cross_se = self._cross(module, p, g, row_tot, gen, projection_pairs)
+        moved = {"positions": (float((gram_x * gram_g).sum()), float((x_sq * g_sq).sum())),
+                 "examples": (float((gram_x.sum(0) * gram_g.sum(0)).sum()),
+                              float((x_sq.sum(0) * g_sq.sum(0)).sum()))}
         views = {"positions": x.reshape(b * c, -1), "examples": x.reshape(b, -1)}
         weights = {"positions": h.reshape(b * c, -1), "examples": h.reshape(b, -1)}
+        method = CLOSED if cross_se == 0 else f"estimate (shared projection: {projection_pairs} example pairs)"
         out = {}
         for axis, v in views.items():
-            method = f"estimate ({projection_draws}-draw Monte Carlo of V; Var = V/k exactly)"
-            shared, shared_se = self._projection_v(module, v, x.shape, gs, grad, conv, gen, projection_draws, False)
-            row, row_se = self._projection_v(module, v, x.shape, gs, grad, conv, gen, projection_draws, True)
-            out[axis] = ViewStats(v.shape[0], v.shape[1], shared_col, tot, row_col, row_tot, shared, row, method,
-                                  ImportanceStats.build(v, weights[axis]) if importance else None, shared_se, row_se)
+            shared_all, row_all = moved[axis]
+            out[axis] = ViewStats(v.shape[0], v.shape[1], shared_col, tot, row_col, row_tot,
+                                  shared_all - 2 * shared_col + cross, row_all - 2 * row_col + row_tot, method,
+                                  ImportanceStats.build(v, weights[axis]) if importance else None, cross_se, 0.0)
         return out
 
     @staticmethod
@@ -131,19 +143,44 @@ class ConvKind:
         return h[:, torch.arange(x.shape[1]) // (x.shape[1] // module.groups)]
 
     @staticmethod
-    def _projection_v(module: nn.Module, view: torch.Tensor, x_shape: torch.Size, g: torch.Tensor,
-                      grad: torch.Tensor, conv: tuple, gen: torch.Generator, draws: int,
-                      per_row: bool) -> tuple[float, float]:
-        """Monte Carlo mean of ‖L((x r) rᵀ) − G‖² over ±1 vectors r (unbiased for V) and its standard error."""
+    def _gram_g(module: nn.Module, x: torch.Tensor, g: torch.Tensor, conv: tuple) -> torch.Tensor:
+        """Γ_γ[b, b'] = Σ_{o in group γ, q} ν_q g[b,o,q] g[b',o,q]: (groups, B, B)."""
+        stride, padding, dilation = conv
+        ones = x.new_ones(1, 1, *x.shape[2:])
+        nu = _CONV[x.dim() - 2](ones, x.new_ones(1, 1, *module.kernel_size), None, stride, padding, dilation)
+        b, o = g.shape[:2]
+        gw = (g * nu.reshape(1, 1, -1)).reshape(b, module.groups, o // module.groups, -1)
+        gg = g.reshape(b, module.groups, o // module.groups, -1)
+        return torch.einsum("bgoq,dgoq->gbd", gw, gg)
+
+    @staticmethod
+    def _cross(module: nn.Module, p: torch.Tensor, g: torch.Tensor, row_tot: float, gen: torch.Generator,
+               pairs: int) -> tuple[float, float]:
+        """Σ_{b,b'} ⟨A_bb', A_b'b⟩ (exact, or from sampled pairs b ≠ b') and its standard error."""
+        b = g.shape[0]
+        if b == 1:
+            return row_tot, 0.0
+        per_pair = 2 * p.shape[1] * (g.shape[1] // module.groups) * p.shape[3] * p.shape[2]
+        exact = b * (b - 1) * per_pair <= _EXACT_FLOPS
+        if exact:
+            left, right = torch.arange(b).repeat_interleave(b), torch.arange(b).repeat(b)
+            left, right = left[left != right], right[left != right]
+        else:
+            left = torch.randint(0, b, (pairs,), generator=gen)
+            right = (left + torch.randint(1, b, (pairs,), generator=gen)) % b
         values = []
-        for _ in range(draws):
-            shape = view.shape if per_row else view.shape[1:]
-            r = torch.randint(0, 2, shape, generator=gen, device=view.device).double().mul_(2).sub_(1)
-            x_hat = ((view * r).sum(1, keepdim=True) * r) if per_row else (view @ r)[:, None] * r[None, :]
-            x_hat = x_hat.reshape(x_shape)
-            values.append(float((_weight_grad(module, x_hat, g, conv) - grad).square().sum()))
-        v = torch.tensor(values, dtype=torch.float64)
-        return float(v.mean()), float(v.std() / draws ** 0.5) if draws > 1 else float("inf")
+        for s in range(0, left.numel(), 64):
+            lo, hi = left[s:s + 64], right[s:s + 64]
+            dot = torch.zeros(lo.numel(), dtype=torch.float64)
+            for (g1, p1), (g2, p2) in zip(_groups(module, p[lo], g[hi]), _groups(module, p[hi], g[lo])):
+                a1 = torch.einsum("noq,ncqk->nock", g1, p1)
+                a2 = torch.einsum("noq,ncqk->nock", g2, p2)
+                dot += (a1 * a2).sum((1, 2, 3))
+            values.append(dot)
+        v = torch.cat(values)
+        if exact:
+            return row_tot + float(v.sum()), 0.0
+        return row_tot + b * (b - 1) * float(v.mean()), b * (b - 1) * float(v.std()) / pairs ** 0.5
 
     def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
                              g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,7 +189,6 @@ class ConvKind:
         x, g, p, _ = _prepare(module, x, g)
         w = torch.zeros(x.shape[0], dtype=torch.float64)
         for gg, pg in _groups(module, p, g):
-            parts = [a.square().sum((1, 2, 3)) for a in _per_example_blocks(gg, pg)]
-            w += torch.cat(parts)
+            w += torch.cat([a.square().sum((1, 2, 3)) for a in _per_example_blocks(gg, pg)])
         bias = gs.reshape(gs.shape[0], gs.shape[1], -1).sum(2).square().sum(1)
         return w, (bias if module.bias is not None else None)

@@ -26,7 +26,7 @@ class LinearKind:
     axes = ("features", "rows")
 
     def view_stats(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator,
-                   projection_draws: int, importance: bool) -> dict[str, ViewStats]:
+                   projection_pairs: int, importance: bool) -> dict[str, ViewStats]:
         x = x.reshape(-1, x.shape[-1]).double()
         g = g.reshape(-1, g.shape[-1]).double()
         rows, n = x.shape

@@ -1,0 +1,243 @@
+"""``minibatch``: data noise from per-example gradients, and the total picture for a RAD plan.
+
+Per-example gradients G_i of the loss on example i alone: Linear and Conv
+weights and biases by fast paths (hooks give x_i and g_i = ∂ℓ_i/∂y_i from one
+backward of Σ_i ℓ_i; ‖G_i‖² from ``kinds``), every other parameter by
+``torch.func`` (vmap of grad over examples). Over the N examples of ``data``:
+
+* tr Σ = (Σ_i ‖G_i‖² − N ‖Ḡ‖²)/(N − 1), the per-example covariance trace;
+* data variance of a batch-B mean gradient (i.i.d. examples): tr Σ / B;
+* gradient noise scale B_simple = tr Σ / ‖Ḡ‖² (McCandlish et al., "An Empirical
+  Model of Large-Batch Training", 2018, eq. 2.8);
+* with a plan: E[RAD variance | batch] from :func:`analytic` averaged over up to
+  ``rad_batches`` disjoint batches of B; total = tr Σ_all/B + RAD; the
+  equivalent batch size B_eq = tr Σ_all / total (the exact batch with the same
+  variance); and the largest exact small batch whose measured saved bytes fit in
+  the plan's measured bytes at B, with its variance tr Σ_all / b.
+
+Assumes examples do not interact in the forward pass (no BatchNorm in training mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from .. import rng
+from ..convert import convert
+from ..memory import saved_bytes
+from .capture import capture, layer_variance
+from .kinds import kind_for
+from .plan_input import as_plan, needs_importance
+from .report import COLUMNS, VarianceReport
+
+OTHER = "(other parameters)"
+_CHUNK = 256
+
+
+def as_examples(data: Any, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data`` as full (inputs, targets) tensors: a pair of tensors, or an iterable of (inputs, targets) pairs."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        xs, ys = [data[0]], [data[1]]
+    else:
+        if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+            raise TypeError(f"{owner}: data must be an (inputs, targets) pair of tensors or an iterable of such "
+                            f"pairs, got {type(data).__name__}")
+        xs, ys = [], []
+        for i, item in enumerate(data):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
+                raise TypeError(f"{owner}: data item {i} must be an (inputs, targets) pair, got {type(item).__name__}")
+            xs.append(item[0])
+            ys.append(item[1])
+    if not xs or sum(x.shape[0] for x in xs if x.dim()) == 0:
+        raise ValueError(f"{owner}: data is empty; need at least two examples")
+    x, y = torch.cat(xs), torch.cat(ys)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{owner}: data has {x.shape[0]} inputs but {y.shape[0]} targets")
+    return x, y
+
+
+def _example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
+    out = model(x)
+    losses = [loss_fn(out[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
+    for loss in losses[:1]:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(f"minibatch: loss_fn must return a floating scalar tensor, got {shape}")
+    return torch.stack([loss.reshape(()) for loss in losses])
+
+
+def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         loss_fn: Callable) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per example i, ‖∂ℓ_i/∂W‖² per Linear/Conv layer (weight) plus bias and ``(other parameters)``
+    entries, and Σ_i ∂ℓ_i/∂θ per group (flattened), for ℓ_i = loss_fn(model(x_i), y_i)."""
+    layers = {n: m for n, m in model.named_modules() if kind_for(m) is not None}
+    fast = {id(m.weight) for m in layers.values()} | {id(m.bias) for m in layers.values() if m.bias is not None}
+    others = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in fast}
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in layers}
+
+    def hook(name: str) -> Callable:
+        def on_forward(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            x_in = args[0].detach()
+            out.register_hook(lambda g: seen[name].append((x_in, g.detach())))
+        return on_forward
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with rng.exact(), torch.enable_grad():
+            losses = _example_losses(model, x, y, loss_fn)
+            params = [m.weight for m in layers.values()] + [m.bias for m in layers.values() if m.bias is not None]
+            params += list(others.values())
+            sums = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    norms: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    by_param = dict(zip(map(id, params), sums))
+    zero = torch.zeros(x.shape[0], dtype=torch.float64)
+    for name, m in layers.items():
+        w, b = zero.clone(), zero.clone()
+        for x_in, g in seen[name]:
+            wn, bn = kind_for(m).per_example_sq_norms(m, x_in, g)
+            w += wn
+            b += bn if bn is not None else 0.0
+        if len(seen[name]) > 1:
+            raise ValueError(f"minibatch: layer {name!r} ran {len(seen[name])} times in one forward; "
+                             f"per-example fast paths need one call per layer")
+        norms[name] = w
+        grads[name] = _flat(by_param[id(m.weight)], m.weight)
+        if m.bias is not None:
+            norms[f"{name}.bias"] = b
+            grads[f"{name}.bias"] = _flat(by_param[id(m.bias)], m.bias)
+    if others:
+        norms[OTHER] = _func_sq_norms(model, others, x, y, loss_fn)
+        grads[OTHER] = torch.cat([_flat(by_param[id(p)], p) for p in others.values()])
+    return norms, grads
+
+
+def _flat(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return (torch.zeros_like(like) if g is None else g).detach().double().reshape(-1)
+
+
+def _func_sq_norms(model: nn.Module, others: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable) -> torch.Tensor:
+    """Σ over ``others`` of ‖∂ℓ_i/∂θ‖² per example, by torch.func (vmap of grad)."""
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in others}
+    buffers = dict(model.named_buffers())
+
+    def loss_one(theta: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, {**fixed, **theta, **buffers}, (xi[None],))
+        return loss_fn(out, yi[None])
+
+    theta = {n: p.detach() for n, p in others.items()}
+    with rng.exact():
+        per = vmap(grad(loss_one), in_dims=(None, 0, 0))(theta, x, y)
+    return sum(g.double().reshape(x.shape[0], -1).square().sum(1) for g in per.values())
+
+
+def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                          budget: int) -> tuple[int, int]:
+    """Largest b ≤ len(x) whose exact saved bytes (measured) are ≤ budget, and those bytes (0, 0 if none)."""
+    def measured(b: int) -> int:
+        with rng.exact():
+            return saved_bytes(model, x[:b].clone(), loss_fn, y[:b].clone()).total
+
+    lo, hi, best = 1, x.shape[0], (0, 0)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        m = measured(mid)
+        if m <= budget:
+            best, lo = (mid, m), mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], batch_size: int,
+              plan: Any = None, rad_batches: int = 4) -> VarianceReport:
+    """Data noise per layer and in total at ``batch_size``; with ``plan``, RAD variance, the total,
+    the equivalent batch size and the memory-equivalent small batch (see the module docstring)."""
+    x, y = as_examples(data, "minibatch")
+    n = x.shape[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"minibatch: batch_size must be a positive int, got {batch_size!r}")
+    if batch_size > n:
+        raise ValueError(f"minibatch: batch_size {batch_size} is larger than the data ({n} examples)")
+    if n < 2:
+        raise ValueError(f"minibatch: need at least two examples for a covariance, got {n}")
+    if plan is not None:
+        plan = as_plan(model, plan, "minibatch")
+    norms: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
+    for s in range(0, n, _CHUNK):
+        part_norms, part_sums = per_example_sq_norms(model, x[s:s + _CHUNK], y[s:s + _CHUNK], loss_fn)
+        for k in part_norms:
+            norms[k] = torch.cat([norms[k], part_norms[k]]) if k in norms else part_norms[k]
+            sums[k] = sums[k] + part_sums[k] if k in sums else part_sums[k]
+    trace, mean_sq = {}, {}
+    for k in norms:
+        mean_sq[k] = float((sums[k] / n).square().sum())
+        trace[k] = max(float(norms[k].sum()) - n * mean_sq[k], 0.0) / (n - 1)
+    trace_all, mean_all = sum(trace.values()), sum(mean_sq.values())
+
+    rad: dict[str, float] = {}
+    sketches: dict[str, Any] = {}
+    modules = dict(model.named_modules())
+    bytes_exact_mod: dict[str, int] = {}
+    bytes_plan_mod: dict[str, int] = {}
+    first = (x[:batch_size].clone(), y[:batch_size].clone())
+    with rng.exact():
+        exact_ledger = saved_bytes(model, first[0], loss_fn, first[1])
+    for _, row in exact_ledger.per_module.iterrows():
+        bytes_exact_mod[row["module"]] = int(row["bytes"])
+    plan_total = float("nan")
+    if plan is not None:
+        batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, n - batch_size + 1, batch_size)]
+        batches = batches[:max(1, rad_batches)]
+        for bx, by in batches:
+            cap = capture(model, (bx, by), loss_fn, names=plan, importance=needs_importance(plan))
+            for name, sk in plan.items():
+                rad[name] = rad.get(name, 0.0) + layer_variance(cap[name], sk)[0] / len(batches)
+                sketches[name] = sk
+        plan_ledger = saved_bytes(convert(model, plan), first[0], loss_fn, first[1])
+        plan_total = plan_ledger.total
+        for _, row in plan_ledger.per_module.iterrows():
+            bytes_plan_mod[row["module"]] = int(row["bytes"])
+
+    layer_names = [k for k in norms if k != OTHER and not k.endswith(".bias")]
+    rows = []
+    for name in layer_names:
+        sk = sketches.get(name)
+        rows.append({"layer": name, "type": type(modules[name]).__name__, "sketch": sk.label() if sk else "exact",
+                     "keep": sk.keep if sk else 1.0, "bytes_exact": bytes_exact_mod.get(name, 0),
+                     "bytes_plan": bytes_plan_mod.get(name, float("nan")) if plan is not None else float("nan"),
+                     "rad_variance": rad.get(name, 0.0) if plan is not None else float("nan"), "rad_se": 0.0,
+                     "data_variance": trace[name] / batch_size, "grad_norm_sq": mean_sq[name],
+                     "ci_low": float("nan"), "ci_high": float("nan"),
+                     "method": "per-example gradients (fast path)", "trace_sigma": trace[name],
+                     "noise_scale": trace[name] / mean_sq[name] if mean_sq[name] > 0 else float("inf")})
+    data_var = trace_all / batch_size
+    total = {"batch_size": batch_size, "examples": n, "trace_sigma": trace_all, "grad_norm_sq": mean_all,
+             "noise_scale": trace_all / mean_all if mean_all > 0 else float("inf"),
+             "data_variance": data_var, "bytes_exact": exact_ledger.total}
+    if plan is not None:
+        rad_total = sum(rad.values())
+        small, small_bytes = _largest_batch_within(model, x[:batch_size], y[:batch_size], loss_fn, int(plan_total))
+        small_var = trace_all / small if small else float("inf")
+        total.update({"rad_variance": rad_total, "total_variance": data_var + rad_total,
+                      "equivalent_batch_size": trace_all / (data_var + rad_total), "bytes_plan": plan_total,
+                      "small_batch_same_memory": small, "small_batch_bytes": small_bytes,
+                      "small_batch_variance": small_var,
+                      "rad_beats_small_batch": bool(data_var + rad_total < small_var)})
+    meta = {"batch_size": batch_size, "examples": n, "rad_batches": len(rad) and min(rad_batches, n // batch_size),
+            "plan": plan.to_dict() if plan is not None else None}
+    frame = pd.DataFrame(rows, columns=COLUMNS + ["trace_sigma", "noise_scale"])
+    return VarianceReport("minibatch", frame, pd.DataFrame([total]), meta)
+
+
+__all__ = ["minibatch", "per_example_sq_norms", "as_examples", "OTHER"]
