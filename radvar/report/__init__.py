@@ -6,13 +6,13 @@ writes report.md, a self-contained report.html and analysis.json; :mod:`radvar.r
 draws the seaborn figures (imported on first use: it loads matplotlib).
 """
 
-from .analysis import FAMILIES, analyze, small_batch_same_memory
+from .analysis import FAMILIES, analyze
 from .document import check_target, html_document, markdown, write_report, write_text
 from .result import Analysis
 from .tables import FORMATS, bench_table, format_bytes, layer_table, render, summary_lines
 
 __all__ = [
-    "Analysis", "analyze", "FAMILIES", "small_batch_same_memory",
+    "Analysis", "analyze", "FAMILIES",
     "check_target", "write_report", "write_text", "markdown", "html_document",
     "FORMATS", "render", "layer_table", "summary_lines", "bench_table", "format_bytes",
 ]

@@ -5,17 +5,15 @@ Nothing here estimates anything new; it gathers, per layer:
 * bytes kept for backward by plain PyTorch and with the plan — the saved-tensor
   ledger (:func:`radvar.memory.saved_bytes`) on the model and on
   ``convert(model, plan)``, measured on the first ``batch_size`` examples;
-* RAD variance E‖Ĝ − G‖²_F of each weight gradient under the plan, and
-  against keep for each sketch family — closed forms on one exact pass
-  (:func:`radvar.tradeoff.candidates.candidates`, :func:`radvar.variance.layer_variance`);
-* data noise tr Σ_l / B of the same weight gradients — per-example gradients
-  over all of ``data`` (:func:`radvar.variance.minibatch`).
-
-Totals (DESIGN.md §2): total variance = data + RAD; the equivalent batch size
-is the exact batch with the same total variance, B_eq = B · D / (D + R); the
-small batch with the same memory is the largest exact batch whose ledger
-bytes fit in the plan's (bisection on the ledger). The frontier is
-:func:`radvar.tradeoff.frontier.frontier` plus the plan's measured point.
+* data noise tr Σ_l / B, and the plan's RAD variance E‖Ĝ − G‖²_F averaged
+  over batches, per weight gradient, with the totals built on them (data noise
+  of all parameters + RAD; the equivalent batch size B_eq = tr Σ / total; the
+  largest exact batch whose measured bytes fit in the plan's) —
+  :func:`radvar.variance.minibatch` (DESIGN.md §2);
+* RAD variance against keep for each sketch family and the memory–variance
+  frontier — closed forms on one exact pass
+  (:func:`radvar.tradeoff.candidates.candidates`, :func:`radvar.tradeoff.frontier.frontier`),
+  with the plan's measured point added.
 """
 
 from __future__ import annotations
@@ -66,20 +64,6 @@ def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
     return shapes
 
 
-def small_batch_same_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
-                            budget: int) -> int:
-    """The largest exact batch b <= len(x) whose ledger bytes fit in ``budget`` (0 if none)."""
-    lo, hi = 0, len(x)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        xs, ys = _first(x, y, mid)
-        if memory.saved_bytes(model, xs, loss_fn, ys).total <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable[..., torch.Tensor], *,
             batch_size: int, plan: Plan, families: Sequence[Sketch] | None = None, draws: int = 0,
             progress: Callable[[str], None] | None = None) -> Analysis:
@@ -108,17 +92,17 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     tick("memory")
     plain = memory.saved_bytes(model, xb, loss_fn, yb)
     planned = memory.saved_bytes(convert(model, plan), xb, loss_fn, yb)
-    tick("RAD variance")
-    cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, KEEPS)
-    rad = {name: variance.layer_variance(cands.capture[name], plan.get(name)) for name in cands.capture}
-    tick("data noise")
-    noise = variance.minibatch(model, (x, y), loss_fn, batch_size).per_layer
-    data_var = dict(zip(noise["layer"], noise["data_variance"]))
+    tick("data noise and RAD variance")
+    mb = variance.minibatch(model, (x, y), loss_fn, batch_size, plan=plan)
+    total = mb.total.iloc[0].to_dict()
+    per_layer = mb.per_layer.set_index("layer")
     mc: dict[str, dict] = {}
     if draws:
         tick(f"Monte Carlo ({draws} draws)")
         mc = {r["layer"]: r for r in variance.empirical(model, (xb, yb), loss_fn, plan, draws=draws)
               .per_layer.to_dict(orient="records")}
+    tick("variance vs keep")
+    cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, KEEPS)
 
     modules = dict(model.named_modules())
     bytes_plain = dict(zip(plain.per_module["module"], plain.per_module["bytes"]))
@@ -128,14 +112,20 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         module = modules.get(name)
         twin = twin_for(module) if module is not None else None
         sketch = plan.get(name)
-        value, method = rad.get(name, (0.0, "exact"))
+        if sketch is None:
+            method = "exact"
+        elif name in cands.capture:
+            method = variance.layer_variance(cands.capture[name], sketch)[1]
+        else:
+            method = f"no variance statistics for {type(module).__name__}"
         rows.append({
             "layer": name, "type": type(module).__name__ if module is not None else name,
             "shape": shapes.get(name, ""), "randomized": bool(twin is not None and twin.randomized),
             "bytes_exact": int(bytes_plain.get(name, 0)), "bytes_plan": int(bytes_plan.get(name, 0)),
             "sketch": sketch.label() if sketch is not None else "exact",
             "keep": sketch.keep if sketch is not None else None,
-            "rad_variance": float(value), "data_variance": float(data_var.get(name, math.nan)), "method": method,
+            "rad_variance": float(per_layer["rad_variance"].get(name, 0.0 if sketch is None else math.nan)),
+            "data_variance": float(per_layer["data_variance"].get(name, math.nan)), "method": method,
             **{f"{col}": mc.get(name, {}).get(src, math.nan)
                for col, src in (("mc_variance", "rad_variance"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))},
         })
@@ -144,26 +134,22 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     curves = curves[["layer", "family", "keep", "variance"]].rename(columns={"variance": "rad_variance"})
 
     tick("frontier")
-    d_total = float(layers["data_variance"].sum(skipna=True))
-    r_total = float(layers["rad_variance"].sum())
-    small_batches = sorted({max(1, batch_size // d) for d in (16, 8, 4, 2)})
-    front = frontier_lib.frontier(model, (x, y), loss_fn, cands, d_total * batch_size, small_batches, families)
-    table = front.table
-    frontier = pd.DataFrame({"config": table["curve"], "kind": table["curve"].map(_kind), "label": table["plan"],
-                             "bytes": table["bytes"], "variance": table["total_variance"]})
+    front = frontier_lib.frontier(model, (x, y), loss_fn, cands, total["trace_sigma"],
+                                  sorted({max(1, batch_size // d) for d in (16, 8, 4, 2)}), families).table
+    frontier = pd.DataFrame({"config": front["curve"], "kind": front["curve"].map(_kind), "label": front["plan"],
+                             "bytes": front["bytes"], "variance": front["total_variance"]})
     frontier.loc[len(frontier)] = {"config": "plan", "kind": "plan", "label": "the analysed plan (measured)",
-                                   "bytes": planned.total, "variance": d_total + r_total}
-    tick("small batch")
-    small = small_batch_same_memory(model, x, y, loss_fn, planned.total)
+                                   "bytes": planned.total, "variance": total["total_variance"]}
 
     totals = {
         "batch_size": batch_size, "bytes_exact": plain.total, "bytes_plan": planned.total,
         "memory_saved": plain.total - planned.total,
         "memory_ratio": plain.total / planned.total if planned.total else math.inf,
-        "data_variance": d_total, "rad_variance": r_total,
-        "variance_added": r_total / d_total if d_total > 0 else math.inf,
-        "equivalent_batch_size": batch_size * d_total / (d_total + r_total) if d_total + r_total > 0 else batch_size,
-        "small_batch_same_memory": small,
+        "data_variance": total["data_variance"], "rad_variance": total["rad_variance"],
+        "variance_added": total["rad_variance"] / total["data_variance"] if total["data_variance"] > 0 else math.inf,
+        "equivalent_batch_size": total["equivalent_batch_size"],
+        "small_batch_same_memory": int(total["small_batch_same_memory"]),
+        "trace_sigma": total["trace_sigma"], "noise_scale": total["noise_scale"],
     }
     meta = {"families": [cand_lib.family_name(f) for f in families], "keeps": list(KEEPS), "draws": draws}
     return Analysis(meta=meta, layers=layers, totals=totals, curves=curves.reset_index(drop=True),

@@ -59,8 +59,8 @@ def summary_lines(analysis: "Analysis") -> list[str]:
     t = analysis.totals
     lines = [f"saved for backward: {format_bytes(t['bytes_exact'])} exact -> {format_bytes(t['bytes_plan'])} "
              f"with the plan ({t['memory_ratio']:.2f}x less, {format_bytes(t['memory_saved'])} saved)"]
-    lines.append(f"gradient variance: data noise {format_float(t['data_variance'])} at batch {t['batch_size']}"
-                 f" + RAD {format_float(t['rad_variance'])} (+{100 * t['variance_added']:.0f}%)")
+    lines.append(f"gradient variance: data noise {format_float(t['data_variance'])} (all parameters, batch "
+                 f"{t['batch_size']}) + RAD {format_float(t['rad_variance'])} (+{100 * t['variance_added']:.0f}%)")
     eq, small = t["equivalent_batch_size"], t["small_batch_same_memory"]
     lines.append(f"equivalent exact batch size: {format_float(eq)} of {t['batch_size']}; "
                  f"the exact batch that fits in the plan's memory: {small}")
