@@ -37,7 +37,7 @@ from scipy import stats
 import radvar
 from radvar import variance, zoo
 from radvar.sketch import Subsample
-from radvar.tradeoff import allocate, batch, candidates, frontier, noise
+from radvar.tradeoff import allocate, batch, candidates, frontier
 from radvar.tradeoff.tune import measured_bytes
 
 parser = argparse.ArgumentParser(description="memory/variance trade-off analysis")
@@ -170,14 +170,14 @@ save_figure(fig, args.out / f"{prefix}_same_memory.png")
 # ## 2. Frontier of the MLP: uniform plans, tuned plans, small exact batches
 #
 # Total variance = data noise tr Σ / B (tr Σ: covariance trace of per-example gradients of all
-# parameters over all 1,797 digits, `tradeoff.noise.trace_sigma`) + RAD variance. Small exact batches: ledger bytes of
+# parameters over all 1,797 digits, `variance.minibatch`) + RAD variance. Small exact batches: ledger bytes of
 # the all-exact model measured at each batch size.
 
 # %%
 mlp_name = next(iter(models))
 mlp, _ = models[mlp_name]
 mlp_batch = ((x[:BATCH].clone(),), y[:BATCH].clone())
-trace_sigma = noise.trace_sigma(mlp, (x, y), LOSS)
+trace_sigma = float(variance.minibatch(mlp, (x, y), LOSS, BATCH).total["trace_sigma"].iloc[0])
 mlp_cands = candidates.candidates(mlp, mlp_batch, LOSS, keeps=SETTING["keeps"])
 front = frontier.frontier(mlp, (x, y), LOSS, mlp_cands, trace_sigma, small_batches=SMALL)
 answers = []

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import radvar
 from radvar import zoo
 from radvar.sketch import Importance, Projection, Subsample
-from radvar.tradeoff import batch, candidates, frontier, noise
+from radvar.tradeoff import batch, candidates, frontier
 from radvar.tradeoff.tune import measured_bytes
 
 KEEPS = (0.1, 0.25, 0.5)
@@ -26,7 +26,8 @@ def setup():
     model = zoo.mlp(in_features=64, hidden=32, depth=2)
     fit = ((x[:B].clone(),), y[:B].clone())
     cands = candidates.candidates(model, fit, F.cross_entropy, FAMILIES, KEEPS)
-    return model, (x, y), cands, noise.trace_sigma(model, fit, F.cross_entropy)
+    trace_sigma = float(radvar.variance.minibatch(model, (x, y), F.cross_entropy, B).total["trace_sigma"].iloc[0])
+    return model, (x, y), cands, trace_sigma
 
 
 def test_tuned_front_dominates_every_uniform_plan(setup):

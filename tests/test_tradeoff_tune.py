@@ -12,7 +12,7 @@ import radvar
 from radvar import zoo
 from radvar.memory import saved_bytes
 from radvar.sketch import Importance, Projection, Subsample
-from radvar.tradeoff import allocate, candidates, noise, tune
+from radvar.tradeoff import allocate, candidates, tune
 from radvar.tradeoff.tune import measured_bytes
 
 KEEPS = (0.1, 0.25, 0.5)
@@ -113,29 +113,13 @@ def test_budget_errors_name_the_smallest_feasible(setup):
         tune(model, data, F.cross_entropy, budget=0.5, solver="greedy", **kw)
 
 
-def test_trace_sigma_matches_a_per_example_loop(setup):
-    model, _, batch, _ = setup
-    (x,), y = batch
-    x, y = x[:16], y[:16]
-    grads = []
-    for i in range(x.shape[0]):
-        g = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), list(model.parameters()))
-        grads.append(torch.cat([t.reshape(-1) for t in g]).double())
-    g = torch.stack(grads)
-    expected = float((g - g.mean(0)).square().sum() / (g.shape[0] - 1))
-    # float32 gradients from two code paths differ by a few ulps per entry: |Δ Σ‖g_b‖²| ≤ 4 eps Σ‖g_b‖²
-    tol = 4 * torch.finfo(torch.float32).eps * float(g.square().sum()) / (g.shape[0] - 1)
-    assert noise.trace_sigma(model, ((x,), y), F.cross_entropy, chunk=5) == pytest.approx(expected, abs=tol)
-    with pytest.raises(ValueError, match="at least 2 examples"):
-        noise.trace_sigma(model, ((x[:1],), y[:1]), F.cross_entropy)
-
-
 def test_relative_variance_budget_is_a_fraction_of_the_data_noise(setup):
     model, data, batch, _ = setup
     plan = tune(model, data, F.cross_entropy, variance_budget=0.1, relative=True, batch_size=64,
                 families=FAMILIES, keeps=KEEPS)
     prov = plan.provenance
-    assert prov["data_variance"] == pytest.approx(noise.trace_sigma(model, batch, F.cross_entropy) / 64, rel=1e-12)
+    noise = radvar.variance.minibatch(model, data, F.cross_entropy, 64).total["data_variance"].iloc[0]
+    assert prov["data_variance"] == pytest.approx(noise, rel=1e-12)
     assert prov["variance_budget"]["absolute"] == pytest.approx(0.1 * prov["data_variance"])
     assert prov["predicted_rad_variance"] <= prov["variance_budget"]["absolute"]
     with pytest.raises(ValueError, match="relative=True applies to variance_budget"):

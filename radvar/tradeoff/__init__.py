@@ -4,18 +4,18 @@
 (knapsack solvers on abstract curves), :mod:`.candidates` (per-layer (bytes,
 variance) curves from one exact pass and the ledger), :mod:`.allocate`
 (solutions as allocations; uniform baselines), :mod:`.batch` (RAD variance
-versus batch size; (batch, plan) co-optimisation), :mod:`.noise` (data noise tr Σ),
-:mod:`.frontier` (Pareto curves), :mod:`.tune`. Math and sources: docs/tradeoff.md.
+versus batch size; (batch, plan) co-optimisation), :mod:`.frontier` (Pareto
+curves), :mod:`.tune`. Math and sources: docs/tradeoff.md.
 """
 
-from . import allocate, batch, candidates, frontier, noise, solve
+from . import allocate, batch, candidates, frontier, solve
 from .allocate import Allocation
 from .batch import BatchModel, CoOptimum, batch_model, co_optimize
 from .candidates import DEFAULT_FAMILIES, DEFAULT_KEEPS, PAPER_FAMILIES, Candidates
 from .frontier import Frontier
 from .tune import tune
 
-__all__ = ["solve", "candidates", "allocate", "batch", "frontier", "noise", "tune",
+__all__ = ["solve", "candidates", "allocate", "batch", "frontier", "tune",
            "Allocation", "Candidates", "BatchModel", "CoOptimum", "Frontier",
            "batch_model", "co_optimize",
            "DEFAULT_FAMILIES", "DEFAULT_KEEPS", "PAPER_FAMILIES"]

@@ -181,7 +181,7 @@ def co_optimize(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor
     """For every batch size in ``batch_sizes``: the tuned plan within ``budget`` bytes and its total variance
     ``trace_sigma / B + Σ_l v_l(B)``; an exact batch is the all-exact plan (RAD variance 0).
 
-    ``trace_sigma``: tr Σ of per-example gradients (see :func:`radvar.variance.minibatch`).
+    ``trace_sigma``: tr Σ of per-example gradients (``radvar.variance.minibatch(...).total['trace_sigma']``).
     The variance model is fitted on the first ``fit_batch`` examples (default: max of batch_sizes);
     ledger bytes are measured at every batch size on the first B examples of ``data``.
     """

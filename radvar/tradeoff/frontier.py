@@ -69,7 +69,8 @@ class Frontier:
 def frontier(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], cands: Candidates,
              trace_sigma: float, small_batches: Sequence[int] = (), families: Sequence[Sketch] = DEFAULT_FAMILIES,
              max_tuned_points: int = 400) -> Frontier:
-    """Frontier at ``cands``' batch size B with data noise ``trace_sigma`` (tr Σ of per-example gradients).
+    """Frontier at ``cands``' batch size B with data noise ``trace_sigma`` (tr Σ of per-example gradients, e.g.
+    ``radvar.variance.minibatch(...).total['trace_sigma']``).
 
     ``small_batches``: exact batch sizes b whose ledger bytes are measured on the first b examples of
     ``data``. ``max_tuned_points``: the tuned Pareto front is thinned to at most this many points

@@ -22,12 +22,11 @@ from ..convert import convert
 from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
-from ..variance import Capture
+from ..variance import Capture, minibatch
 from ..variance.capture import split_batch
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
                          family_name)
-from .noise import trace_sigma
 
 RETRIES = 3
 
@@ -112,8 +111,8 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     :func:`radvar.convert` are checked to be within it.
     ``variance_budget``: the largest total RAD variance allowed; minimises memory.
     With ``relative=True`` it is a fraction of the data noise at this batch size,
-    ``tr Σ / B`` (:func:`radvar.tradeoff.noise.trace_sigma`): 0.1 means "RAD may add
-    at most 10% to the minibatch variance". Give exactly one. ``batch_size``: the step's batch, the first examples of
+    ``tr Σ / B`` over all of ``data`` (:func:`radvar.variance.minibatch`): 0.1 means
+    "RAD may add at most 10% to the minibatch variance". Give exactly one. ``batch_size``: the step's batch, the first examples of
     ``data`` (default: all of it). ``families``: sketch templates (keep ignored);
     ``keeps``: the keep grid (exact is always a candidate); ``solver``:
     ``"exact"`` or ``"lagrangian"``. ``stats``: a :func:`radvar.variance.capture` of the same
@@ -136,7 +135,8 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     keep_grid = sorted(set(cands.table.loc[cands.table["family"] != "exact", "keep"]))
     smallest = cands.fixed + int(cands.table.groupby("layer")["bytes"].min().sum())
     target = None if budget is None else resolve_budget(budget, cands.exact_total, smallest)
-    data_variance = trace_sigma(model, batch, loss_fn) / cands.batch_size if relative else None
+    data_variance = (float(minibatch(model, data, loss_fn, cands.batch_size).total["data_variance"].iloc[0])
+                     if relative else None)
     absolute = variance_budget * data_variance if relative else variance_budget
     attempts: list[dict[str, int]] = []
     limit = target
