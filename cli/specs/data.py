@@ -9,7 +9,6 @@ are materialised.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 
 from radvar import zoo
 
-from .errors import SpecError, load_object, one_line
+from .errors import SpecError, existing_file, load_object, one_line, read_torch_file
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SYNTHETIC_N = 1024
@@ -101,18 +100,10 @@ def load_data(spec: str, limit: int = 4096) -> Batch:
         n = _positive_int(parts[3], "N") if len(parts) == 4 else SYNTHETIC_N
         x, y = zoo.synthetic(n, shape, classes)
     elif spec.endswith((".pt", ".pth")):
-        if not Path(spec).is_file():
-            raise SpecError(f"--data: file {spec!r} does not exist")
-        try:
-            obj = torch.load(spec, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise SpecError(f"--data: cannot read {spec!r} as a weights-only torch file ({one_line(e)})") from e
-        x, y = _pair(obj, repr(spec))
+        x, y = _pair(read_torch_file(spec, "--data"), repr(spec))
     elif spec.endswith(".npz"):
-        if not Path(spec).is_file():
-            raise SpecError(f"--data: file {spec!r} does not exist")
         try:
-            with np.load(spec, allow_pickle=False) as npz:
+            with np.load(existing_file(spec, "--data"), allow_pickle=False) as npz:
                 x, y = _pair(npz, repr(spec))
         except (OSError, ValueError) as e:
             raise SpecError(f"--data: cannot read {spec!r} as .npz ({one_line(e)})") from e

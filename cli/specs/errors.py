@@ -1,4 +1,4 @@
-"""``SpecError``, and importing the user's code named by ``module:attr`` or ``file.py:attr``."""
+"""``SpecError``, and reading the user's files and code (``module:attr`` or ``file.py:attr``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class SpecError(ValueError):
@@ -20,9 +22,24 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _import_file(path: Path, what: str) -> Any:
-    if not path.is_file():
+def existing_file(path: str | Path, what: str) -> Path:
+    """``path`` as a Path; names the option if there is no such file."""
+    if not Path(path).is_file():
         raise SpecError(f"{what}: file {str(path)!r} does not exist")
+    return Path(path)
+
+
+def read_torch_file(path: str, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with one-line errors."""
+    existing_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SpecError(f"{what}: cannot read {path!r} as a weights-only torch file ({one_line(e)})") from e
+
+
+def _import_file(path: Path, what: str) -> Any:
+    existing_file(path, what)
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     name = f"radvar_user_{path.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)

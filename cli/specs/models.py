@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import math
-from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 from radvar import zoo
 
 from .data import Batch
-from .errors import SpecError, load_object, one_line
+from .errors import SpecError, load_object, one_line, read_torch_file
 
 ZOO_DEFAULT_DATA = {"mlp": "digits", "cnn": "synthetic:3x32x32:10", "wide_mlp": "synthetic:2048:10",
                     "irnn": "sequential_digits"}
@@ -86,12 +85,7 @@ def load_model(spec: str | None, model_args: Iterable[str] = (), weights: str | 
 
 def load_weights(model: nn.Module, path: str) -> None:
     """Load a state_dict saved with ``torch.save`` (read with ``weights_only=True``)."""
-    if not Path(path).is_file():
-        raise SpecError(f"--weights: file {path!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SpecError(f"--weights: cannot read {path!r} as a weights-only torch file ({one_line(e)})") from e
+    state = read_torch_file(path, "--weights")
     if not isinstance(state, dict):
         raise SpecError(f"--weights: {path!r} holds a {type(state).__name__}, not a state_dict")
     try:
