@@ -8,6 +8,7 @@ import click
 
 from radvar import bench as bench_lib
 from radvar.report import tables
+from radvar.tradeoff.tune import take_batch
 
 from . import specs
 from .options import check_batch_size, log, load_problem, problem_options, progress, runtime_options
@@ -35,8 +36,7 @@ def bench(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
     sketches = [specs.parse_sketch(s) for s in sketch_specs or DEFAULT_SKETCHES]
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
     check_batch_size(problem, batch_size)
-    # copies: the ledger counts whole storages, so a view into all the data would count all of it
-    x, y = problem.x[:batch_size].clone(), problem.y[:batch_size].clone()
+    (x,), y = take_batch((problem.x, problem.y), batch_size, "bench")  # copies: the ledger counts whole storages
     log(f"bench: {problem.meta['model']} on {problem.meta['data']}, batch {len(x)}, {reps} reps")
     warmup = 3
     with progress((warmup + reps) * (len(sketches) + 1), "bench") as bar:

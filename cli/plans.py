@@ -12,6 +12,7 @@ from __future__ import annotations
 from radvar import Plan, convert, memory
 from radvar.sketch import Sketch, Subsample
 from radvar.tradeoff import DEFAULT_FAMILIES, tune
+from radvar.tradeoff.tune import take_batch
 
 from .options import Problem
 from .specs import Budget
@@ -23,8 +24,8 @@ def choose(problem: Problem, batch_size: int, budget: Budget | None, families: l
     """The plan to analyse and one line saying where it came from."""
     if budget is None and families:
         return Plan.uniform(problem.model, families[0]), f"uniform {families[0].label()} (--sketch)"
-    x, y = problem.x[:batch_size].clone(), problem.y[:batch_size].clone()
     if budget is None:
+        (x,), y = take_batch((problem.x, problem.y), batch_size, "analyze")
         paper = memory.saved_bytes(convert(problem.model, PAPER), x, problem.loss_fn, y).total
         value, source = paper, f"the memory of uniform {PAPER.label()}: {paper:,} bytes"
     else:

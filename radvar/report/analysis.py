@@ -32,15 +32,11 @@ from ..plan import Plan
 from ..sketch import Sketch
 from ..tradeoff import candidates as cand_lib
 from ..tradeoff import frontier as frontier_lib
+from ..tradeoff.tune import take_batch
 from .result import Analysis
 
 FAMILIES: tuple[Sketch, ...] = cand_lib.DEFAULT_FAMILIES
 KEEPS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
-
-
-def _first(x: torch.Tensor, y: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copies of the first ``b`` examples: the ledger counts whole storages, so a view would count all data."""
-    return x[:b].clone(), y[:b].clone()
 
 
 def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
@@ -78,22 +74,18 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     if not isinstance(plan, Plan):
         raise TypeError(f"analyze: plan must be a radvar.Plan, got {type(plan).__name__}")
     plan.validate(model)
-    x, y = data
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(x):
-        raise ValueError(f"analyze: batch_size must be an int in [1, {len(x)}] (the examples in data), "
-                         f"got {batch_size!r}")
+    (xb,), yb = take_batch(data, batch_size, "analyze")  # copies: a view would count all data in the ledger
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0 or draws == 1:
         raise ValueError(f"analyze: draws must be 0 (no Monte Carlo check) or an int >= 2, got {draws!r}")
     families = tuple(families or FAMILIES)
     tick = progress or (lambda stage: None)
-    xb, yb = _first(x, y, batch_size)
 
     shapes = _input_shapes(model, xb)
     tick("memory")
     plain = memory.saved_bytes(model, xb, loss_fn, yb)
     planned = memory.saved_bytes(convert(model, plan), xb, loss_fn, yb)
     tick("data noise and RAD variance")
-    mb = variance.minibatch(model, (x, y), loss_fn, batch_size, plan=plan)
+    mb = variance.minibatch(model, data, loss_fn, batch_size, plan=plan)
     total = mb.total.iloc[0].to_dict()
     per_layer = mb.per_layer.set_index("layer")
     mc: dict[str, dict] = {}
@@ -134,7 +126,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     curves = curves[["layer", "family", "keep", "variance"]].rename(columns={"variance": "rad_variance"})
 
     tick("frontier")
-    front = frontier_lib.frontier(model, (x, y), loss_fn, cands, total["trace_sigma"],
+    front = frontier_lib.frontier(model, data, loss_fn, cands, total["trace_sigma"],
                                   sorted({max(1, batch_size // d) for d in (16, 8, 4, 2)}), families).table
     frontier = pd.DataFrame({"config": front["curve"], "kind": front["curve"].map(_kind), "label": front["plan"],
                              "bytes": front["bytes"], "variance": front["total_variance"]})
