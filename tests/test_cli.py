@@ -212,3 +212,16 @@ def test_tune_saves_a_plan_within_budget(tmp_path):
     budget = plan.provenance["budget"]["bytes"]
     assert plan.provenance["measured_bytes"] <= budget == int(0.5 * plan.provenance["exact_bytes"])
     assert f"{plan.provenance['measured_bytes']:,} bytes measured" in result.stdout
+
+
+def test_draws_check_the_closed_form_on_the_first_batch():
+    """The Monte Carlo interval (99%, Student t over the draws) covers the closed form of the same batch."""
+    result = run("analyze", "--data", "synthetic:16:4:256", "--model-arg", "in_features=16", "--model-arg",
+                 "hidden=32", "--batch-size", "64", "--sketch", "subsample:0.3:per-example", "--draws", "200",
+                 "--json", "-", "-q")
+    assert result.exit_code == 0, result.stderr
+    linear = [r for r in json.loads(result.stdout)["layers"] if r["type"] == "Linear"]
+    assert len(linear) == 4
+    for r in linear:
+        assert r["ci_low"] <= r["batch_rad_variance"] <= r["ci_high"], r
+        assert r["ci_low"] <= r["mc_variance"] <= r["ci_high"]

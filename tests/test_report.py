@@ -23,9 +23,9 @@ from radvar.report.result import CURVE_COLUMNS, FRONTIER_COLUMNS, LAYER_COLUMNS
 def small_analysis() -> report.Analysis:
     layers = pd.DataFrame([
         ["fc|1", "Linear", "8x4", True, 128, 32, "Subsample(0.25, shared)", 0.25, 0.5, 0.1, "closed form",
-         None, None, None],
-        ["act", "ReLU", "8x3", False, 96, 8, "exact", None, 0.0, float("nan"), "exact", None, None, None],
-        ["(loss)", "(loss)", "", False, 40, 40, "exact", None, 0.0, float("nan"), "exact", None, None, None],
+         0.4, None, None, None],
+        ["act", "ReLU", "8x3", False, 96, 8, "exact", None, 0.0, float("nan"), "exact", 0.0, None, None, None],
+        ["(loss)", "(loss)", "", False, 40, 40, "exact", None, 0.0, float("nan"), "exact", 0.0, None, None, None],
     ], columns=LAYER_COLUMNS)
     curves = pd.DataFrame([["fc|1", fam, k, v / k] for fam in ("A", "B") for k, v in ((0.1, 1.0), (0.5, 0.3))],
                           columns=CURVE_COLUMNS)

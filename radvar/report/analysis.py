@@ -68,8 +68,9 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     ``data = (inputs, targets)``: data noise is measured over all of it; the first
     ``batch_size`` examples are the step whose memory and RAD variance are shown.
     ``families``: sketch templates scanned over keep (default :data:`FAMILIES`).
-    ``draws`` > 0 adds a Monte Carlo check of the plan's RAD variance per layer
-    (:func:`radvar.variance.empirical`: ``mc_variance`` with its 99% ``ci_low``/``ci_high``).
+    ``draws`` > 0 adds a Monte Carlo check, on the first batch, of the closed form
+    ``batch_rad_variance`` of that batch (:func:`radvar.variance.empirical`:
+    ``mc_variance`` with its 99% ``ci_low``/``ci_high``).
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"analyze: plan must be a radvar.Plan, got {type(plan).__name__}")
@@ -105,11 +106,11 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         twin = twin_for(module) if module is not None else None
         sketch = plan.get(name)
         if sketch is None:
-            method = "exact"
+            batch_value, method = 0.0, "exact"
         elif name in cands.capture:
-            method = variance.layer_variance(cands.capture[name], sketch)[1]
+            batch_value, method = variance.layer_variance(cands.capture[name], sketch)
         else:
-            method = f"no variance statistics for {type(module).__name__}"
+            batch_value, method = math.nan, f"no variance statistics for {type(module).__name__}"
         rows.append({
             "layer": name, "type": type(module).__name__ if module is not None else name,
             "shape": shapes.get(name, ""), "randomized": bool(twin is not None and twin.randomized),
@@ -118,6 +119,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
             "keep": sketch.keep if sketch is not None else None,
             "rad_variance": float(per_layer["rad_variance"].get(name, 0.0 if sketch is None else math.nan)),
             "data_variance": float(per_layer["data_variance"].get(name, math.nan)), "method": method,
+            "batch_rad_variance": float(batch_value),
             **{f"{col}": mc.get(name, {}).get(src, math.nan)
                for col, src in (("mc_variance", "rad_variance"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))},
         })

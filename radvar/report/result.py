@@ -7,8 +7,10 @@ Frames (one row each):
   can sketch it), ``bytes_exact``/``bytes_plan`` (the saved-tensor ledger on
   the exact and the converted model), ``sketch``/``keep`` (the plan; ``exact``
   otherwise), ``rad_variance`` (E‖Ĝ − G‖²_F added by the plan), ``data_variance``
-  (tr Σ / B, the minibatch noise of the same weight gradient), ``method``, and
-  with a Monte Carlo check ``mc_variance``, ``ci_low``, ``ci_high`` (else null).
+  (tr Σ / B, the minibatch noise of the same weight gradient), ``method``,
+  ``batch_rad_variance`` (the closed form on the first batch alone; ``rad_variance``
+  averages batches), and with a Monte Carlo check on that batch ``mc_variance``,
+  ``ci_low``, ``ci_high`` (else null).
 * ``curves`` — RAD variance vs keep: ``layer``, ``family``, ``keep``, ``rad_variance``.
 * ``frontier`` — memory vs total gradient variance (data + RAD): ``config``
   (the curve), ``kind`` (``exact``, ``uniform RAD``, ``tuned``, ``exact small
@@ -32,7 +34,7 @@ from . import document, tables
 FORMAT = "radvar.analysis"
 VERSION = 1
 LAYER_COLUMNS = ["layer", "type", "shape", "randomized", "bytes_exact", "bytes_plan", "sketch", "keep",
-                 "rad_variance", "data_variance", "method", "mc_variance", "ci_low", "ci_high"]
+                 "rad_variance", "data_variance", "method", "batch_rad_variance", "mc_variance", "ci_low", "ci_high"]
 CURVE_COLUMNS = ["layer", "family", "keep", "rad_variance"]
 FRONTIER_COLUMNS = ["config", "kind", "label", "bytes", "variance"]
 

@@ -48,9 +48,10 @@ def layer_table(analysis: "Analysis") -> pd.DataFrame:
             "plan": r["sketch"] or "exact",
         })
         if analysis.meta.get("draws"):
-            rows[-1]["Monte Carlo [99% CI]"] = (
+            rows[-1]["batch 1: closed form | Monte Carlo [99% CI]"] = (
                 "-" if _missing(r["mc_variance"]) else
-                f"{format_float(r['mc_variance'])} [{format_float(r['ci_low'])}, {format_float(r['ci_high'])}]")
+                f"{format_float(r['batch_rad_variance'])} | {format_float(r['mc_variance'])} "
+                f"[{format_float(r['ci_low'])}, {format_float(r['ci_high'])}]")
     return pd.DataFrame(rows)
 
 
