@@ -69,7 +69,7 @@ def bias_pvalue(draws: Welford, exact: torch.Tensor) -> float:
     p = torch.ones_like(mean)
     t = diff[moving] / (var[moving] / draws.count).sqrt()
     p[moving] = torch.as_tensor(2 * stats.t.sf(t.numpy(), draws.count - 1), dtype=torch.float64)
-    p[~moving] = torch.where(diff[~moving] > 1e-9 * scale, 0.0, 1.0).double()  # constant entries must be exact
+    p[~moving] = torch.where(diff[~moving] > 1e-6 * scale, 0.0, 1.0).double()  # constant entries must be exact
     return float(min(1.0, mean.numel() * float(p.min())))
 
 
