@@ -127,6 +127,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)
     fig.savefig(tmp, dpi=110)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -193,5 +194,6 @@ text = "\n".join(lines)
 fd, tmp = tempfile.mkstemp(suffix=".md", dir=OUT)
 with os.fdopen(fd, "w") as f:
     f.write(text)
+os.chmod(tmp, 0o644)
 os.replace(tmp, OUT / f"variance_study{SUFFIX}.md")
 print(text)

@@ -123,3 +123,17 @@ def test_bad_input():
         variance.analytic(model, (x[:10], y[:10]), CE, Subsample(0.5), keeps=[0.0])
     with pytest.raises(TypeError, match="plan must be"):
         variance.analytic(model, (x[:10], y[:10]), CE, "half")
+
+
+@pytest.mark.slow
+def test_variance_study_quick_runs():
+    """The percent-format study runs as a script (about a minute on 2 cores)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "analyses" / "variance_study.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Importance vs uniform" in (root / "analyses" / "results" / "variance_study_quick.md").read_text()
