@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from . import rng
 from .memory import saved_bytes_of
-from .rng import _splitmix64
+from .rng import mix
 from .sketch.base import check_keep, kept_count
 
 METHODS = ("rad", "exact", "checkpoint", "autograd")
@@ -229,7 +229,7 @@ class ReactionDiffusion:
         otherwise the k largest of m uniforms. The seed is a splitmix64 hash of (key, row, block):
         torch's CPU generator (mt19937) reads only the low 32 bits of a seed, so structured
         offsets such as key + row * 2**32 would repeat streams."""
-        gen = rng.generator(_splitmix64(key ^ _splitmix64((row << 32) | block)) & _MASK63, self.device)
+        gen = rng.generator(mix(key ^ mix((row << 32) | block)) & _MASK63, self.device)
         if k * (k - 1) >= self.m:
             return torch.rand(size, self.m, generator=gen, device=self.device).topk(k, dim=1, sorted=False).indices
         idx = torch.randint(0, self.m, (size, k), generator=gen, device=self.device)

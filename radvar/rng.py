@@ -27,7 +27,7 @@ import torch
 _MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(z: int) -> int:
+def mix(z: int) -> int:
     """One step of splitmix64 (Steele, Lea, Flood 2014): a bijective 64-bit mixer."""
     z = (z + 0x9E3779B97F4A7C15) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -53,6 +53,16 @@ def seed(n: int) -> None:
     _state.counter = 0
 
 
+def get_state() -> dict[str, int]:
+    """The calling thread's stream position (for checkpoints): base seed and call counter."""
+    return {"base": _state.base, "counter": _state.counter}
+
+
+def set_state(state: dict[str, int]) -> None:
+    """Restore a position returned by :func:`get_state`."""
+    _state.base, _state.counter = int(state["base"]) & _MASK64, int(state["counter"])
+
+
 def _rank() -> int:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -63,8 +73,8 @@ def _rank() -> int:
 def next_key() -> int:
     """A fresh 63-bit key for one RAD draw (one op call in forward)."""
     _state.counter += 1
-    z = _splitmix64(_state.base ^ _splitmix64(_rank() + 1))
-    return _splitmix64(z ^ _state.counter) >> 1
+    z = mix(_state.base ^ mix(_rank() + 1))
+    return mix(z ^ _state.counter) >> 1
 
 
 def generator(key: int, device: torch.device | str) -> torch.Generator:
@@ -76,7 +86,7 @@ def generator(key: int, device: torch.device | str) -> torch.Generator:
     """
     gen = torch.Generator(device=device)
     if gen.device.type == "cpu":
-        key = _splitmix64(key) & 0xFFFFFFFF
+        key = mix(key) & 0xFFFFFFFF
     gen.manual_seed(key)
     return gen
 

@@ -65,8 +65,10 @@ class RADConvFunction(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None
 
 
+@torch.compiler.disable
 def rad_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int],
              padding: Sequence[int], dilation: Sequence[int], groups: int, sketch: Sketch) -> torch.Tensor:
-    """``F.convNd`` with a randomized weight gradient; one fresh RAD draw per call."""
+    """``F.convNd`` with a randomized weight gradient; one fresh RAD draw per call (eager under
+    ``torch.compile``, like :func:`radvar.ops.rad_linear`)."""
     return RADConvFunction.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
                                  sketch, rng.next_key())

@@ -58,6 +58,11 @@ class RADLinearFunction(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
+@torch.compiler.disable
 def rad_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sketch: Sketch) -> torch.Tensor:
-    """``F.linear`` with a randomized weight gradient; one fresh RAD draw per call."""
+    """``F.linear`` with a randomized weight gradient; one fresh RAD draw per call.
+
+    Runs eagerly under ``torch.compile`` (a graph break): traced, the key drawn
+    here would be baked into the graph and every step would reuse one sketch.
+    """
     return RADLinearFunction.apply(x, weight, bias, sketch, rng.next_key())

@@ -21,16 +21,6 @@ FORMAT = "radvar.train.checkpoint"
 VERSION = 1
 
 
-def rng_state() -> dict[str, int]:
-    """The calling thread's RAD stream position."""
-    return {"base": rng._state.base, "counter": rng._state.counter}
-
-
-def set_rng_state(state: dict[str, int]) -> None:
-    """Restore a position saved by :func:`rng_state`."""
-    rng._state.base, rng._state.counter = int(state["base"]), int(state["counter"])
-
-
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """``torch.save`` to a temp file in the same folder, then rename into place."""
     path = Path(path)

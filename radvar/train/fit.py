@@ -68,7 +68,7 @@ def _epochs(data: Any, batch_size: int | None, seed: int) -> Iterator[tuple[int,
     while True:
         if _is_tensor_pair(data):
             x, y = data
-            gen = torch.Generator().manual_seed(rng._splitmix64(seed ^ rng._splitmix64(epoch + 1)) >> 1)
+            gen = torch.Generator().manual_seed(rng.mix(seed ^ rng.mix(epoch + 1)) >> 1)
             order = distributed.shard(torch.randperm(x.shape[0], generator=gen))
             batches = ((x[idx], y[idx]) for idx in order.split(batch_size))
         else:
@@ -187,17 +187,17 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
         opt.load_state_dict(saved["optimizer"])
         if scaler is not None and saved.get("scaler") is not None:
             scaler.load_state_dict(saved["scaler"])
-        ckpt.set_rng_state(saved["rng"])
+        rng.set_state(saved["rng"])
         seed = saved["seed"]
         state = {k: saved[k] for k in state}
 
     # a copy: the ledger counts whole storages, and a slice is a view into all of the data
     first = next(iter(data)) if not _is_tensor_pair(data) else (data[0][:batch_size].clone(), data[1][:batch_size].clone())
     with precision.autocast():
-        position = ckpt.rng_state()
+        position = rng.get_state()
         # on a copy: a training-mode forward may update buffers (e.g. BatchNorm statistics)
         ledger = saved_bytes(copy.deepcopy(model), first[0].to(dev), loss_fn, first[1].to(dev)).total
-        ckpt.set_rng_state(position)  # the ledger's forward must not shift the RAD stream
+        rng.set_state(position)  # the ledger's forward must not shift the RAD stream
 
     net = distributed.wrap(model, dev)
     compiler = compile_model(net, backend="inductor" if compile is True else compile) if compile \
@@ -235,7 +235,7 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
         if checkpoint is not None and rank == 0:
             ckpt.save(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "scaler": scaler.state_dict() if scaler is not None else None,
-                                   "rng": ckpt.rng_state(), "seed": seed, "step": step_, "epoch": epoch,
+                                   "rng": rng.get_state(), "seed": seed, "step": step_, "epoch": epoch,
                                    "batch": batch, "rows": rows})
 
     step_, position = state["step"], (state["epoch"], state["batch"])
