@@ -217,7 +217,7 @@ def test_tune_saves_a_plan_within_budget(tmp_path):
 def test_draws_check_the_closed_form_on_the_first_batch():
     """The Monte Carlo interval (99%, Student t over the draws) covers the closed form of the same batch."""
     result = run("analyze", "--data", "synthetic:16:4:256", "--model-arg", "in_features=16", "--model-arg",
-                 "hidden=32", "--batch-size", "64", "--sketch", "subsample:0.3:per-example", "--draws", "200",
+                 "hidden=32", "--batch-size", "64", "--sketch", "subsample:0.3:per-example", "--draws", "100",
                  "--json", "-", "-q")
     assert result.exit_code == 0, result.stderr
     linear = [r for r in json.loads(result.stdout)["layers"] if r["type"] == "Linear"]
