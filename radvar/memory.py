@@ -16,6 +16,7 @@ masks, indices and metadata tensors are all counted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
@@ -28,10 +29,21 @@ TOP = "(top)"
 
 @dataclasses.dataclass
 class SavedBytesReport:
-    """``total`` bytes kept for backward; ``per_module``: module, type, bytes, tensors."""
+    """``total`` bytes kept for backward; ``rows`` one dict per module (module, type, bytes, tensors).
+
+    ``per_module`` is the same as a DataFrame, ``by_module`` as {module: bytes}.
+    """
 
     total: int
-    per_module: pd.DataFrame
+    rows: list[dict[str, Any]]
+
+    @functools.cached_property
+    def per_module(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["module", "type", "bytes", "tensors"])
+
+    @property
+    def by_module(self) -> dict[str, int]:
+        return {r["module"]: r["bytes"] for r in self.rows}
 
     def summary(self) -> str:
         table = self.per_module.to_string(index=False)
@@ -41,7 +53,7 @@ class SavedBytesReport:
         return self.per_module.to_html(index=False) + f"<p>total: {self.total:,} bytes</p>"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "per_module": self.per_module.to_dict(orient="records")}
+        return {"total": self.total, "per_module": list(self.rows)}
 
 
 def _as_tuple(inputs: Any) -> tuple:
@@ -128,8 +140,7 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
     order = list(dict.fromkeys(called + list(per)))
     rows = [{"module": n, "type": type(modules[n]).__name__ if n in modules else n,
              "bytes": per.get(n, 0), "tensors": count.get(n, 0)} for n in order]
-    frame = pd.DataFrame(rows, columns=["module", "type", "bytes", "tensors"])
-    return SavedBytesReport(total=ledger.total, per_module=frame)
+    return SavedBytesReport(total=ledger.total, rows=rows)
 
 
 def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:

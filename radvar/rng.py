@@ -40,6 +40,8 @@ class _State(threading.local):
         self.base = int.from_bytes(os.urandom(8), "little")
         self.counter = 0
         self.exact_depth = 0
+        self.stream_of: tuple[int, int] | None = None  # (base, rank) that ``stream`` was mixed from
+        self.stream = 0
 
 
 _state = _State()
@@ -70,11 +72,17 @@ def _rank() -> int:
     return 0
 
 
+def _stream(base: int, rank: int) -> int:
+    return mix(base ^ mix(rank + 1))
+
+
 def next_key() -> int:
     """A fresh 63-bit key for one RAD draw (one op call in forward)."""
     _state.counter += 1
-    z = mix(_state.base ^ mix(_rank() + 1))
-    return mix(z ^ _state.counter) >> 1
+    rank = _rank()
+    if _state.stream_of != (_state.base, rank):
+        _state.stream_of, _state.stream = (_state.base, rank), _stream(_state.base, rank)
+    return mix(_state.stream ^ _state.counter) >> 1
 
 
 def generator(key: int, device: torch.device | str) -> torch.Generator:

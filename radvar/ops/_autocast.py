@@ -10,8 +10,6 @@ input's dtype.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
-
 import torch
 
 
@@ -30,8 +28,7 @@ def cast(dtype: torch.dtype | None, *tensors: torch.Tensor | None) -> tuple[torc
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
-@contextlib.contextmanager
-def autocast_off(t: torch.Tensor) -> Iterator[None]:
-    """Disable autocast on ``t``'s device for the block."""
-    with torch.autocast(t.device.type, enabled=False):
-        yield
+def autocast_off(t: torch.Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``t``'s device for the block (a no-op when ``dtype`` is None:
+    autocast was off, and entering ``torch.autocast`` costs more than a small matmul)."""
+    return torch.autocast(t.device.type, enabled=False) if dtype is not None else contextlib.nullcontext()

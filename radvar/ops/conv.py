@@ -36,8 +36,9 @@ class RADConvFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
                 sketch: Sketch, key: int) -> torch.Tensor:
-        x, weight, bias = cast(autocast_dtype(x), x, weight, bias)
-        with autocast_off(x):
+        dtype = autocast_dtype(x)
+        x, weight, bias = cast(dtype, x, weight, bias)
+        with autocast_off(x, dtype):
             y = _CONV[x.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
         saved, meta = sketch.compress(_view(x, sketch.axis), rng.generator(key, x.device))
         ctx.save_for_backward(weight, *saved)

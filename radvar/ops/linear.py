@@ -26,8 +26,9 @@ class RADLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 sketch: Sketch, key: int) -> torch.Tensor:
-        x, weight, bias = cast(autocast_dtype(x), x, weight, bias)
-        with autocast_off(x):
+        dtype = autocast_dtype(x)
+        x, weight, bias = cast(dtype, x, weight, bias)
+        with autocast_off(x, dtype):
             y = F.linear(x, weight, bias)
         view = x.reshape(-1, x.shape[-1])
         if sketch.axis == "rows":

@@ -98,8 +98,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, KEEPS)
 
     modules = dict(model.named_modules())
-    bytes_plain = dict(zip(plain.per_module["module"], plain.per_module["bytes"]))
-    bytes_plan = dict(zip(planned.per_module["module"], planned.per_module["bytes"]))
+    bytes_plain, bytes_plan = plain.by_module, planned.by_module
     rows = []
     for name in dict.fromkeys([*shapes, *bytes_plain, *bytes_plan]):
         module = modules.get(name)

@@ -27,18 +27,13 @@ class Ledger:
     plan: dict[float | None, SavedBytesReport]
 
     def __post_init__(self) -> None:
-        self._by_module = {key: _per_module(r) for key, r in [("exact", self.exact), *self.plan.items()]}
+        self._by_module = {key: r.by_module for key, r in [("exact", self.exact), *self.plan.items()]}
 
     def bytes_exact(self, name: str) -> int:
         return self._by_module["exact"].get(name, 0)
 
     def bytes_plan(self, name: str, keep: float | None) -> int:
         return self._by_module[keep].get(name, 0)
-
-
-def _per_module(report: SavedBytesReport) -> dict[str, int]:
-    frame = report.per_module
-    return {m: int(b) for m, b in zip(frame["module"], frame["bytes"])}
 
 
 def measure(model: nn.Module, inputs: tuple, targets: torch.Tensor, loss_fn: Callable, plan: Plan,
