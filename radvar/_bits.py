@@ -37,7 +37,7 @@ def _table(device: torch.device, dtype: torch.dtype, on: float, off: float) -> t
 
 def _decode(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], table: torch.Tensor) -> torch.Tensor:
     numel = math.prod(shape)
-    if _numpy_ok(packed):
+    if _numpy_ok(packed) and table.dtype != torch.bfloat16:  # numpy has no bfloat16
         lanes = torch.from_numpy(np.take(table.numpy(), packed.numpy(), axis=0))
     else:
         lanes = table.index_select(0, packed.to(torch.int64))

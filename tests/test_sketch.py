@@ -99,3 +99,12 @@ def test_bit_packing_round_trip(bits):
     assert torch.equal(_bits.unpack(packed, mask.shape), mask)
     torch.testing.assert_close(_bits.select(packed, mask.shape, 2.0, -1.0, torch.float64),
                                torch.where(mask, 2.0, -1.0).double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_numpy_and_torch_bit_paths_agree(dtype, monkeypatch):
+    mask = torch.rand(1001, generator=torch.Generator().manual_seed(2)) < 0.4
+    fast = _bits.pack(mask), _bits.select(_bits.pack(mask), mask.shape, 1.0, 0.25, dtype)
+    monkeypatch.setattr(_bits, "_numpy_ok", lambda t: False)
+    slow = _bits.pack(mask), _bits.select(_bits.pack(mask), mask.shape, 1.0, 0.25, dtype)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]) and fast[1].dtype == dtype
