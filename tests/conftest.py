@@ -10,3 +10,12 @@ def _seeded():
     torch.manual_seed(0)
     radvar.seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny ops (thread start-up would dominate); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

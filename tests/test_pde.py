@@ -12,13 +12,7 @@ import radvar
 from radvar import pde
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The solver runs thousands of tiny batched matmuls: intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(seed: int = 1) -> torch.Tensor:

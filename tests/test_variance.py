@@ -57,13 +57,7 @@ def plan_for(sketch, other_views: bool) -> radvar.Plan:
     return radvar.Plan({"lin2": lin, "lin3": lin, "conv1": conv, "conv2": conv})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny layers: per-op thread start-up dominates on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("other_views", [False, pytest.param(True, marks=pytest.mark.slow)],

@@ -17,12 +17,7 @@ from radvar.variance.minibatch import OTHER, per_example_sq_norms
 CE = nn.functional.cross_entropy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

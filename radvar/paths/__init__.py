@@ -10,7 +10,6 @@ from .estimators import (
     Estimator,
     Injection,
     PathSampling,
-    check_probability,
     enumerated_moments,
     monte_carlo,
 )
@@ -22,5 +21,5 @@ __all__ = [
     "LCG", "from_jacobians", "trace",
     "accumulate", "jacobian", "eliminate", "path_sum", "path_count", "paths", "Paths",
     "Estimator", "PathSampling", "EdgeBernoulli", "Injection",
-    "enumerated_moments", "monte_carlo", "check_probability",
+    "enumerated_moments", "monte_carlo",
 ]

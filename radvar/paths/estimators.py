@@ -24,13 +24,12 @@ probability on small graphs, so :func:`enumerated_moments` checks both exactly.
 from __future__ import annotations
 
 import abc
-import math
 from typing import Any, Sequence
 
 import torch
 
 from .. import rng
-from ..sketch import kept_count
+from ..sketch import check_keep, kept_count
 from .graph import LCG
 from .jacobian import accumulate, jacobian, paths
 from .moments import bernoulli_node_map, projection_node_map, second_moment
@@ -38,16 +37,6 @@ from .moments import bernoulli_node_map, projection_node_map, second_moment
 MAX_OUTCOMES = 1 << 20
 DISTS = ("rademacher", "gaussian", "bernoulli")
 WEIGHTINGS = ("uniform", "weight")
-
-
-def check_probability(p: Any, owner: str, name: str = "p") -> float:
-    """Validate a keep probability: a real number in (0, 1]."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a number in (0, 1], got {p!r} ({type(p).__name__})")
-    p = float(p)
-    if math.isnan(p) or not 0.0 < p <= 1.0:
-        raise ValueError(f"{owner}: {name} must be in (0, 1], got {p!r}")
-    return p
 
 
 def _generator(generator: torch.Generator | None) -> torch.Generator:
@@ -185,7 +174,7 @@ class EdgeBernoulli(Estimator):
     """
 
     def __init__(self, p: float) -> None:
-        self.p = check_probability(p, "EdgeBernoulli")
+        self.p = check_keep(p, "EdgeBernoulli", "p")
 
     def __repr__(self) -> str:
         return f"EdgeBernoulli(p={self.p})"
@@ -239,7 +228,7 @@ class Injection(Estimator):
         if dist not in DISTS:
             raise ValueError(f"Injection: dist must be one of {DISTS}, got {dist!r}")
         self.nodes = tuple(dict.fromkeys(nodes))
-        self.keep = check_probability(keep, "Injection", "keep")
+        self.keep = check_keep(keep, "Injection")
         self.dist = dist
 
     def __repr__(self) -> str:

@@ -29,13 +29,13 @@ Meta = dict[str, Any]
 AXES: tuple[str | None, ...] = (None, "features", "rows", "positions", "examples")
 
 
-def check_keep(keep: Any, owner: str) -> float:
-    """Validate a keep fraction: a real number in (0, 1]."""
+def check_keep(keep: Any, owner: str, name: str = "keep") -> float:
+    """Validate a keep fraction (or probability) called ``name``: a real number in (0, 1]."""
     if isinstance(keep, bool) or not isinstance(keep, (int, float)):
-        raise TypeError(f"{owner}: keep must be a number in (0, 1], got {keep!r} ({type(keep).__name__})")
+        raise TypeError(f"{owner}: {name} must be a number in (0, 1], got {keep!r} ({type(keep).__name__})")
     keep = float(keep)
     if math.isnan(keep) or not 0.0 < keep <= 1.0:
-        raise ValueError(f"{owner}: keep must be in (0, 1], got {keep!r}")
+        raise ValueError(f"{owner}: {name} must be in (0, 1], got {keep!r}")
     return keep
 
 
