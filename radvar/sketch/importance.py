@@ -19,18 +19,22 @@ from .. import _bits
 from .base import Meta, Saved, Sketch, itemsize
 
 
+def poisson_scale(s: torch.Tensor, tail: torch.Tensor, budget: float) -> torch.Tensor:
+    """Per row, the c of π_j = min(1, c s_j) with Σ_j π_j = budget (rows with more than
+    ``budget`` nonzeros). ``s`` (rows, n) is |x| sorted descending, ``tail[:, t] = Σ_{j≥t} s_j``:
+    with the t largest capped, c = (budget − t) / tail_t, valid for the first t whose
+    (t+1)-th largest stays below the cap, (budget − t) s_t ≤ tail_t."""
+    t = torch.arange(s.shape[1], device=s.device, dtype=s.dtype)
+    first = ((budget - t) * s <= tail).to(torch.int8).argmax(dim=1, keepdim=True)
+    return (budget - first.to(s.dtype)) / tail.gather(1, first).clamp_min(torch.finfo(s.dtype).tiny)
+
+
 def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
     """π = min(1, c |x|) per row with Σ_j π_ij = min(keep · n, nnz_i)."""
     a = x.detach().abs().float()
-    n = a.shape[1]
-    budget = keep * n
+    budget = keep * a.shape[1]
     s, _ = a.sort(dim=1, descending=True)
-    tail = s.flip(1).cumsum(1).flip(1)  # tail[:, t] = Σ_{j >= t} s_j
-    t = torch.arange(n, device=a.device, dtype=a.dtype)
-    # t capped entries work when the (t+1)-th largest stays below the cap
-    ok = (budget - t) * s <= tail
-    first = ok.to(torch.int8).argmax(dim=1, keepdim=True)
-    c = (budget - first.to(a.dtype)) / tail.gather(1, first).clamp_min(torch.finfo(a.dtype).tiny)
+    c = poisson_scale(s, s.flip(1).cumsum(1).flip(1), budget)
     nnz = (a > 0).sum(1, keepdim=True)
     pi = (c * a).clamp_max_(1.0)
     pi = torch.where(nnz.to(a.dtype) <= budget, (a > 0).to(a.dtype), pi)

@@ -36,6 +36,7 @@ import dataclasses
 import torch
 
 from ..sketch import Bernoulli, Importance, Projection, Sketch, Subsample, kept_count
+from ..sketch.importance import poisson_scale
 
 CLOSED = "closed form"
 EXACT = "exact (keep = 1)"
@@ -72,10 +73,7 @@ class ImportanceStats:
         """
         rows, n = self.s.shape
         budget = keep * n
-        t = torch.arange(n, dtype=self.s.dtype)
-        ok = (budget - t) * self.s <= self.tail
-        first = ok.to(torch.int8).argmax(dim=1, keepdim=True)
-        c = (budget - first.to(self.s.dtype)) / self.tail.gather(1, first).clamp_min(torch.finfo(torch.float64).tiny)
+        c = poisson_scale(self.s, self.tail, budget)
         start = (c * self.s >= 1.0).sum(1, keepdim=True)
         pad = torch.zeros(rows, 1, dtype=self.s.dtype)
         sw = torch.cat([self.sw, pad], 1).gather(1, start)
