@@ -15,14 +15,13 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from . import __version__
+from ._atomic import write_text
 from .layers import randomizable_types, twin_for
 from .sketch import Sketch
 
@@ -112,16 +111,7 @@ class Plan(Mapping[str, "Sketch | None"]):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (a temp file renamed into place: never half-written)."""
-        path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
-        fd, tmp = tempfile.mkstemp(prefix=".plan-", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":

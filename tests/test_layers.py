@@ -99,7 +99,7 @@ def test_plan_json_round_trip(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         Plan.load(bad)
-    assert [p.name for p in tmp_path.iterdir()] and not any(p.name.startswith(".plan-") for p in tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] and not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
 def test_extra_repr_names_the_sketch():
@@ -120,3 +120,15 @@ def test_training_step_runs_end_to_end():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
+    from radvar._atomic import atomic_path
+
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]

@@ -7,7 +7,8 @@ draws the seaborn figures (imported on first use: it loads matplotlib).
 """
 
 from .analysis import FAMILIES, analyze
-from .document import check_target, html_document, markdown, write_report, write_text
+from .._atomic import write_text
+from .document import check_target, html_document, markdown, write_report
 from .result import Analysis
 from .tables import FORMATS, bench_table, format_bytes, layer_table, render, summary_lines
 

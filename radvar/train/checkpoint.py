@@ -9,13 +9,13 @@ a resumed run draws the same sketches an uninterrupted one would.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import rng
+from .._atomic import atomic_path
 
 FORMAT = "radvar.train.checkpoint"
 VERSION = 1
@@ -25,14 +25,8 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """``torch.save`` to a temp file in the same folder, then rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

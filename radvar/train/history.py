@@ -12,25 +12,19 @@ those steps), ``eval_loss`` and ``eval_accuracy``. Run settings are in
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import pandas as pd
+
+from .._atomic import atomic_path
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     """Save a matplotlib figure atomically (temp file renamed into place) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".figure-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
 
@@ -76,12 +70,5 @@ class History(pd.DataFrame):
 
     def save_csv(self, path: str | os.PathLike) -> None:
         """Write CSV atomically (temp file renamed into place)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=".history-", suffix=".csv", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
