@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 import radvar
 from radvar import sketch, zoo
-from radvar.report.document import write_text
+from radvar.report import write_text
 from radvar.report.tables import markdown
 from radvar.tradeoff import tune
 from radvar.train import fit, max_batch_size, save_figure
