@@ -14,9 +14,10 @@ Run: python benchmarks/bench_variance.py [--skip-matrix]
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 import statistics
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -24,33 +25,11 @@ from torch import nn
 
 import radvar
 from radvar import variance, zoo
-from radvar.sketch import Bernoulli, Importance, Projection, Subsample
+from radvar.sketch import Subsample
 from radvar.variance.statistics import agreement, holm
 
-SKETCHES = [
-    Bernoulli(0.3), Bernoulli(0.3, per_example=False),
-    Subsample(0.3), Subsample(0.3, per_example=True), Subsample(0.3, replace=True),
-    Subsample(0.3, per_example=True, replace=True),
-    Projection(0.3), Projection(0.3, dist="gaussian"), Projection(0.3, per_example=True),
-    Projection(0.3, dist="gaussian", per_example=True), Importance(0.3),
-]
-
-
-class FourKinds(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin2 = nn.Linear(10, 4)
-        self.lin3 = nn.Linear(8, 3)
-        self.conv1 = nn.Conv1d(3, 4, 3, padding=1, padding_mode="reflect")
-        self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
-
-    def forward(self, a, b, c, d):
-        return self.lin2(a), self.lin3(b), self.conv1(c), self.conv2(d)
-
-
-def linear_loss(outs, targets) -> torch.Tensor:
-    return sum((o * t).sum() for o, t in zip(outs, targets))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: the tests' matrix cases
+from tests.variance_cases import SKETCHES, four_kinds, linear_loss, plan_for  # noqa: E402
 
 def speed() -> None:
     batch = zoo.synthetic(150, (784,), 10)
@@ -80,17 +59,11 @@ def speed() -> None:
 
 
 def matrix() -> None:
-    g = torch.Generator().manual_seed(3)
-    model = FourKinds().double()
-    shapes = [(6, 10), (2, 4, 8), (3, 3, 9), (3, 4, 6, 5)]
-    inputs = tuple(torch.relu(torch.randn(s, generator=g, dtype=torch.float64)) for s in shapes)
-    targets = tuple(torch.randn(o.shape, generator=g, dtype=torch.float64) for o in model(*inputs))
+    model, inputs, targets = four_kinds()
     tables = []
     for other in (False, True):
         for sk in SKETCHES:
-            lin = dataclasses.replace(sk, axis="rows") if other else sk
-            conv = dataclasses.replace(sk, axis="examples") if other else sk
-            plan = radvar.Plan({"lin2": lin, "lin3": lin, "conv1": conv, "conv2": conv})
+            plan = plan_for(sk, other)
             a = variance.analytic(model, (inputs, targets), linear_loss, plan)
             e = variance.empirical(model, (inputs, targets), linear_loss, plan, draws=500, confidence=0.99)
             t = agreement(a, e)
