@@ -14,25 +14,21 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 
-import radvar
-from radvar import zoo
-from radvar.sketch import Importance, Projection, Subsample
+from radvar.sketch import Subsample
+from radvar.tradeoff import DEFAULT_FAMILIES
 from radvar.tradeoff import batch as tb
 from radvar.variance.capture import capture, layer_variance
 
+from .tradeoff_cases import small_digits_mlp
+
 B, GROUPS, B2, PARTITIONS = 96, 12, 24, 8
-FAMILIES = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0), Importance(1.0))
 KEEPS = (0.1, 0.3)
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    torch.manual_seed(0)
-    radvar.seed(0)
-    x, y = zoo.digits()
-    model = zoo.mlp(in_features=64, hidden=32, depth=2)
-    batch = ((x[:B].clone(),), y[:B].clone())
-    return model, batch, tb.batch_model(model, batch, F.cross_entropy, FAMILIES, KEEPS, groups=GROUPS)
+    model, _, batch = small_digits_mlp(B)
+    return model, batch, tb.batch_model(model, batch, F.cross_entropy, DEFAULT_FAMILIES, KEEPS, groups=GROUPS)
 
 
 def _group_variances(model, batch, table, order, importance=True):
@@ -85,6 +81,6 @@ def test_bytes_scale_with_the_batch(fitted):
 def test_bad_arguments(fitted):
     model, batch, _ = fitted
     with pytest.raises(ValueError, match="groups must be an int in"):
-        tb.batch_model(model, batch, F.cross_entropy, FAMILIES, KEEPS, groups=1)
+        tb.batch_model(model, batch, F.cross_entropy, DEFAULT_FAMILIES, KEEPS, groups=1)
     with pytest.raises(ValueError, match="axis='rows'"):
         tb.batch_model(model, batch, F.cross_entropy, (Subsample(1.0, axis="rows"),), KEEPS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 import torch.nn.functional as F
 from scipy import stats
 

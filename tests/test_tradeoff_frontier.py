@@ -4,35 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
 import radvar
-from radvar import zoo
-from radvar.sketch import Importance, Projection, Subsample
-from radvar.tradeoff import batch, candidates, frontier
+from radvar.tradeoff import DEFAULT_FAMILIES, batch, candidates, frontier
 from radvar.tradeoff.tune import measured_bytes
 
+from .tradeoff_cases import small_digits_mlp
+
 KEEPS = (0.1, 0.25, 0.5)
-FAMILIES = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0), Importance(1.0))
 B = 64
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    radvar.seed(0)
-    x, y = zoo.digits()
-    model = zoo.mlp(in_features=64, hidden=32, depth=2)
-    fit = ((x[:B].clone(),), y[:B].clone())
-    cands = candidates.candidates(model, fit, F.cross_entropy, FAMILIES, KEEPS)
+    model, (x, y), fit = small_digits_mlp(B)
+    cands = candidates.candidates(model, fit, F.cross_entropy, DEFAULT_FAMILIES, KEEPS)
     trace_sigma = float(radvar.variance.minibatch(model, (x, y), F.cross_entropy, B).total["trace_sigma"].iloc[0])
     return model, (x, y), cands, trace_sigma
 
 
 def test_tuned_front_dominates_every_uniform_plan(setup):
     model, data, cands, ts = setup
-    front = frontier.frontier(model, data, F.cross_entropy, cands, ts, small_batches=(8, 16), families=FAMILIES)
+    front = frontier.frontier(model, data, F.cross_entropy, cands, ts, small_batches=(8, 16), families=DEFAULT_FAMILIES)
     t = front.table
     tuned = t[t.curve == frontier.TUNED]
     assert np.all(np.diff(tuned.bytes) > 0) and np.all(np.diff(tuned.rad_variance) < 0)
@@ -56,7 +50,7 @@ def test_co_optimum_fits_the_ledger_at_its_batch_and_beats_the_exact_batch(setup
     x, y = data
     budget = int(0.5 * cands.exact_total)
     sizes = (16, 32, 64, 96)
-    co = batch.co_optimize(model, data, F.cross_entropy, budget, sizes, ts, fit_batch=B, families=FAMILIES,
+    co = batch.co_optimize(model, data, F.cross_entropy, budget, sizes, ts, fit_batch=B, families=DEFAULT_FAMILIES,
                            keeps=KEEPS, groups=8)
     assert list(co.table.batch_size) == list(sizes)
     best = co.best

@@ -5,28 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import torch.nn.functional as F
 
 import radvar
-from radvar import zoo
 from radvar.memory import saved_bytes
-from radvar.sketch import Importance, Projection, Subsample
-from radvar.tradeoff import allocate, candidates, tune
+from radvar.sketch import Importance, Subsample
+from radvar.tradeoff import DEFAULT_FAMILIES, allocate, candidates, tune
 from radvar.tradeoff.tune import measured_bytes
 
+from .tradeoff_cases import small_digits_mlp
+
 KEEPS = (0.1, 0.25, 0.5)
-FAMILIES = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0), Importance(1.0))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    radvar.seed(0)
-    x, y = zoo.digits()
-    model = zoo.mlp(in_features=64, hidden=32, depth=2)
-    batch = ((x[:64].clone(),), y[:64].clone())
-    cands = candidates.candidates(model, batch, F.cross_entropy, FAMILIES, KEEPS)
+    model, (x, y), batch = small_digits_mlp(64)
+    cands = candidates.candidates(model, batch, F.cross_entropy, DEFAULT_FAMILIES, KEEPS)
     return model, (x, y), batch, cands
 
 
@@ -37,7 +32,7 @@ def test_fixed_plus_exact_layers_is_the_exact_ledger_total(setup):
     assert cands.exact_total == saved_bytes(radvar.convert(model, None), batch[0], F.cross_entropy, batch[1]).total
 
 
-@pytest.mark.parametrize("template", FAMILIES, ids=lambda s: s.label())
+@pytest.mark.parametrize("template", DEFAULT_FAMILIES, ids=lambda s: s.label())
 def test_predicted_bytes_bound_the_ledger_after_convert(setup, template):
     """Subsample and Projection keep exactly what they promise; Importance at most its reservation."""
     model, _, batch, cands = setup
@@ -53,12 +48,12 @@ def test_predicted_bytes_bound_the_ledger_after_convert(setup, template):
 def test_tuned_plan_is_within_budget_and_never_worse_than_uniform(setup, tmp_path):
     model, data, batch, cands = setup
     uni = allocate.uniform(cands, Subsample(1.0), 0.25)
-    plan = tune(model, data, F.cross_entropy, budget=uni.bytes, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    plan = tune(model, data, F.cross_entropy, budget=uni.bytes, batch_size=64, families=DEFAULT_FAMILIES, keeps=KEEPS)
     prov = plan.provenance
     assert measured_bytes(model, plan, batch, F.cross_entropy) <= uni.bytes
     assert prov["measured_bytes"] <= prov["budget"]["bytes"] == uni.bytes
     assert prov["predicted_bytes"] <= uni.bytes
-    for template in FAMILIES:
+    for template in DEFAULT_FAMILIES:
         best = allocate.best_uniform(cands, template, uni.bytes, KEEPS)
         if best is not None:
             assert prov["predicted_rad_variance"] <= best.variance * (1 + 1e-12)
@@ -72,21 +67,21 @@ def test_tuned_plan_is_within_budget_and_never_worse_than_uniform(setup, tmp_pat
 
 def test_fraction_budget_and_variance_budget(setup):
     model, data, batch, cands = setup
-    plan = tune(model, data, F.cross_entropy, budget=0.3, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    plan = tune(model, data, F.cross_entropy, budget=0.3, batch_size=64, families=DEFAULT_FAMILIES, keeps=KEEPS)
     assert plan.provenance["budget"]["bytes"] == int(0.3 * cands.exact_total)
     assert measured_bytes(model, plan, batch, F.cross_entropy) <= 0.3 * cands.exact_total
     vb = 0.5 * plan.provenance["predicted_rad_variance"]
-    low = tune(model, data, F.cross_entropy, variance_budget=vb, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    low = tune(model, data, F.cross_entropy, variance_budget=vb, batch_size=64, families=DEFAULT_FAMILIES, keeps=KEEPS)
     assert low.provenance["predicted_rad_variance"] <= vb
     assert low.provenance["predicted_bytes"] >= plan.provenance["predicted_bytes"]
-    zero = tune(model, data, F.cross_entropy, variance_budget=0.0, batch_size=64, families=FAMILIES, keeps=KEEPS)
+    zero = tune(model, data, F.cross_entropy, variance_budget=0.0, batch_size=64, families=DEFAULT_FAMILIES, keeps=KEEPS)
     assert all(s is None for s in zero.values())
 
 
 def test_budget_errors_name_the_smallest_feasible(setup):
     model, data, _, cands = setup
     smallest = cands.fixed + int(cands.table.groupby("layer")["bytes"].min().sum())
-    kw = dict(batch_size=64, families=FAMILIES, keeps=KEEPS)
+    kw = dict(batch_size=64, families=DEFAULT_FAMILIES, keeps=KEEPS)
     with pytest.raises(ValueError, match=f"smallest feasible budget is {smallest:,} bytes"):
         tune(model, data, F.cross_entropy, budget=smallest - 1, **kw)
     with pytest.raises(ValueError, match=f"smallest feasible budget is {smallest:,} bytes"):
@@ -104,7 +99,7 @@ def test_budget_errors_name_the_smallest_feasible(setup):
     with pytest.raises(TypeError, match="budget must be an int"):
         tune(model, data, F.cross_entropy, budget="1MB", **kw)
     with pytest.raises(ValueError, match="batch_size must be an int in"):
-        tune(model, data, F.cross_entropy, budget=0.5, batch_size=10**6, families=FAMILIES, keeps=KEEPS)
+        tune(model, data, F.cross_entropy, budget=0.5, batch_size=10**6, families=DEFAULT_FAMILIES, keeps=KEEPS)
     with pytest.raises(ValueError, match="keeps must be"):
         tune(model, data, F.cross_entropy, budget=0.5, batch_size=64, keeps=(0.0, 2.0))
     with pytest.raises(TypeError, match="families: every entry"):
@@ -116,11 +111,11 @@ def test_budget_errors_name_the_smallest_feasible(setup):
 def test_relative_variance_budget_is_a_fraction_of_the_data_noise(setup):
     model, data, batch, _ = setup
     plan = tune(model, data, F.cross_entropy, variance_budget=0.1, relative=True, batch_size=64,
-                families=FAMILIES, keeps=KEEPS)
+                families=DEFAULT_FAMILIES, keeps=KEEPS)
     prov = plan.provenance
     noise = radvar.variance.minibatch(model, data, F.cross_entropy, 64).total["data_variance"].iloc[0]
     assert prov["data_variance"] == pytest.approx(noise, rel=1e-12)
     assert prov["variance_budget"]["absolute"] == pytest.approx(0.1 * prov["data_variance"])
     assert prov["predicted_rad_variance"] <= prov["variance_budget"]["absolute"]
     with pytest.raises(ValueError, match="relative=True applies to variance_budget"):
-        tune(model, data, F.cross_entropy, budget=0.5, relative=True, batch_size=64, families=FAMILIES, keeps=KEEPS)
+        tune(model, data, F.cross_entropy, budget=0.5, relative=True, batch_size=64, families=DEFAULT_FAMILIES, keeps=KEEPS)
