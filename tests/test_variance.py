@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
-import radvar
 from radvar import variance
 from radvar.variance.statistics import agreement, holm
 

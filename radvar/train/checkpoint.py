@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from .. import rng
 from .._atomic import atomic_path
 
 FORMAT = "radvar.train.checkpoint"
