@@ -1,13 +1,21 @@
 """radvar: randomized automatic differentiation (RAD) for PyTorch, with its variance made measurable."""
 
-__version__ = "0.1.0"
+import sys as _sys
 
-from . import layers, memory, ops, paths, pde, report, rng, rnn, sketch, variance, zoo  # noqa: E402
+from ._version import __version__
+from . import layers, memory, ops, paths, report, rng, sketch, variance  # noqa: E402
 from . import train  # noqa: E402
 from .convert import convert  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .rng import exact, seed  # noqa: E402
 from . import tradeoff  # noqa: E402
 from .tradeoff import tune  # noqa: E402
+from . import apps  # noqa: E402
+from .apps import pde, rnn, zoo  # noqa: E402
 
-__all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "pde", "rnn", "variance", "report", "zoo", "train", "tradeoff", "tune", "convert", "Plan", "seed", "exact", "__version__"]
+# Short public names of the applications: ``import radvar.zoo`` is ``radvar.apps.zoo``.
+for _name in ("pde", "rnn", "zoo"):
+    _sys.modules[f"{__name__}.{_name}"] = getattr(apps, _name)
+
+__all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "pde", "rnn", "variance", "report", "zoo", "train",
+           "tradeoff", "tune", "convert", "Plan", "seed", "exact", "apps", "__version__"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from ._atomic import write_text
 from .layers import randomizable_types, twin_for
 from .sketch import Sketch

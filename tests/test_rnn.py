@@ -14,7 +14,7 @@ from scipy import stats
 import radvar
 from radvar import Plan, rnn, variance
 from radvar.layers import RADLinear, twin_for
-from radvar.layers.rnn import CompactIRNN
+from radvar.rnn import CompactIRNN
 from radvar.sketch import Importance, Projection, Subsample, kept_count
 
 from .stats import assert_unbiased

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..convert import convert
 from ..memory import saved_bytes
 from ..plan import Plan

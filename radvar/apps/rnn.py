@@ -10,10 +10,10 @@ with W_hh = I and zero biases at init; W_ih has ``nn.Linear``'s default init.
 ``nn.Linear`` maps and ``torch.relu`` — the "plain PyTorch loop with the same
 cell" that RAD is measured against. ``radvar.convert`` makes both maps
 ``RADLinear`` (their weight gradients randomized at every step, a fresh draw
-per step) and the IRNN itself :class:`radvar.layers.rnn.CompactIRNN`, whose
+per step) and the IRNN itself :class:`CompactIRNN` (below), whose
 ReLU keeps a 1-bit mask. The paper's experiment (Oktay et al., ICLR 2021,
 §6) is an IRNN with hidden size 100 on sequential MNIST (784 steps);
-:func:`sequential_digits` gives the small stand-in bundled with scikit-learn:
+:func:`radvar.apps.datasets.sequential_digits` gives the small stand-in bundled with scikit-learn:
 8x8 digits read pixel by pixel in row-major order, 64 steps of one input each.
 """
 
@@ -23,6 +23,10 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from ..layers import Twin, register
+from ..ops.activation import compact_relu
+from .datasets import sequential_digits  # noqa: F401  (public here too: the sequences this model reads)
 
 NONLINEARITIES = ("relu",)
 
@@ -131,9 +135,26 @@ def irnn(input_size: int = 1, hidden_size: int = 100, classes: int = 10) -> IRNN
     return IRNNClassifier(input_size, hidden_size, classes)
 
 
-def sequential_digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 digits as sequences: inputs (1797, 64, 1) in [0, 1], pixels row-major; labels (1797,)."""
-    from .zoo import digits  # zoo re-exports this module's factories: import at call time
+@register(IRNN)
+class CompactIRNN(IRNN, Twin):
+    """:class:`IRNN` whose ReLU keeps a packed mask (1 bit an element) for backward.
 
-    x, y = digits(dtype)
-    return x.unsqueeze(-1), y
+    An IRNN's maps are ``nn.Linear`` children, so ``convert`` randomizes them as
+    ``RADLinear`` (plan entries ``"<name>.ih"`` and ``"<name>.hh"``); each step's
+    call draws a fresh key (:func:`radvar.rng.next_key`), so steps are sketched
+    independently and indices are regenerated in backward, never stored. A step
+    then keeps a sketch of x_t, a sketch of h_{t-1} and the ReLU mask in 1 bit an
+    element (the plain loop keeps every h_t in full)::
+
+        h_t = compact_relu(ih(x_t) + hh(h_{t-1}))
+
+    Input and bias gradients are exact, so the backpropagated
+    g_t = ∂L/∂(pre-activation at t) is exact and ∂Ŵ_hh = Σ_t g_tᵀ ĥ_{t-1} is
+    unbiased with variance Σ_t Var_t (independent draws add; likewise W_ih).
+    As with ``CompactReLU`` before an exact ``Linear``, an exact ``hh`` still keeps
+    h_{t-1} in full, so the all-exact twin keeps the plain bytes plus the masks;
+    the ledger then attributes h_{t-1} to ``hh``, the map whose sketch removes it.
+    """
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.run(x, h0, compact_relu)

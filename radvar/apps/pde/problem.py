@@ -1,66 +1,16 @@
-"""Linear reaction-diffusion control with a randomized adjoint (RAD, Oktay et al., ICLR 2021, §5.3).
-
-Problem (the paper's fission-reactor toy model). On the unit square, Dirichlet
-boundary phi = 0,
-
-    d phi / dt = D lap(phi) + S(x, t; theta) phi,
-    S = th0 + th1 sin(pi t) + th2 cos(pi t)
-        + sin(2 pi x) (th3 sin(pi t) + th4 cos(pi t))
-        + cos(2 pi x) (th5 sin(pi t) + th6 cos(pi t)),
-    phi(x, y, 0) = sin(pi x) sin(pi y),
-    target(x, y, t) = sin(pi x) sin(pi y) + 0.25 sin(2 pi x) sin(pi y) sin(pi t).
-
-Discretisation: an n x n grid with spacing dx = 1/(n-1), explicit Euler with the
-five-point Laplacian, interior points only (the boundary stays 0):
-
-    phi_{s+1} = M_s phi_s,   M_s = I + r L + dt diag(S(t_s)),   r = D dt / dx^2,  t_s = s dt,
-
-stable for 4 r <= 1 (FTCS bound, e.g. LeVeque, *Finite Difference Methods*, 2007, §9.6).
-As L = T (x) I + I (x) T (T = tridiag(1, -2, 1)) and S does not depend on y, a step is two
-batched matrix products: M_s phi = (P + dt diag_x S_s) phi + phi Q, P = (1 - 4r) I + r Sh, Q = r Sh
-(Sh: ones on the first off-diagonals).
-Loss: J = sum_{s=1..T} dt * mean_grid (phi_s - target(t_s))^2, the mean over all
-n^2 grid points (boundary errors are 0).
-
-Adjoint (discrete, exact). With g_s = dJ/dphi_s = (2 dt / n^2) (phi_s - target_s) and
-lambda_{T+1} = 0,
-
-    lambda_s = g_s + M_s^T lambda_{s+1}          (s = T .. 1; M_s symmetric),
-    dJ/dtheta = sum_{s=0..T-1} dt sum_x lambda_{s+1}(x) phi_s(x) dS(x, t_s)/dtheta.
-
-The recursion for lambda is linear and needs no state; the state enters only
-through g_s (linear in phi_s) and the parameter contraction (linear in phi_s).
-
-Randomized adjoint. For each step s >= 1 forward keeps k = ceil(keep * m) of the
-m interior values of phi_s, drawn without replacement, independently per step
-(indices regenerated from a seed in backward, never stored). Backward uses
-phî_s = (m/k) Pi_s phi_s (Pi_s the 0/1 diagonal of the sample), so E[phî_s] = phi_s since each
-point is kept with probability k/m. Then lambdâ is linear in the phî, so
-E[lambdâ_s] = lambda_s; and lambdâ_{s+1} depends only on the samples of steps
-> s, independent of the sample of step s, so
-E[lambdâ_{s+1}(x) phî_s(x)] = lambda_{s+1}(x) phi_s(x): every term of dJ/dtheta
-is unbiased. phi_0 is known and used exactly. keep = 1 stores phi_s whole and is
-the exact adjoint; ``method="checkpoint"`` stores every c-th state and recomputes
-the rest in backward (Griewank & Walther, *Evaluating Derivatives*, 2008, ch. 12).
-
-Memory is what autograd keeps for backward, measured by :func:`radvar.memory.saved_bytes_of`
-(unique storages packed through ``torch.autograd.graph.saved_tensors_hooks``,
-parameters excluded): T k values for RAD, T m for exact, ceil(T/c) m for checkpoints.
-"""
+"""The discretised reaction-diffusion control problem (see :mod:`radvar.pde` for every formula)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import rng
-from .memory import saved_bytes_of
-from .rng import mix
-from .sketch.base import check_keep, kept_count
+from ... import rng
+from ...rng import mix
+from ...sketch.base import check_keep
 
 METHODS = ("rad", "exact", "checkpoint", "autograd")
 N_PARAMS = 7
@@ -277,7 +227,9 @@ class ReactionDiffusion:
                     raise ValueError(f"loss: checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
             if method == "exact" or rng.is_exact():
                 keeps = (1.0,) * rows
-            out = _Adjoint.apply(theta, self, keeps, rng.next_key(), every)
+            from .adjoint import Adjoint  # the adjoint op drives this class's solver steps
+
+            out = Adjoint.apply(theta, self, keeps, rng.next_key(), every)
         return out if params.dim() == 2 else out[0]
 
     def gradient(
@@ -307,76 +259,6 @@ class ReactionDiffusion:
         return total
 
 
-class _Adjoint(torch.autograd.Function):
-    """Forward: solve and keep per-step samples (or all states, or checkpoints); backward: the adjoint above."""
-
-    @staticmethod
-    def forward(ctx, theta: torch.Tensor, prob: ReactionDiffusion, keeps: tuple[float, ...], key: int, every: int | None):  # type: ignore[override]
-        rows = theta.shape[0]
-        theta = theta.detach()
-        ks = [kept_count(p, prob.m) for p in keeps]
-        size = every or prob.chunk
-        blocks = prob._chunks(size)
-        phi = prob._phi0(rows)
-        total = theta.new_zeros(rows)
-        if every is None:  # per row: T x k sampled values (k = m: every state)
-            kept = [theta.new_empty(prob.steps, k) for k in ks]
-        else:  # the state entering each block
-            kept = [theta.new_empty(len(blocks), rows, prob.interior, prob.interior)]
-        for i, (a, b) in enumerate(blocks):
-            if every is not None:
-                kept[0][i] = phi
-            states = prob._advance(phi, prob._step_matrices(theta, a - 1, b - 1))
-            phi = states[-1]
-            total += prob._loss_rows(states, a, b)
-            if every is None:
-                flat = states.view(b - a, rows, prob.m)
-                for r, k in enumerate(ks):
-                    vals = flat[:, r] if k == prob.m else flat[:, r].gather(1, prob._indices(key, r, i, b - a, k))
-                    kept[r][a - 1 : b - 1] = vals
-        ctx.save_for_backward(theta, *kept)
-        ctx.prob, ctx.ks, ctx.key, ctx.every = prob, ks, key, every
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        theta, *kept = ctx.saved_tensors
-        prob: ReactionDiffusion = ctx.prob
-        ks, key, every = ctx.ks, ctx.key, ctx.every
-        rows, m, nx = theta.shape[0], prob.m, prob.interior
-        blocks = prob._chunks(every or prob.chunk)
-        lam = theta.new_zeros(rows, nx, nx)  # lambda_{T+1}
-        q_mat = prob._q.expand(rows, -1, -1)
-        q = theta.new_zeros(rows, 3, 3)  # sum_s f_b(t_s) sum_x lambda_{s+1} phi_s g_a(x)
-        for i in range(len(blocks) - 1, -1, -1):
-            a, b = blocks[i]
-            size = b - a
-            if every is not None:
-                phis = prob._advance(kept[0][i], prob._step_matrices(theta, a - 1, b - 1))
-            else:
-                flat = theta.new_zeros(size, rows, m)
-                for r, k in enumerate(ks):
-                    vals = kept[r][a - 1 : b - 1]
-                    if k == m:
-                        flat[:, r] = vals
-                    else:
-                        flat[:, r].scatter_(1, prob._indices(key, r, i, size, k), vals * (m / k))
-                phis = flat.view(size, rows, nx, nx)
-            g = (phis - prob._target_interior(a, b)) * (2 * prob.dt / prob.grid**2)
-            mats = prob._step_matrices(theta, a, b)  # M_s is symmetric: P, diag S and Q are
-            lams = theta.new_empty(size + 1, rows, nx, nx)
-            lams[size] = lam
-            for j in range(size - 1, -1, -1):
-                torch.baddbmm(torch.baddbmm(g[j], lams[j + 1], q_mat), mats[j], lams[j + 1], out=lams[j])
-            w = (lams[1:] * phis).sum(dim=3)  # (size, rows, nx): lambda_{s+1} phi_s summed over y
-            q += torch.einsum("sbx,ax,sc->bac", w, prob._g, prob._time_basis(prob._times(a, b)))
-            lam = lams[0]
-        w0 = (lam * prob._phi0(rows)).sum(dim=2)  # s = 0, phi_0 exact
-        q += torch.einsum("bx,ax,c->bac", w0, prob._g, prob._time_basis(prob._times(0, 1))[0])
-        grad = torch.stack([q[:, a, c] for a, c in _PAIRS], dim=1) * prob.dt
-        return grad * grad_out[:, None], None, None, None, None
-
-
 def _check_params(params: torch.Tensor, prob: ReactionDiffusion) -> torch.Tensor:
     if not isinstance(params, torch.Tensor):
         raise TypeError(f"params must be a torch.Tensor of shape (7,) or (B, 7), got {type(params).__name__}")
@@ -393,59 +275,3 @@ def _check_keeps(keep: float | Sequence[float], rows: int) -> tuple[float, ...]:
             raise ValueError(f"keep: a sequence needs one value per params row ({rows}), got {len(keep)}")
         return tuple(check_keep(k, "ReactionDiffusion") for k in keep)
     return (check_keep(keep, "ReactionDiffusion"),) * rows
-
-
-def initial_params(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The paper's start: constant 4.932 (about D 2 pi^2, balancing diffusion), the others U(-0.1, 0.1) from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    theta = (torch.rand(N_PARAMS, generator=gen, dtype=dtype) * 2 - 1) * 0.1
-    theta[0] = 4.932
-    return theta
-
-
-def backward_bytes(prob: ReactionDiffusion, params: torch.Tensor, keep: float = 1.0, method: str = "rad", **kw: int) -> int:
-    """:func:`radvar.memory.saved_bytes_of` one forward of ``prob.loss(params, keep, method)`` (``params`` excluded)."""
-    theta = params.detach().clone().requires_grad_(True)
-    return saved_bytes_of(lambda: prob.loss(theta, keep, method, **kw), exclude=[theta])
-
-
-def fit(
-    prob: ReactionDiffusion,
-    keep: float | Sequence[float] = 1.0,
-    steps: int = 800,
-    lr: float = 1e-2,
-    seed: int = 0,
-    method: str = "rad",
-    init: torch.Tensor | None = None,
-) -> pd.DataFrame:
-    """Adam (lr ``lr``) on theta for ``steps`` iterations, one run per keep, all from the same start
-    (:func:`initial_params` of ``seed`` unless ``init``), solved together in one vectorised batch.
-
-    Returns a long DataFrame (run, step, keep, loss, theta0..theta6), ``run`` the row index of
-    ``keep`` (repeat a keep for independent RAD runs): ``loss`` is the exact J of the
-    iterate at ``step`` (the forward pass is exact for every keep); step = ``steps`` is the end point.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"fit: steps must be an int >= 0, got {steps!r}")
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"fit: lr must be a number > 0, got {lr!r}")
-    keeps = list(keep) if isinstance(keep, (list, tuple)) else [keep]
-    start = initial_params(seed, prob.dtype) if init is None else init.detach().to(prob.dtype)
-    theta = start.reshape(1, N_PARAMS).repeat(len(keeps), 1).requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=lr)
-    records = []
-
-    def log(step: int, losses: torch.Tensor) -> None:
-        for r, k in enumerate(keeps):
-            row = {f"theta{j}": float(v) for j, v in enumerate(theta[r].detach())}
-            records.append({"run": r, "step": step, "keep": k, "loss": float(losses[r]), **row})
-
-    for step in range(steps):
-        opt.zero_grad()
-        losses = prob.loss(theta, keeps, method)
-        log(step, losses.detach())
-        losses.sum().backward()
-        opt.step()
-    with torch.no_grad():
-        log(steps, prob.loss(theta, [1.0] * len(keeps), "exact" if method != "autograd" else method))
-    return pd.DataFrame.from_records(records)

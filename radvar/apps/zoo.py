@@ -3,7 +3,8 @@
 Models (Oktay et al., ICLR 2021, §6): ``mlp`` — 784-300-300-300-10 with ReLU;
 ``cnn`` — conv 5x5 pad 2: 3→16→32, avgpool 2, 32→32→32, avgpool 2,
 linear 2048→10, ReLU after each conv; ``wide_mlp`` — 2048-2048-2048-2048-10;
-``irnn`` — the IRNN of :mod:`radvar.rnn` (re-exported with ``sequential_digits``).
+``irnn`` — the IRNN of :mod:`radvar.rnn`. The datasets live in
+:mod:`radvar.apps.datasets` and are re-exported here.
 ``mlp(in_features=64)`` fits 8x8 digits.
 
 :data:`MODELS` and :data:`DATASETS` map names to factories; :data:`DESCRIPTIONS`
@@ -17,7 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .rnn import irnn, sequential_digits
+from .datasets import digits, sequential_digits, synthetic
+from .rnn import irnn
 
 
 def mlp(in_features: int = 784, hidden: int = 300, depth: int = 3, classes: int = 10) -> nn.Sequential:
@@ -51,22 +53,6 @@ def cnn(in_channels: int = 3, classes: int = 10, image: int = 32) -> nn.Sequenti
         nn.Linear(32 * (image // 4) ** 2, classes),
     )
 
-
-
-def digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled 8x8 digits (1,797 images, no download): inputs (N, 64) in [0, 1], labels (N,)."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.as_tensor(data.data, dtype=dtype) / 16.0
-    return x, torch.as_tensor(data.target, dtype=torch.long)
-
-
-def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int = 0,
-              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian inputs of ``shape`` with uniform labels, from a private generator."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn((n, *shape), generator=gen, dtype=dtype), torch.randint(0, classes, (n,), generator=gen)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "wide_mlp": wide_mlp, "irnn": irnn}
