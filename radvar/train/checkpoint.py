@@ -1,14 +1,28 @@
-"""Checkpoints for :func:`radvar.train.fit`, written atomically.
+"""Checkpoints of :func:`radvar.train.fit`: a weights-only file, written atomically.
 
-A checkpoint holds what a resumed run needs to continue the same run: the
-model's and optimizer's (and GradScaler's) state, the step and epoch counters,
-the history so far, and radvar's RAD stream position (base seed, counter), so
-a resumed run draws the same sketches an uninterrupted one would.
+A checkpoint holds what a resumed run needs to continue the same run bitwise:
+
+* ``model``, ``optimizer`` and ``scaler``: their ``state_dict()``s (tensors and
+  plain containers);
+* ``torch_rng`` and ``cuda_rng``: torch's global CPU generator state and, when
+  CUDA is in use, every CUDA generator's state (uint8 tensors), so dropout and
+  any other draw from torch's global RNG continue where they were;
+* ``meta``: one JSON string with the step/epoch/batch position, the data-order
+  seed, radvar's RAD stream position (:func:`radvar.rng.get_state`), the
+  saved-bytes ledger measured at the start, the history rows so far, the
+  logging window (per-step losses, times and peaks since the last row) and the
+  model's and optimizer's class names.
+
+Reading uses ``torch.load(weights_only=True)``: a file that holds anything but
+tensors and plain containers (a pickled object, a payload) is refused with a
+``ValueError`` before any of it is built, so loading never runs code.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +31,76 @@ import torch
 from .._atomic import atomic_path
 
 FORMAT = "radvar.train.checkpoint"
-VERSION = 1
+VERSION = 2
+META_KEYS = ("step", "epoch", "batch", "seed", "rng", "ledger", "rows", "window", "model_class",
+             "optimizer_class", "amp", "batch_size")
 
 
-def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename into place."""
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """torch's global CPU generator state and, when CUDA is initialised, every CUDA generator's."""
+    cuda = device.type == "cuda" or (torch.cuda.is_available() and torch.cuda.is_initialized())
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if cuda else []}
+
+
+def set_rng_states(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (CUDA states for the devices present)."""
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        for i, s in enumerate(state["cuda_rng"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
+def save(path: str | os.PathLike, *, model: dict[str, Any], optimizer: dict[str, Any],
+         scaler: dict[str, Any] | None, rng: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write a checkpoint to a temp file beside ``path``, then rename it into place."""
+    missing = set(META_KEYS) - set(meta)
+    if missing:
+        raise ValueError(f"checkpoint.save: meta lacks {sorted(missing)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "model": model,
+             "optimizer": optimizer, "scaler": scaler, **rng}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+        torch.save(state, tmp)
+
+
+def _unreadable(path: Path, error: BaseException) -> ValueError:
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+        unsafe = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
+        detail = unsafe.split("Unsupported global:")[-1].strip().rstrip(".") if unsafe else "a non-weights object"
+        return ValueError(f"checkpoint {str(path)!r} holds Python objects, not only tensors and plain data "
+                          f"({detail}); refused: radvar loads checkpoints weights-only and never runs code from one")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return ValueError(f"checkpoint {str(path)!r} is not a readable {FORMAT} file (corrupt or truncated?): {first}")
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; ValueError if it is not one."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} is not a {FORMAT} version {VERSION} file")
-    return state
+    """Read a checkpoint written by :func:`save`, weights-only; ``meta`` comes back parsed.
+
+    ValueError naming the file if it is corrupt, truncated, holds pickled objects, or is not
+    a version-``VERSION`` radvar checkpoint; OSError if it cannot be opened.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {str(path)!r} is a folder, not a file")
+    with open(path, "rb") as f:  # OSError (missing, unreadable) propagates with the path in it
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for bad bytes; all mean "not a checkpoint"
+            raise _unreadable(path, e) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r} is not a {FORMAT} file")
+    if state.get("version") != VERSION:
+        raise ValueError(f"checkpoint {str(path)!r} is {FORMAT} version {state.get('version')!r}; this radvar "
+                         f"reads version {VERSION} only")
+    try:
+        meta = json.loads(state["meta"])
+        if not isinstance(meta, dict) or set(META_KEYS) - set(meta):
+            raise ValueError("meta lacks fields")
+        if not (isinstance(state["model"], dict) and isinstance(state["optimizer"], dict)
+                and isinstance(state["torch_rng"], torch.Tensor) and isinstance(state["cuda_rng"], list)):
+            raise ValueError("model/optimizer/rng entries have wrong types")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: {e}") from None
+    return {**state, "meta": meta}

@@ -22,6 +22,13 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def size() -> int:
+    """The job's world size: the process group's, else torchrun's ``WORLD_SIZE``, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def launched() -> bool:
     """True when started by torchrun (or a launcher setting WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -1,0 +1,97 @@
+"""Checks of :func:`radvar.train.fit`'s arguments before any work is done.
+
+Each bad value raises one ``TypeError``/``ValueError`` naming the argument,
+the value given and what is allowed. The result is a frozen :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..plan import Plan
+from ..sketch import Sketch
+from . import distributed
+from .amp import Amp, resolve_amp
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """fit's run settings after checking (``eval_every`` defaults to ``log_every``)."""
+
+    steps: int | None
+    epochs: int | None
+    batch_size: int | None
+    log_every: int
+    eval_every: int
+    checkpoint_every: int | None
+    seed: int | None
+    compile: bool | str
+    device: torch.device
+    precision: Amp
+    checkpoint: Path | None
+    resume: bool
+    progress: bool
+
+
+def positive_int(value: Any, name: str, allow_none: bool = True) -> int | None:
+    """``value`` if it is a positive int (or None when allowed); ValueError otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"fit: {name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' (this rank's GPU under torchrun, else CUDA if available, else CPU) or a usable torch device."""
+    if device == "auto":
+        return distributed.local_device() if distributed.launched() else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"fit: device must be 'auto' or a torch device, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"fit: device {str(dev)!r} requested but torch.cuda.is_available() is False")
+    return dev
+
+
+def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callable[..., Any]], *,
+          steps: Any, epochs: Any, batch_size: Any, log_every: Any, eval_every: Any, checkpoint_every: Any,
+          seed: Any, compile: Any, device: Any, amp: Any, checkpoint: Any, resume: Any,
+          progress: Any) -> Settings:
+    """Check every argument of fit except the data; return the settings."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"fit: loss_fn must be callable (output, targets) -> loss, got {loss_fn!r}")
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"fit: give exactly one of steps and epochs, got steps={steps!r}, epochs={epochs!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"fit: seed must be an int or None, got {seed!r}")
+    if not isinstance(compile, (bool, str)):
+        raise TypeError(f"fit: compile must be a bool or a torch.compile backend name, got {compile!r}")
+    if not all(callable(cb) for cb in callbacks):
+        raise TypeError("fit: callbacks must be callables taking one row dict")
+    if plan is not None and not isinstance(plan, (Plan, Sketch)):
+        raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, got {type(plan).__name__}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"fit: checkpoint must be a path or None, got {checkpoint!r}")
+    if resume and checkpoint is None:
+        raise ValueError("fit: resume=True needs checkpoint=PATH")
+    log_every = positive_int(log_every, "log_every", allow_none=False)
+    dev = resolve_device(device)
+    return Settings(
+        steps=positive_int(steps, "steps"), epochs=positive_int(epochs, "epochs"),
+        batch_size=positive_int(batch_size, "batch_size"), log_every=log_every,
+        eval_every=positive_int(eval_every, "eval_every") or log_every,
+        checkpoint_every=positive_int(checkpoint_every, "checkpoint_every"), seed=seed, compile=compile,
+        device=dev, precision=resolve_amp(amp, dev), checkpoint=None if checkpoint is None else Path(checkpoint),
+        resume=bool(resume), progress=bool(progress))
