@@ -59,8 +59,8 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Mixed precision (fp16: CUDA only).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (RAD layers run eagerly).")
-@click.option("--checkpoint", type=str, metavar="FILE", help="Save a checkpoint here (every --log-every steps).")
-@click.option("--resume", is_flag=True, help="Continue from --checkpoint if it exists.")
+@click.option("--checkpoint", type=str, metavar="FILE", help="Save a weights-only checkpoint here (every --log-every steps and at the end).")
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint if it exists (bitwise the uninterrupted run).")
 @click.option("--out", type=click.Path(file_okay=False), default="radvar-train", show_default=True)
 @runtime_options
 def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...], weights: str | None,
@@ -76,8 +76,6 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
     n_train = len(problem.x) - n_eval
     train_data = (problem.x[:n_train], problem.y[:n_train])
     eval_data = (problem.x[n_train:], problem.y[n_train:]) if n_eval else None
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     log(f"train: {problem.meta['model']} on {problem.meta['data']} ({n_train} train, {n_eval} eval), "
         f"plan {plan!r}, {steps} steps of {batch_size}")
     history = fit(problem.model, train_data, loss_fn=problem.loss_fn, optimizer=OPTIMIZERS[opt_name](lr), plan=plan,
@@ -85,6 +83,8 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
                   device=problem.meta["device"], seed=seed,
                   log_every=log_every, checkpoint=checkpoint, checkpoint_every=log_every if checkpoint else None,
                   resume=resume, progress=not quiet())
+    out_dir = Path(out)  # made only once training succeeded: a failed run leaves no folder behind
+    out_dir.mkdir(parents=True, exist_ok=True)
     history.save_csv(out_dir / "history.csv")
     matplotlib.use("Agg")  # files only, no display
     save_figure(history.plot().figure, out_dir / "learning_curve.png")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,20 @@ def save(path: str | os.PathLike, *, model: dict[str, Any], optimizer: dict[str,
 
 
 def _unreadable(path: Path, error: BaseException) -> ValueError:
+    """A one-line ValueError for what ``torch.load(weights_only=True)`` raised on ``path``."""
     text = str(error)
-    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
-        unsafe = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
-        detail = unsafe.split("Unsupported global:")[-1].strip().rstrip(".") if unsafe else "a non-weights object"
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
         return ValueError(f"checkpoint {str(path)!r} holds Python objects, not only tensors and plain data "
-                          f"({detail}); refused: radvar loads checkpoints weights-only and never runs code from one")
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+                          f"({unsafe.group(1)}); refused: radvar loads checkpoints weights-only and never runs "
+                          f"code from one")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:
+        after = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+        detail = after[0].strip() if after else type(error).__name__
+        return ValueError(f"checkpoint {str(path)!r} is not a readable {FORMAT} file: weights-only loading "
+                          f"refused it ({detail}); nothing in it was run")
+    first = lines[0] if lines else type(error).__name__
     return ValueError(f"checkpoint {str(path)!r} is not a readable {FORMAT} file (corrupt or truncated?): {first}")
 
 
@@ -86,7 +94,9 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise IsADirectoryError(f"checkpoint {str(path)!r} is a folder, not a file")
     with open(path, "rb") as f:  # OSError (missing, unreadable) propagates with the path in it
         try:
-            state = torch.load(f, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about odd pickle protocols before refusing them
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for bad bytes; all mean "not a checkpoint"
             raise _unreadable(path, e) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
