@@ -62,7 +62,14 @@ CASES: dict[str, tuple[Any, dict[str, Any], int, int]] = {
                                  checkpoint_every=6), 16, 12),
     "epochs_mode_partial_batch": (mlp, dict(plan=sketch.Importance(0.5), epochs=3, batch_size=70, log_every=5,
                                             checkpoint_every=4, eval_every=10), 15, 12),
+    "cuda_fp16_dropout": (dropout_mlp, dict(plan=sketch.Subsample(0.3), amp="fp16", device="cuda", steps=12,
+                                            batch_size=50, log_every=4, checkpoint_every=3), 8, 6),
 }
+NEEDS_CUDA = {"cuda_fp16_dropout"}  # the GradScaler's state and the CUDA generator's
+
+
+def _global_rng() -> list[torch.Tensor]:
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])]
 
 
 class Interrupt(KeyboardInterrupt):
@@ -87,9 +94,12 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _run(make, kwargs, data, **extra):
-    torch.manual_seed(0)
+def _run(make, kwargs, data, init: int = 0, then: int | None = None, **extra):
+    """fit a fresh ``make()`` built after ``torch.manual_seed(init)``; ``then`` reseeds torch before fit."""
+    torch.manual_seed(init)  # the model's initial weights and torch's global RNG (CPU and CUDA)
     model = make()
+    if then is not None:
+        torch.manual_seed(then)
     opts = []
     args = dict(loss_fn=F.cross_entropy, seed=4, progress=False, eval_data=(data[0][:200], data[1][:200]),
                 optimizer=SGD) | kwargs
@@ -100,33 +110,27 @@ def _run(make, kwargs, data, **extra):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_is_bitwise_the_uninterrupted_run(case, train_data, tmp_path):
+    if case in NEEDS_CUDA and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
     make, kwargs, interrupt, saved_at = CASES[case]
     straight, straight_opt, h_straight = _run(make, kwargs, train_data)
-    rng_after = torch.get_rng_state()
+    rng_after = _global_rng()
 
     path = tmp_path / "run.ckpt"
     with pytest.raises(Interrupt):
         _run(make, kwargs, train_data, checkpoint=path, callbacks=[_interrupt_at(interrupt)])
     assert checkpoint.load(path)["meta"]["step"] == saved_at  # the run really was cut after its last checkpoint
 
-    torch.manual_seed(1)  # other initial weights and another global RNG position: all must come from the file
-    radvar.seed(12345)
-    resumed = make()
-    torch.manual_seed(99)
-    opts = []
-    args = dict(loss_fn=F.cross_entropy, seed=4, progress=False, eval_data=(train_data[0][:200], train_data[1][:200]),
-                optimizer=SGD) | kwargs
-    build = args.pop("optimizer")
-    h_resumed = fit(resumed, train_data, optimizer=lambda p: opts.append(build(p)) or opts[0], checkpoint=path,
-                    resume=True, **args)
+    radvar.seed(12345)  # radvar's stream, torch's RNG and the initial weights elsewhere: all must come from the file
+    resumed, resumed_opt, h_resumed = _run(make, kwargs, train_data, init=1, then=99, checkpoint=path, resume=True)
 
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
-    assert _equal(straight_opt.state_dict(), opts[0].state_dict())
+    assert _equal(straight_opt.state_dict(), resumed_opt.state_dict())
     timing = ["step_time_s"]
     assert list(h_straight.columns) == list(h_resumed.columns)
     assert h_straight.drop(columns=timing).equals(h_resumed.drop(columns=timing)), (
         h_straight.drop(columns=timing).compare(h_resumed.drop(columns=timing)))
-    assert torch.equal(torch.get_rng_state(), rng_after)  # dropout's draws continue as in the straight run
+    assert all(torch.equal(a, b) for a, b in zip(_global_rng(), rng_after))  # dropout draws continue as straight
 
 
 def test_interrupted_checkpoint_holds_the_logging_window(train_data, tmp_path):
