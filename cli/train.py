@@ -59,7 +59,8 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Mixed precision (fp16: CUDA only).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (RAD layers run eagerly).")
-@click.option("--checkpoint", type=str, metavar="FILE", help="Save a weights-only checkpoint here (every --log-every steps and at the end).")
+@click.option("--checkpoint", type=str, metavar="FILE",
+              help="Save a weights-only checkpoint here (every --log-every steps and at the end).")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint if it exists (bitwise the uninterrupted run).")
 @click.option("--out", type=click.Path(file_okay=False), default="radvar-train", show_default=True)
 @runtime_options

@@ -181,6 +181,10 @@ def test_max_batch_size_ledger(digits):
     (dict(steps=2, plan="subsample"), TypeError, "plan must be a radvar.Plan"),
     (dict(steps=2, compile=3), TypeError, "compile must be a bool"),
     (dict(steps=2, device="cuda:7"), ValueError, "torch.cuda.is_available"),
+    (dict(steps=2, resume=True), ValueError, "resume=True needs checkpoint=PATH"),
+    (dict(steps=2, checkpoint_every=3), ValueError, "checkpoint_every=3 needs checkpoint=PATH"),
+    (dict(steps=2, checkpoint=3), TypeError, "checkpoint must be a path or None, got 3"),
+    (dict(steps=2, batch_size=601), ValueError, "batch_size 601 is larger than the training data: 600 examples"),
 ])
 def test_fit_bad_input(digits, kwargs, exc, match):
     if kwargs.get("device") == "cuda:7" and torch.cuda.is_available():

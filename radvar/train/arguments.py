@@ -84,14 +84,16 @@ def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callabl
         raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, got {type(plan).__name__}")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"fit: checkpoint must be a path or None, got {checkpoint!r}")
-    if resume and checkpoint is None:
-        raise ValueError("fit: resume=True needs checkpoint=PATH")
+    checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
+    if checkpoint is None and (resume or checkpoint_every is not None):
+        what = "resume=True" if resume else f"checkpoint_every={checkpoint_every!r}"
+        raise ValueError(f"fit: {what} needs checkpoint=PATH")
     log_every = positive_int(log_every, "log_every", allow_none=False)
     dev = resolve_device(device)
     return Settings(
         steps=positive_int(steps, "steps"), epochs=positive_int(epochs, "epochs"),
         batch_size=positive_int(batch_size, "batch_size"), log_every=log_every,
         eval_every=positive_int(eval_every, "eval_every") or log_every,
-        checkpoint_every=positive_int(checkpoint_every, "checkpoint_every"), seed=seed, compile=compile,
+        checkpoint_every=checkpoint_every, seed=seed, compile=compile,
         device=dev, precision=resolve_amp(amp, dev), checkpoint=None if checkpoint is None else Path(checkpoint),
         resume=bool(resume), progress=bool(progress))

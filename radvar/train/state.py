@@ -146,7 +146,8 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | None, loss_fn:
     model.to(dev)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(model.parameters())
     if not isinstance(opt, torch.optim.Optimizer):
-        raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer or a callable returning one, got {optimizer!r}")
+        raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer or a callable returning one, "
+                        f"got {optimizer!r}")
     scaler = settings.precision.scaler()
     rank, world = distributed.init(dev)
     if saved is None or not settings.resume:
