@@ -60,7 +60,7 @@ def _write_payload(path: Path, payload: object, container: str) -> None:
     else:  # hidden inside an otherwise well-formed checkpoint
         torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "meta": "{}",
                     "model": {"0.weight": torch.zeros(2), "x": payload}, "optimizer": {}, "scaler": None,
-                    "torch_rng": torch.get_rng_state(), "cuda_rng": []}, path)
+                    "ranks": [{"torch_rng": torch.get_rng_state(), "cuda_rng": []}]}, path)
 
 
 def _fit(data, path, **kw):

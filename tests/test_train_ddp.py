@@ -23,6 +23,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Interrupt(KeyboardInterrupt):
+    """Stands for Ctrl-C reaching every rank while a history row is logged."""
+
+
+def _dropout_run(rank: int, data, init: int, then: int | None = None, **extra):
+    """8 steps of a dropout MLP; torch's RNG differs per rank, so each rank draws its own dropout masks."""
+    torch.manual_seed(init + rank)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(32, 10))
+    if then is not None:
+        torch.manual_seed(then + rank)
+    hist = fit(model, data, loss_fn=F.cross_entropy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+               plan=sketch.Subsample(0.3), steps=8, batch_size=25, log_every=4, checkpoint_every=3, seed=1,
+               device="cpu", progress=False, **extra)
+    return [p.detach().clone() for p in model.parameters()], hist.drop(columns="step_time_s").to_dict("list"), torch.get_rng_state()
+
+
+def _resume_under_ddp(rank: int, data, out: str) -> dict:
+    """Straight 8 steps vs interrupted after the step-6 checkpoint and resumed: each rank's own RNG and window."""
+    straight = _dropout_run(rank, data, 0, checkpoint=os.path.join(out, "straight.ckpt"))
+    cut = os.path.join(out, "cut.ckpt")
+
+    def interrupt(row):
+        if row["step"] == 8:
+            raise Interrupt
+
+    try:
+        _dropout_run(rank, data, 0, checkpoint=cut, callbacks=[interrupt])
+    except Interrupt:
+        pass
+    resumed = _dropout_run(rank, data, 5, then=7, checkpoint=cut, resume=True)
+    return {"straight": straight, "resumed": resumed}
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
@@ -55,7 +89,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         F.cross_entropy(ddp(xb), yb).backward()
         gathered = [torch.empty_like(local) for _ in range(WORLD)]
         dist.all_gather(gathered, local)
-        torch.save({"local": local, "ddp": model[0].weight.grad.clone(), "gathered": gathered,
+        resume = _resume_under_ddp(rank, (x, y), out)
+        torch.save({"resume": resume, "local": local, "ddp": model[0].weight.grad.clone(), "gathered": gathered,
                     "params": [p.detach().clone() for p in fitted.parameters()],
                     "loss": hist["loss"].tolist(), "world_size": hist.attrs["world_size"],
                     "unseeded": unseeded.attrs["seed"]},
@@ -79,3 +114,9 @@ def test_ddp_two_ranks_gloo(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))
     assert r0["loss"] == r1["loss"] and r0["world_size"] == WORLD and len(r0["loss"]) == 2
     assert r0["unseeded"] == r1["unseeded"]
+    # resume under DDP is bitwise the straight run on every rank: parameters, history and each rank's torch RNG
+    for r in (r0, r1):
+        (p_s, h_s, g_s), (p_r, h_r, g_r) = r["resume"]["straight"], r["resume"]["resumed"]
+        assert all(torch.equal(a, b) for a, b in zip(p_s, p_r))
+        assert h_s == h_r and torch.equal(g_s, g_r)
+    assert not torch.equal(r0["resume"]["straight"][2], r1["resume"]["straight"][2])  # the ranks' RNGs differ

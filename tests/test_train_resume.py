@@ -113,7 +113,7 @@ def test_resume_is_bitwise_the_uninterrupted_run(case, train_data, tmp_path):
     if case in NEEDS_CUDA and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     make, kwargs, interrupt, saved_at = CASES[case]
-    straight, straight_opt, h_straight = _run(make, kwargs, train_data)
+    straight, straight_opt, h_straight = _run(make, kwargs, train_data, checkpoint=tmp_path / "straight.ckpt")
     rng_after = _global_rng()
 
     path = tmp_path / "run.ckpt"
@@ -140,7 +140,7 @@ def test_interrupted_checkpoint_holds_the_logging_window(train_data, tmp_path):
     with pytest.raises(Interrupt):
         _run(make, kwargs, train_data, checkpoint=path, callbacks=[_interrupt_at(interrupt)])
     meta = checkpoint.load(path)["meta"]
-    assert meta["step"] == 9 and len(meta["window"]) == 4 and [r["step"] for r in meta["rows"]] == [5]
+    assert meta["step"] == 9 and len(meta["windows"][0]) == 4 and [r["step"] for r in meta["rows"]] == [5]
 
 
 def test_resume_cli_equals_straight_run(tmp_path):

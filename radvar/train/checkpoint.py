@@ -4,14 +4,16 @@ A checkpoint holds what a resumed run needs to continue the same run bitwise:
 
 * ``model``, ``optimizer`` and ``scaler``: their ``state_dict()``s (tensors and
   plain containers);
-* ``torch_rng`` and ``cuda_rng``: torch's global CPU generator state and, when
-  CUDA is in use, every CUDA generator's state (uint8 tensors), so dropout and
-  any other draw from torch's global RNG continue where they were;
+* ``ranks``: for each rank, torch's global CPU generator state ``torch_rng``
+  and, when CUDA is in use, every CUDA generator's state ``cuda_rng`` (uint8
+  tensors), so dropout and any other draw from torch's global RNG continue
+  where they were;
 * ``meta``: one JSON string with the step/epoch/batch position, the data-order
   seed, radvar's RAD stream position (:func:`radvar.rng.get_state`), the
-  saved-bytes ledger measured at the start, the history rows so far, the
-  logging window (per-step losses, times and peaks since the last row) and the
-  model's and optimizer's class names.
+  saved-bytes ledger measured at the start, the history rows so far, each
+  rank's logging window (per-step losses, times and peaks since the last row),
+  the world size, and what the run must match on resume (model and optimizer
+  class names, autocast dtype, batch size).
 
 Reading uses ``torch.load(weights_only=True)``: a file that holds anything but
 tensors and plain containers (a pickled object, a payload) is refused with a
@@ -33,7 +35,7 @@ from .._atomic import atomic_path
 
 FORMAT = "radvar.train.checkpoint"
 VERSION = 2
-META_KEYS = ("step", "epoch", "batch", "seed", "rng", "ledger", "rows", "window", "model_class",
+META_KEYS = ("step", "epoch", "batch", "seed", "rng", "ledger", "rows", "windows", "world_size", "model_class",
              "optimizer_class", "amp", "batch_size")
 
 
@@ -52,7 +54,7 @@ def set_rng_states(state: dict[str, Any]) -> None:
 
 
 def save(path: str | os.PathLike, *, model: dict[str, Any], optimizer: dict[str, Any],
-         scaler: dict[str, Any] | None, rng: dict[str, Any], meta: dict[str, Any]) -> None:
+         scaler: dict[str, Any] | None, ranks: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Write a checkpoint to a temp file beside ``path``, then rename it into place."""
     missing = set(META_KEYS) - set(meta)
     if missing:
@@ -60,7 +62,7 @@ def save(path: str | os.PathLike, *, model: dict[str, Any], optimizer: dict[str,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "model": model,
-             "optimizer": optimizer, "scaler": scaler, **rng}
+             "optimizer": optimizer, "scaler": scaler, "ranks": ranks}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -108,9 +110,11 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(state["meta"])
         if not isinstance(meta, dict) or set(META_KEYS) - set(meta):
             raise ValueError("meta lacks fields")
-        if not (isinstance(state["model"], dict) and isinstance(state["optimizer"], dict)
-                and isinstance(state["torch_rng"], torch.Tensor) and isinstance(state["cuda_rng"], list)):
-            raise ValueError("model/optimizer/rng entries have wrong types")
+        ranks = state["ranks"]
+        if not (isinstance(state["model"], dict) and isinstance(state["optimizer"], dict) and isinstance(ranks, list)
+                and len(ranks) == meta["world_size"] == len(meta["windows"])
+                and all(isinstance(r["torch_rng"], torch.Tensor) and isinstance(r["cuda_rng"], list) for r in ranks)):
+            raise ValueError("model, optimizer or per-rank entries have wrong types or counts")
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {str(path)!r} is damaged: {e}") from None
     return {**state, "meta": meta}

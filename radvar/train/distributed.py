@@ -9,6 +9,7 @@ all-reduced gradient averages it, like a batch ``world`` times larger.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,3 +80,12 @@ def broadcast(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
     return int(t.item())
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` on one rank)."""
+    if world()[1] == 1:
+        return [value]
+    every: list[Any] = [None] * world()[1]
+    dist.all_gather_object(every, value)
+    return every

@@ -50,17 +50,20 @@ class Run:
     window: list[list[float]] = dataclasses.field(default_factory=list)
 
     def save(self) -> None:
-        """Write the checkpoint (rank 0 only; every rank holds the same replica)."""
+        """Write the checkpoint: rank 0 writes the shared replica and every rank's RNG states and window."""
         path = self.settings.checkpoint
-        if path is None or self.rank != 0:
+        if path is None:
+            return
+        every = distributed.gather({**ckpt.rng_states(self.settings.device), "window": self.window})
+        if self.rank != 0:
             return
         meta = {"step": self.step, "epoch": self.epoch, "batch": self.batch, "seed": self.seed,
-                "rng": rng.get_state(), "ledger": self.ledger, "rows": self.rows, "window": self.window,
+                "rng": rng.get_state(), "ledger": self.ledger, "rows": self.rows,
+                "windows": [r.pop("window") for r in every], "world_size": self.world,
                 "model_class": type(self.model).__name__, "optimizer_class": type(self.optimizer).__name__,
                 "amp": str(self.settings.precision.dtype), "batch_size": self.settings.batch_size}
         ckpt.save(path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                  scaler=self.scaler.state_dict() if self.scaler is not None else None,
-                  rng=ckpt.rng_states(self.settings.device), meta=meta)
+                  scaler=self.scaler.state_dict() if self.scaler is not None else None, ranks=every, meta=meta)
 
 
 def _existing(settings: Settings) -> dict[str, Any] | None:
@@ -107,6 +110,8 @@ def _mismatches(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Optimi
                     break
     if meta["amp"] != str(settings.precision.dtype) or (saved["scaler"] is None) != (scaler is None):
         problems.append(f"autocast dtype {meta['amp']} in the checkpoint vs {settings.precision.dtype}")
+    if meta["world_size"] != distributed.world()[1]:
+        problems.append(f"world size {meta['world_size']} in the checkpoint vs {distributed.world()[1]}")
     if meta["batch_size"] != settings.batch_size:
         problems.append(f"batch_size {meta['batch_size']} in the checkpoint vs {settings.batch_size}")
     return problems
@@ -166,6 +171,6 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | None, loss_fn:
     if scaler is not None:
         scaler.load_state_dict(saved["scaler"])
     rng.set_state(meta["rng"])
-    ckpt.set_rng_states(saved)
+    ckpt.set_rng_states(saved["ranks"][rank])
     return Run(model, opt, scaler, settings, meta["seed"], meta["ledger"], rank, world, step=meta["step"],
-               epoch=meta["epoch"], batch=meta["batch"], rows=meta["rows"], window=meta["window"])
+               epoch=meta["epoch"], batch=meta["batch"], rows=meta["rows"], window=meta["windows"][rank])
