@@ -1,10 +1,11 @@
-"""The ``radvar`` command: a click group whose errors are one line and exit status 2.
+"""The ``radvar`` click group: errors are one line and exit status 2.
 
 Bad input (any ``ValueError``/``TypeError``/``OSError`` raised while parsing
 specs or calling the library) prints ``radvar: error: ...`` on stderr and
 exits 2; anything else is a bug: one line and exit 1. ``--debug`` re-raises
-so the traceback shows. A closed stdout (``radvar zoo | head -1``) ends the
-command quietly with status 141, as SIGPIPE would.
+so the traceback shows. Ctrl-C prints ``radvar: interrupted`` and exits 130
+(the traceback too under ``--debug``). A closed stdout (``radvar zoo | head -1``)
+ends the command quietly with status 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -19,6 +21,7 @@ import click
 import radvar
 
 from . import analyze, bench, report, tune, zoo
+from .main import INTERRUPTED
 from .options import DEBUG_KEY, runtime_options
 
 BAD_INPUT = (ValueError, TypeError, OSError)
@@ -32,6 +35,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:
+            if ctx.meta.get(DEBUG_KEY):
+                traceback.print_exc()
+            click.echo(INTERRUPTED, err=True)
+            ctx.exit(130)
         except BrokenPipeError:  # stdout closed early (radvar ... | head): stop quietly, as SIGPIPE would
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(141)
@@ -56,12 +64,8 @@ def cli() -> None:
 
 for command in (analyze.analyze, tune.tune, report.report, bench.bench, zoo.zoo):
     cli.add_command(command)
-if importlib.util.find_spec("cli.train") is not None:
+if importlib.util.find_spec(f"{__package__}.train") is not None:
     from .train import train
 
     cli.add_command(train)
 
-
-def main() -> None:
-    """Console-script entry point (``radvar``)."""
-    cli(prog_name="radvar")

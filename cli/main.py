@@ -1,0 +1,35 @@
+"""Entry point of the ``radvar`` command (installed as ``radvar_cli.main:main``).
+
+Imports nothing heavy at module level, so that Ctrl-C during start-up (torch,
+radvar and click load in :func:`main`) also ends with one line and exit 130.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+INTERRUPTED = "radvar: interrupted"
+
+
+def main() -> None:
+    """Run the ``radvar`` click group; Ctrl-C at any point prints one line and exits 130."""
+    try:
+        from .commands import cli
+
+        cli(prog_name="radvar")
+    except KeyboardInterrupt:
+        if "--debug" in sys.argv[1:]:
+            traceback.print_exc()
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
+
+
+def __getattr__(name: str) -> Any:
+    """``cli`` (the click group) is loaded on first use: ``from cli.main import cli`` keeps working."""
+    if name == "cli":
+        from .commands import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
