@@ -50,6 +50,8 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
         raise specs.SpecError("--draws: 1 draw has no variance; use 0 (no Monte Carlo check) or at least 2")
     if out_dir is not None:
         report_lib.check_target(out_dir)
+    if json_path not in (None, "-"):
+        report_lib.check_writable(json_path)
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
     check_batch_size(problem, batch_size)
     log(f"analyze: {problem.meta['model']} on {problem.meta['data']} ({problem.meta['examples']} examples), "

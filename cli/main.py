@@ -1,67 +1,35 @@
-"""The ``radvar`` command: a click group whose errors are one line and exit status 2.
+"""Entry point of the ``radvar`` command (installed as ``radvar_cli.main:main``).
 
-Bad input (any ``ValueError``/``TypeError``/``OSError`` raised while parsing
-specs or calling the library) prints ``radvar: error: ...`` on stderr and
-exits 2; anything else is a bug: one line and exit 1. ``--debug`` re-raises
-so the traceback shows. A closed stdout (``radvar zoo | head -1``) ends the
-command quietly with status 141, as SIGPIPE would.
+Imports nothing heavy at module level, so that Ctrl-C during start-up (torch,
+radvar and click load in :func:`main`) also ends with one line and exit 130.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
+import traceback
 from typing import Any
 
-import click
-
-import radvar
-
-from . import analyze, bench, report, tune, zoo
-from .options import DEBUG_KEY, runtime_options
-
-BAD_INPUT = (ValueError, TypeError, OSError)
-
-
-class Group(click.Group):
-    """A click group that turns exceptions from its commands into one line."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except BrokenPipeError:  # stdout closed early (radvar ... | head): stop quietly, as SIGPIPE would
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            ctx.exit(141)
-        except Exception as e:
-            if ctx.meta.get(DEBUG_KEY):
-                raise
-            text = " ".join(str(e).split()) or type(e).__name__
-            if isinstance(e, BAD_INPUT):
-                click.echo(f"radvar: error: {text}", err=True)
-                ctx.exit(2)
-            click.echo(f"radvar: internal error: {type(e).__name__}: {text} (rerun with --debug for the traceback)",
-                       err=True)
-            ctx.exit(1)
-
-
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(radvar.__version__, "--version", prog_name="radvar", message="%(prog)s %(version)s")
-@runtime_options
-def cli() -> None:
-    """Randomized automatic differentiation: where memory goes, what RAD saves, what it costs in variance."""
-
-
-for command in (analyze.analyze, tune.tune, report.report, bench.bench, zoo.zoo):
-    cli.add_command(command)
-if importlib.util.find_spec("cli.train") is not None:
-    from .train import train
-
-    cli.add_command(train)
+INTERRUPTED = "radvar: interrupted"
 
 
 def main() -> None:
-    """Console-script entry point (``radvar``)."""
-    cli(prog_name="radvar")
+    """Run the ``radvar`` click group; Ctrl-C at any point prints one line and exits 130."""
+    try:
+        from .commands import cli
+
+        cli(prog_name="radvar")
+    except KeyboardInterrupt:
+        if "--debug" in sys.argv[1:]:
+            traceback.print_exc()
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
+
+
+def __getattr__(name: str) -> Any:
+    """``cli`` (the click group) is loaded on first use: ``from cli.main import cli`` keeps working."""
+    if name == "cli":
+        from .commands import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

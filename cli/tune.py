@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from radvar.report import check_writable
 from radvar.tradeoff import DEFAULT_FAMILIES, tune as tune_lib
 
 from . import specs
@@ -30,6 +31,7 @@ def tune(model: str | None, data_spec: str | None, loss_spec: str, model_args: t
     """
     budget = specs.parse_budget(budget_spec)
     families = [specs.parse_sketch(s) for s in sketch_specs] or list(DEFAULT_FAMILIES)
+    check_writable(output)
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
     check_batch_size(problem, batch_size)
     log(f"tune: {problem.meta['model']} on {problem.meta['data']}, batch {batch_size}, budget {budget}")

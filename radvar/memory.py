@@ -56,24 +56,37 @@ class SavedBytesReport:
         return {"total": self.total, "per_module": list(self.rows)}
 
 
+def _key(storage: torch.UntypedStorage) -> tuple[str, int]:
+    return str(storage.device), storage.data_ptr()
+
+
 def _as_tuple(inputs: Any) -> tuple:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
 class _Ledger:
-    """Pack hook that records each unique storage once, skipping ``exclude``'s storages."""
+    """Pack hook that records each unique storage once, skipping ``exclude``'s storages.
+
+    A storage is keyed by (device, address). Every recorded storage is held until the ledger
+    is dropped, so an address freed during the measurement (a branch whose output the loss
+    never uses) cannot be reused by a later tensor and be taken for the first. The hook packs
+    ``t.detach()``: a saved output packed as itself would own its own ``grad_fn`` through the
+    saved variable, a cycle through C++ that the garbage collector cannot free.
+    """
 
     def __init__(self, exclude: Iterable[torch.Tensor], owner: Callable[[], str] = lambda: TOP):
-        self.skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self.skip = {_key(t.untyped_storage()) for t in exclude}
         self.owner = owner
-        self.seen: dict[int, tuple[int, str]] = {}
+        self.seen: dict[tuple[str, int], tuple[int, str]] = {}
+        self.held: list[torch.UntypedStorage] = []
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in self.skip and ptr not in self.seen and storage.nbytes() > 0:
-            self.seen[ptr] = (storage.nbytes(), self.owner())
-        return t
+        key = _key(storage)
+        if key not in self.skip and key not in self.seen and storage.nbytes() > 0:
+            self.seen[key] = (storage.nbytes(), self.owner())
+            self.held.append(storage)
+        return t.detach()
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)

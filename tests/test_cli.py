@@ -113,7 +113,9 @@ def test_json_dash_prints_only_json(default_report):
 def test_report_folder_has_decodable_figures(default_report):
     out, result = default_report
     assert sorted(p.name for p in out.iterdir()) == [
-        "analysis.json", "frontier.png", "memory.png", "report.html", "report.md", "variance.png"]
+        ".radvar-report.json", "analysis.json", "frontier.png", "memory.png", "report.html", "report.md",
+        "variance.png"]
+    assert json.loads((out / ".radvar-report.json").read_text()) == {"format": "radvar-report", "version": 1}
     html = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(images) == 3
@@ -189,7 +191,7 @@ def test_debug_shows_the_exception():
 def test_out_refuses_a_folder_that_is_not_a_report(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     result = run("analyze", "--data", "synthetic:64:10:40", "--batch-size", "20", "--out", str(tmp_path), "-q")
-    assert result.exit_code == 2 and "is not a radvar report folder" in result.stderr
+    assert result.exit_code == 2 and "was not written by radvar" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 

@@ -78,3 +78,38 @@ def test_keys_differing_only_in_high_bits_give_different_streams():
     b = torch.rand(4, generator=rng.generator(5 + 2**32, "cpu"))
     assert not torch.equal(a, b)
     assert torch.equal(a, torch.rand(4, generator=rng.generator(5, "cpu")))
+
+
+class _UnusedBranch(nn.Module):
+    """A model computing a branch whose output the loss never uses: its graph is freed mid-forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Sequential(nn.Linear(32, 256), nn.Linear(256, 4))
+        self.used = nn.Sequential(nn.Linear(32, 256), nn.Linear(256, 4))
+
+    def forward(self, x):
+        self.unused(x)
+        return self.used(x)
+
+
+def test_ledger_deterministic_with_unused_branch():
+    torch.manual_seed(0)
+    model = _UnusedBranch()
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+    # the unused branch packs x (shared with the used branch: counted once) and its 64x256 hidden
+    expected = saved_bytes(model.used, x, F.cross_entropy, y).total + 64 * 256 * 4
+    totals = [saved_bytes(model, x, F.cross_entropy, y).total for _ in range(12)]
+    assert totals == [expected] * 12
+
+
+def test_ledger_frees_saved_outputs_after_measuring():
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    refs = []
+    model[1].register_forward_hook(lambda m, args, out: refs.append(weakref.ref(out)))
+    saved_bytes(model, torch.randn(4, 8), F.cross_entropy, torch.tensor([0, 1, 0, 1]))
+    gc.collect()
+    assert refs and refs[0]() is None  # Tanh saves its output: packed as itself it would never be freed

@@ -1,8 +1,10 @@
 """Report documents: Markdown, self-contained HTML (figures as base64 PNG), and the report folder.
 
 :func:`write_report` builds the whole folder (``report.md``, ``report.html``,
-``analysis.json`` and one PNG per figure) in a temporary sibling directory and
-renames it into place at the end, so a failure never leaves a partial report.
+``analysis.json``, one PNG per figure and the marker ``.radvar-report.json``) in a
+temporary sibling folder and renames it into place at the end, so a failure or an
+interrupt never leaves a partial report; it never replaces a folder holding anything
+radvar did not write.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import base64
 import html
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from .._atomic import atomic_folder, check_folder
 from . import tables
 
 if TYPE_CHECKING:
@@ -63,44 +64,27 @@ def html_document(analysis: "Analysis", images: Mapping[str, bytes]) -> str:
             f"<style>{_CSS}</style></head><body>\n{html_body(analysis, images)}\n</body></html>\n")
 
 
+def _names() -> list[str]:
+    return ["analysis.json", "report.md", "report.html", *(f"{key}.png" for key in TITLES)]
+
+
 def check_target(out: str | os.PathLike) -> Path:
-    """Raise unless ``out`` can become a report folder: new, empty, or an earlier report (has analysis.json)."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and ((out / "analysis.json").is_file() or not any(out.iterdir()))):
-        raise FileExistsError(f"--out: {str(out)!r} exists and is not a radvar report folder; "
-                              "choose a new path or remove it")
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"--out: parent folder {str(parent)!r} does not exist")
-    return out
+    """Raise, naming ``out``, unless it can become a report folder: new, empty, or a report folder
+    radvar wrote (marker ``.radvar-report.json``) holding nothing but report files."""
+    return check_folder(out, "report", _names())
 
 
 def write_report(analysis: "Analysis", out: str | os.PathLike) -> Path:
-    """Write the report folder ``out`` atomically; an existing folder is replaced only if it is a
-    radvar report (holds ``analysis.json``)."""
+    """Write the report folder ``out`` atomically (a temporary folder renamed into place); an existing
+    folder is replaced only under the conditions of :func:`check_target`."""
     from . import figures  # seaborn/matplotlib load in seconds: only when figures are drawn
 
     out = check_target(out)
-    parent = out.absolute().parent
     pngs = {key: figures.png(fig) for key, fig in figures.draw(analysis).items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    try:
+    with atomic_folder(out, "report", _names()) as tmp:
         for key, data in pngs.items():
             (tmp / f"{key}.png").write_bytes(data)
         (tmp / "analysis.json").write_text(json.dumps(analysis.to_dict(), indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(analysis, {k: f"{k}.png" for k in pngs}))
         (tmp / "report.html").write_text(html_document(analysis, pngs))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-            os.replace(out, old / "report")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-
