@@ -27,7 +27,8 @@ def split_batch(batch: Any, owner: str) -> tuple[tuple[torch.Tensor, ...], torch
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError(f"{owner}: batch inputs must be a tensor or a tuple of tensors, got {type(batch[0]).__name__}")
     if inputs[0].dim() == 0 or inputs[0].shape[0] == 0:
-        raise ValueError(f"{owner}: batch is empty (inputs of shape {tuple(inputs[0].shape)}); need at least one example")
+        raise ValueError(f"{owner}: batch is empty (inputs of shape {tuple(inputs[0].shape)}); "
+                         f"need at least one example")
     return inputs, targets
 
 

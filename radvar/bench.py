@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._data import validate
 from .convert import convert
 from .memory import saved_bytes
 from .sketch import Sketch
@@ -28,6 +29,23 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable)
     loss_fn(model(x), y).backward()
     for p in model.parameters():
         p.grad = None
+
+
+def require_finite_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                        owner: str = "bench") -> None:
+    """One forward+backward of ``model``; raise naming the first non-finite input/target example, else
+    a NaN/inf loss or the first parameter (by name) whose gradient is not finite."""
+    validate(x, y, name=owner)
+    loss = loss_fn(model(x), y)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise ValueError(f"{owner}: the loss is {float(loss)} although every input and target value is finite; "
+                         f"check the model's parameters and the loss function")
+    for (name, _), g in zip(params, grads):
+        if g is not None and not bool(torch.isfinite(g).all()):
+            raise ValueError(f"{owner}: the gradient of parameter {name!r} is not finite although every input "
+                             f"and target value is finite; check the model's parameters and the loss function")
 
 
 def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
