@@ -39,6 +39,7 @@ def require_finite_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss
     loss = loss_fn(model(x), y)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    loss = loss.detach()
     if not bool(torch.isfinite(loss.detach()).all()):
         raise ValueError(f"{owner}: the loss is {float(loss)} although every input and target value is finite; "
                          f"check the model's parameters and the loss function")
@@ -53,7 +54,9 @@ def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callabl
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per configuration (plain, then each sketch): saved bytes, median step
     seconds, and both as ratios to plain (``memory_ratio`` = plain / config,
-    ``time_ratio`` = config / plain)."""
+    ``time_ratio`` = config / plain). Raises first if the data, the loss or a gradient is not
+    finite (:func:`require_finite_step`), so no configuration is timed on NaN."""
+    require_finite_step(model, x, y, loss_fn)
     configs: dict[str, nn.Module] = {PLAIN: model}
     for sk in sketches:
         configs[sk.label()] = convert(model, sk)

@@ -180,9 +180,24 @@ def _func_sq_norms(model: nn.Module, others: dict[str, torch.Tensor], x: torch.T
         return loss_fn(out, yi[None])
 
     theta = {n: p.detach() for n, p in others.items()}
-    with rng.exact():
-        per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(theta, x, y)
+    try:
+        with rng.exact():
+            per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(theta, x, y)
+    except RuntimeError:  # vmap cannot batch the model (data-dependent control flow, .item(), ...)
+        return _loop_sq_norms(model, others, x, y, loss_fn)
     return sum(g.double().reshape(x.shape[0], -1).square().sum(1) for g in per.values())
+
+
+def _loop_sq_norms(model: nn.Module, others: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable) -> torch.Tensor:
+    """What :func:`_func_sq_norms` computes, one example per backward (for models vmap cannot batch)."""
+    params = list(others.values())
+    norms = torch.zeros(x.shape[0], dtype=torch.float64)
+    with rng.exact(), torch.enable_grad():
+        for i in range(x.shape[0]):
+            grads = torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params, allow_unused=True)
+            norms[i] = sum(float(g.double().square().sum()) for g in grads if g is not None)
+    return norms
 
 
 def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
