@@ -52,9 +52,10 @@ def num_classes(out: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> int | No
 
 def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
     """Run the model on two examples, check all of the data against its output (every value finite,
-    every class label in range: :func:`radvar._data.validate`), then run the loss; one line on error."""
+    every class label in range: :func:`radvar._data.validate`), then the loss and that a gradient
+    flows from it to the model; one line on error."""
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             out = outputs.select(model(x[:2]))
     except outputs.OutputError as e:
         raise SpecError(f"--output: {one_line(e).removeprefix('OutputError: ')}") from e
@@ -72,3 +73,7 @@ def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossF
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise SpecError(f"--loss: the loss must return a scalar tensor, got {shape}")
+    if not loss.requires_grad and any(p.requires_grad for p in model.parameters()):
+        raise SpecError(f"--output: the loss does not depend on the model's parameters (no gradient flows from "
+                        f"the model output {tuple(out.shape)}); with a tuple/dict model output choose another "
+                        f"entry with --output")
