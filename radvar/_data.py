@@ -52,10 +52,21 @@ def is_pair(data: Any) -> bool:
     return bool(inputs) and all(isinstance(t, torch.Tensor) for t in inputs)
 
 
-def batches(data: Any, owner: str) -> Iterator[tuple[int, tuple[torch.Tensor, ...], torch.Tensor]]:
+def _tensors(value: Any) -> tuple[torch.Tensor, ...] | None:
+    """A tensor or a tuple/list of tensors as a tuple; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, (tuple, list)) and value and all(isinstance(t, torch.Tensor) for t in value):
+        return tuple(value)
+    return None
+
+
+def batches(data: Any, owner: str, *, one_batch: bool = False) -> Iterator[tuple[int, tuple[torch.Tensor, ...], Any]]:
     """``(index of the first example, inputs tuple, targets)`` per batch of ``data``, checked to be
-    consistent: equal first dims within a batch, the same per-example shapes in every batch."""
-    if is_pair(data):
+    consistent: the first input and tensor targets share their first dim (the examples), and their
+    per-example shapes agree in every batch. ``one_batch``: ``data`` is a single batch whose targets
+    may also be a tuple of tensors or any object the loss takes."""
+    if one_batch or is_pair(data):
         parts: Iterable[Any] = [data]
     elif isinstance(data, (torch.Tensor, str, bytes, dict)) or not isinstance(data, Iterable):
         raise TypeError(f"{owner}: data must be an (inputs, targets) pair of tensors or an iterable of such "
@@ -64,25 +75,25 @@ def batches(data: Any, owner: str) -> Iterator[tuple[int, tuple[torch.Tensor, ..
         parts = data
     start, first = 0, None
     for b, item in enumerate(parts):
-        if not is_pair(item):
+        inputs = _tensors(item[0]) if isinstance(item, (tuple, list)) and len(item) == 2 else None
+        if inputs is None or not (one_batch or isinstance(item[1], torch.Tensor)):
             raise TypeError(f"{owner}: data batch {b} must be an (inputs, targets) pair of tensors, "
                             f"got {type(item).__name__}")
-        inputs, targets = (item[0] if isinstance(item[0], tuple) else (item[0],)), item[1]
-        if any(t.dim() == 0 for t in (*inputs, targets)):
+        targets = item[1]
+        aligned = [inputs[0], *([targets] if isinstance(targets, torch.Tensor) else [])]
+        if any(t.dim() == 0 for t in aligned):
             raise ValueError(f"{owner}: data batch {b} holds a 0-dim tensor; the first dim must index examples")
-        sizes = {int(t.shape[0]) for t in (*inputs, targets)}
-        if len(sizes) != 1:
-            raise ValueError(f"{owner}: data batch {b} (from example {start}) has inputs "
-                             f"{[tuple(t.shape) for t in inputs]} and targets {tuple(targets.shape)}; "
-                             f"they must share their first dim (the examples)")
-        shapes = [tuple(t.shape[1:]) for t in (*inputs, targets)]
+        if len({int(t.shape[0]) for t in aligned}) != 1:
+            raise ValueError(f"{owner}: data batch {b} (from example {start}) has inputs {tuple(inputs[0].shape)} "
+                             f"and targets {tuple(targets.shape)}; they must share their first dim (the examples)")
+        shapes = [tuple(t.shape[1:]) for t in aligned]
         if first is None:
             first = shapes
         elif shapes != first:
             raise ValueError(f"{owner}: example {start} (data batch {b}) has per-example shapes {shapes} "
-                             f"(inputs..., targets), but example 0 has {first}")
+                             f"(inputs, targets), but example 0 has {first}")
         yield start, inputs, targets
-        start += sizes.pop()
+        start += int(inputs[0].shape[0])
 
 
 def examples(data: Any, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +124,9 @@ def _at(pos: tuple[int, ...]) -> str:
     return f" at position {pos}" if pos else ""
 
 
-def check_finite(start: int, t: torch.Tensor, what: str, name: str) -> None:
-    """Raise naming the first example of ``t`` (numbered from ``start``) with a NaN or infinite value."""
+def check_finite(start: int, t: torch.Tensor, what: str, name: str, per_example: bool = True) -> None:
+    """Raise naming the first example of ``t`` (numbered from ``start``) with a NaN or infinite value
+    (``per_example=False``: ``t[0]`` is a whole tensor that does not index examples)."""
     if not (t.is_floating_point() or t.is_complex()):
         return
     for s in range(0, t.shape[0], CHUNK):
@@ -122,8 +134,9 @@ def check_finite(start: int, t: torch.Tensor, what: str, name: str) -> None:
         found = _first_bad(~torch.isfinite(part), part)
         if found is not None:
             i, value, pos = found
-            raise ValueError(f"{name}: example {start + s + i} has a non-finite {what} value {value}{_at(pos)}; "
-                             f"all values must be finite")
+            where = f"example {start + s + i} has a non-finite {what} value" if per_example else \
+                f"{what} holds a non-finite value"
+            raise ValueError(f"{name}: {where} {value}{_at(pos)}; all values must be finite")
 
 
 def check_labels(start: int, y: torch.Tensor, num_classes: int, name: str) -> None:
@@ -139,30 +152,32 @@ def check_labels(start: int, y: torch.Tensor, num_classes: int, name: str) -> No
                              f"{num_classes} classes of the model output; allowed: 0 to {num_classes - 1}")
 
 
-def validate(data: Any, targets: torch.Tensor | None = None, *, num_classes: int | None = None,
-             name: str = "data") -> int:
+def validate(data: Any, targets: Any = None, *, num_classes: int | None = None, name: str = "data") -> int:
     """Check all of ``data`` before any expensive work; return the number of examples.
 
     ``data``: an (inputs, targets) pair, an iterable of such batches (read once,
-    batch by batch), or the inputs tensor with ``targets`` given separately.
-    Checks: consistent shapes (:func:`batches`), every floating input and target
-    value finite, and with ``num_classes`` every integer target in
-    ``[0, num_classes)``. The error names the first offending example (counted
+    batch by batch), or the inputs (a tensor or tuple of tensors) of one batch
+    with its ``targets`` (a tensor, a tuple of tensors, or anything the loss takes)
+    given separately. Checks: consistent shapes (:func:`batches`), every floating
+    input and target value finite, and with ``num_classes`` every integer target
+    in ``[0, num_classes)``. The error names the first offending example (counted
     across batches) and its value.
     """
-    if targets is not None:
-        data = (data, targets)
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise ValueError(f"validate: num_classes must be a positive int or None, got {num_classes!r}")
+    one_batch = targets is not None
     n = 0
-    for start, inputs, y in batches(data, name):
-        for k, x in enumerate(inputs):
-            check_finite(start, x, "input" if len(inputs) == 1 else f"input {k}", name)
-        check_finite(start, y, "target", name)
-        if num_classes is not None:
+    for start, inputs, y in batches((data, targets) if one_batch else data, name, one_batch=one_batch):
+        n = start + int(inputs[0].shape[0])
+        named = [(t, "input" if len(inputs) == 1 else f"input {k}") for k, t in enumerate(inputs)]
+        ys = _tensors(y) or ()
+        named += [(t, "target" if len(ys) == 1 else f"target {k}") for k, t in enumerate(ys)]
+        for t, what in named:
+            aligned = t.dim() > 0 and t.shape[0] == n - start
+            check_finite(start, t if aligned else t[None], what, name, per_example=aligned)
+        if num_classes is not None and isinstance(y, torch.Tensor):
             check_labels(start, y, num_classes, name)
-        n = start + y.shape[0]
     if n == 0:
         raise ValueError(f"{name}: data is empty; need at least one example")
     return n

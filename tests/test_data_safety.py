@@ -86,6 +86,19 @@ def test_validate_names_inconsistent_shapes_and_bad_items():
         _data.validate([])
 
 
+def test_validate_one_batch_with_tuple_inputs_and_targets():
+    x, y = _pair(n=8)
+    extra = torch.ones(3, 3)  # an input that does not index examples
+    extra[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"capture: input 1 holds a non-finite value nan at position \(1, 2\)"):
+        _data.validate((x, extra), (y, y.float()), name="capture")
+    yf = y.float()
+    yf[6] = float("inf")
+    with pytest.raises(ValueError, match=r"example 6 has a non-finite target 1 value inf"):
+        _data.validate((x,), (y, yf))
+    assert _data.validate(x, {"labels": y}) == 8  # targets the loss alone understands are left to it
+
+
 def test_split_take_and_examples_share_one_home():
     from radvar.tradeoff.tune import take_batch
     from radvar.variance.capture import split_batch
@@ -133,6 +146,37 @@ def test_cli_names_bad_data_in_the_last_example(tmp_path, command, kind):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(MESSAGES[kind], lines[0]), lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.pt"]  # nothing written
+
+
+RAGGED = """
+import torch
+
+
+def batches():
+    return [(torch.randn(8, 16), torch.randint(0, 4, (8,))), (torch.randn(8, 15), torch.randint(0, 4, (8,)))]
+
+
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return torch.randn(16 if i < 9 else 17), 1
+
+
+def items():
+    return Items()
+"""
+
+
+@pytest.mark.parametrize("fn, example, batch", [("batches", 8, 1), ("items", 9, 9)])
+def test_cli_names_the_example_whose_shape_differs(tmp_path, fn, example, batch):
+    (tmp_path / "ragged.py").write_text(RAGGED)
+    result = CliRunner().invoke(cli, ["analyze", "--data", f"{tmp_path / 'ragged.py'}:{fn}", "-q"])
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    pattern = rf"--data: .*: example {example} \(data batch {batch}\) has per-example shapes \[\(1[57],\), \(\)\]"
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
 
 
 # ---- the library never returns NaN silently ------------------------------------------------------------------

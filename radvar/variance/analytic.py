@@ -40,7 +40,7 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     plan = as_plan(model, plan, "analytic")
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
-    validate(batch, name="analytic")
+    validate(inputs, targets, name="analytic")
     cap = capture(model, batch, loss_fn, names=plan, importance=needs_importance(plan))
     ledger = measure(model, inputs, targets, loss_fn, plan, grid)
     rows, totals = [], []

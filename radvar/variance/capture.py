@@ -34,13 +34,14 @@ def batch_loss(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable,
     return loss.reshape(())
 
 
-def require_finite(batch: Batch, owner: str, loss: torch.Tensor, grads: Mapping[str, torch.Tensor | None]) -> None:
+def require_finite(inputs: tuple[torch.Tensor, ...], targets: Any, owner: str, loss: torch.Tensor,
+                   grads: Mapping[str, torch.Tensor | None]) -> None:
     """Raise if the loss or a gradient is NaN/inf, naming the cause: the first non-finite example of
-    ``batch`` if there is one, else the loss or the first layer (by name) whose gradient is not finite."""
+    the batch if there is one, else the loss or the first layer (by name) whose gradient is not finite."""
     bad = [n for n, g in grads.items() if g is not None and not bool(torch.isfinite(g).all())]
     if bool(torch.isfinite(loss).all()) and not bad:
         return
-    validate(batch, name=owner)
+    validate(inputs, targets, name=owner)
     what = f"the loss is {float(loss)}" if not bool(torch.isfinite(loss).all()) else \
         f"the gradient of {bad[0]!r} is not finite"
     raise ValueError(f"{owner}: {what} although every input and target value is finite; check the model's "
@@ -147,7 +148,7 @@ def capture(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor]
     finally:
         for h in handles:
             h.remove()
-    require_finite(batch, "capture", loss.detach(), dict(zip(modules, grads)))
+    require_finite(inputs, targets, "capture", loss.detach(), dict(zip(modules, grads)))
     layers = {}
     for (name, module), grad in zip(modules.items(), grads):
         kind = kind_for(module)
