@@ -12,11 +12,13 @@ from radvar import report as report_lib
 
 from . import plans, specs
 from .report import echo_analysis
-from .options import check_batch_size, load_problem, log, problem_options, progress, runtime_options, ticker
+from .options import (check_batch_size, load_problem, log, output_option, problem_options, progress, runtime_options,
+                      ticker)
 
 
 @click.command()
 @problem_options
+@output_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=150, show_default=True,
               help="Training batch size analysed (data noise is tr Σ / batch size).")
 @click.option("--budget", "budget_spec", metavar="F|BYTES",
@@ -34,7 +36,8 @@ from .options import check_batch_size, load_problem, log, problem_options, progr
               help="How to print the per-layer table on stdout.")
 @runtime_options
 def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
-            weights: str | None, seed: int, device: str, batch_size: int, budget_spec: str | None,
+            weights: str | None, seed: int, device: str, output_key: str | None, batch_size: int,
+            budget_spec: str | None,
             sketch_specs: tuple[str, ...], draws: int, out_dir: str | None, json_path: str | None,
             fmt: str) -> None:
     """Where memory goes, what RAD saves, what it costs, which plan.
@@ -52,7 +55,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
         report_lib.check_target(out_dir)
     if json_path not in (None, "-"):
         report_lib.check_writable(json_path)
-    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
+    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device, output_key)
     check_batch_size(problem, batch_size)
     log(f"analyze: {problem.meta['model']} on {problem.meta['data']} ({problem.meta['examples']} examples), "
         f"batch {batch_size}")

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 import radvar
+from radvar import outputs
 
 from . import specs
 
@@ -55,6 +56,14 @@ def problem_options(f: Callable) -> Callable:
     return f
 
 
+def output_option(*names: str) -> Callable[[Callable], Callable]:
+    """``--output KEY|INDEX`` (``names`` where a command uses --output for a file): which entry of a
+    tuple/dict/ModelOutput model output the loss sees (radvar.outputs.select)."""
+    return click.option(*(names or ("--output",)), "output_key", metavar="KEY|INDEX",
+                        help="Entry of a tuple, dict or ModelOutput model output given to the loss: a key "
+                             "(logits) or an index (0) [default: logits when present, else the first tensor].")
+
+
 @dataclasses.dataclass
 class Problem:
     """What a command analyses: a model, its data, a loss and where they live."""
@@ -67,14 +76,16 @@ class Problem:
 
 
 def load_problem(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
-                 weights: str | None, seed: int, device: str) -> Problem:
-    """Resolve the specs (data first, so a zoo model can be sized to it), check they fit, move to device."""
+                 weights: str | None, seed: int, device: str, output_key: str | None = None) -> Problem:
+    """Resolve the specs (data first, so a zoo model can be sized to it), make the model return the
+    tensor ``output_key`` selects, check they fit and all data is valid, move to device."""
     dev = specs.resolve_device(device)
     torch.manual_seed(seed)
     radvar.seed(seed)
     data_spec = data_spec or specs.default_data(model)
     x, y = specs.load_data(data_spec)
     net = specs.load_model(model, model_args, weights, data=(x, y))
+    outputs.attach(net, outputs.parse_key(output_key))
     loss_fn = specs.load_loss(loss_spec)
     specs.check_fit(net, x, y, loss_fn)
     meta = {"model": model or "mlp (built-in default)", "data": data_spec, "loss": loss_spec,

@@ -16,7 +16,7 @@ import radvar
 from radvar.train import fit, save_figure
 
 from . import specs
-from .options import load_problem, log, problem_options, quiet, runtime_options
+from .options import load_problem, log, output_option, problem_options, quiet, runtime_options
 
 OPTIMIZERS = {"sgd": lambda lr: (lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9)),
               "adam": lambda lr: (lambda p: torch.optim.Adam(p, lr=lr))}
@@ -45,6 +45,7 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
 
 @click.command()
 @problem_options
+@output_option()
 @click.option("--plan", "plan_path", type=str, metavar="PLAN.json", help="A plan saved by radvar.Plan.save.")
 @click.option("--keep", type=float, help="Keep fraction of a uniform sketch on every randomizable layer.")
 @click.option("--sketch", "sketch_spec", default="subsample", show_default=True, metavar="KIND[:KEEP][:OPT]",
@@ -65,14 +66,14 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
 @click.option("--out", type=click.Path(file_okay=False), default="radvar-train", show_default=True)
 @runtime_options
 def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...], weights: str | None,
-          seed: int, device: str, plan_path: str | None, keep: float | None, sketch_spec: str, steps: int,
-          batch_size: int, opt_name: str, lr: float, eval_split: float, log_every: int, amp: str | None,
+          seed: int, device: str, output_key: str | None, plan_path: str | None, keep: float | None, sketch_spec: str,
+          steps: int, batch_size: int, opt_name: str, lr: float, eval_split: float, log_every: int, amp: str | None,
           compile_: bool, checkpoint: str | None, resume: bool, out: str) -> None:
     """Train MODEL (default: the paper MLP on digits) exactly or with RAD; write history.csv and a plot."""
     plan = _plan(plan_path, keep, sketch_spec)
     if resume and checkpoint is None:
         raise specs.SpecError("--resume needs --checkpoint FILE")
-    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
+    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device, output_key)
     n_eval = int(len(problem.x) * eval_split)
     n_train = len(problem.x) - n_eval
     train_data = (problem.x[:n_train], problem.y[:n_train])

@@ -8,11 +8,12 @@ from radvar.report import check_writable
 from radvar.tradeoff import DEFAULT_FAMILIES, tune as tune_lib
 
 from . import specs
-from .options import check_batch_size, load_problem, log, problem_options, runtime_options
+from .options import check_batch_size, load_problem, log, output_option, problem_options, runtime_options
 
 
 @click.command()
 @problem_options
+@output_option("--model-output")
 @click.option("--budget", "budget_spec", required=True, metavar="F|BYTES",
               help="A fraction in (0, 1] of the exact (compact) saved bytes, or bytes (2000000, 2MB, 1.5MiB).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=150, show_default=True)
@@ -22,7 +23,7 @@ from .options import check_batch_size, load_problem, log, problem_options, runti
 @click.option("-o", "--output", "output", required=True, metavar="PLAN.json", help="Where to save the plan.")
 @runtime_options
 def tune(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
-         weights: str | None, seed: int, device: str, budget_spec: str, batch_size: int,
+         weights: str | None, seed: int, device: str, output_key: str | None, budget_spec: str, batch_size: int,
          sketch_specs: tuple[str, ...], output: str) -> None:
     """The least-variance plan under a memory budget, saved as JSON.
 
@@ -32,7 +33,7 @@ def tune(model: str | None, data_spec: str | None, loss_spec: str, model_args: t
     budget = specs.parse_budget(budget_spec)
     families = [specs.parse_sketch(s) for s in sketch_specs] or list(DEFAULT_FAMILIES)
     check_writable(output)
-    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device)
+    problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device, output_key)
     check_batch_size(problem, batch_size)
     log(f"tune: {problem.meta['model']} on {problem.meta['data']}, batch {batch_size}, budget {budget}")
     plan = tune_lib(problem.model, (problem.x, problem.y), problem.loss_fn, budget=budget.value,

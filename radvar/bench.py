@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ._data import validate
 from .convert import convert
 from .memory import saved_bytes
 from .sketch import Sketch
@@ -30,12 +31,32 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable)
         p.grad = None
 
 
+def require_finite_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                        owner: str = "bench") -> None:
+    """One forward+backward of ``model``; raise naming the first non-finite input/target example, else
+    a NaN/inf loss or the first parameter (by name) whose gradient is not finite."""
+    validate(x, y, name=owner)
+    loss = loss_fn(model(x), y)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    loss = loss.detach()
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise ValueError(f"{owner}: the loss is {float(loss)} although every input and target value is finite; "
+                         f"check the model's parameters and the loss function")
+    for (name, _), g in zip(params, grads):
+        if g is not None and not bool(torch.isfinite(g).all()):
+            raise ValueError(f"{owner}: the gradient of parameter {name!r} is not finite although every input "
+                             f"and target value is finite; check the model's parameters and the loss function")
+
+
 def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
             sketches: Sequence[Sketch], reps: int = 20, warmup: int = 3,
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per configuration (plain, then each sketch): saved bytes, median step
     seconds, and both as ratios to plain (``memory_ratio`` = plain / config,
-    ``time_ratio`` = config / plain)."""
+    ``time_ratio`` = config / plain). Raises first if the data, the loss or a gradient is not
+    finite (:func:`require_finite_step`), so no configuration is timed on NaN."""
+    require_finite_step(model, x, y, loss_fn)
     configs: dict[str, nn.Module] = {PLAIN: model}
     for sk in sketches:
         configs[sk.label()] = convert(model, sk)

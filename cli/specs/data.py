@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from radvar import zoo
+from radvar import _data, zoo
 
 from .errors import SpecError, existing_file, load_object, one_line, read_torch_file
 
@@ -60,6 +60,15 @@ def _example(item: Any, source: str) -> Batch:
     return torch.as_tensor(item[0]), torch.as_tensor(item[1])
 
 
+def _concat(pairs: list[Batch], source: str, limit: int) -> Batch:
+    """Batches -> one pair, their shapes checked to agree (the first disagreeing example is named)."""
+    try:
+        x, y = _data.examples(pairs, f"--data: {source}")
+    except (TypeError, ValueError) as e:
+        raise SpecError(str(e)) from e
+    return x[:limit], y[:limit]
+
+
 def _collect(obj: Any, source: str, limit: int) -> Batch:
     """Materialise a pair, a Dataset (indexable, sized) or an iterable of batches into two tensors."""
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in obj):
@@ -69,20 +78,17 @@ def _collect(obj: Any, source: str, limit: int) -> Batch:
         items = [obj[i] for i in range(min(len(obj), limit))]
         if not items:
             raise SpecError(f"--data: {source} returned an empty dataset")
-        xs, ys = zip(*(_example(item, source) for item in items))
-        return torch.stack(xs), torch.stack(ys)
+        return _concat([tuple(t[None] for t in _example(item, source)) for item in items], source, limit)
     if isinstance(obj, Iterable):
-        xs, ys, n = [], [], 0
+        pairs, n = [], 0
         for batch in obj:
-            x, y = _pair(batch, source)
-            xs.append(x)
-            ys.append(y)
-            n += len(x)
+            pairs.append(_pair(batch, source))
+            n += len(pairs[-1][0])
             if n >= limit:
                 break
-        if not xs:
+        if not pairs:
             raise SpecError(f"--data: {source} yielded no batches")
-        return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+        return _concat(pairs, source, limit)
     raise SpecError(f"--data: {source} returned a {type(obj).__name__}; expected an (inputs, targets) pair, "
                     "a Dataset or a DataLoader")
 

@@ -17,30 +17,18 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .._data import take_batch
 from .._version import __version__
 from ..convert import convert
 from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
 from ..variance import Capture, minibatch
-from ..variance.capture import split_batch
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
                          family_name)
 
 RETRIES = 3
-
-
-def take_batch(data: Any, batch_size: int | None, owner: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """The first ``batch_size`` examples of ``data = (inputs, targets)`` (all if None), as contiguous copies
-    (the ledger counts whole storages, so a view of a larger tensor would count the whole tensor)."""
-    inputs, targets = split_batch(data, owner)
-    n = inputs[0].shape[0]
-    if batch_size is None:
-        batch_size = n
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-        raise ValueError(f"{owner}: batch_size must be an int in [1, {n}] (the examples in data), got {batch_size!r}")
-    return tuple(t[:batch_size].clone() for t in inputs), targets[:batch_size].clone()
 
 
 def resolve_budget(budget: Any, exact_total: int, smallest: int) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
+from .._data import validate
 from ..sketch import check_keep
 from .capture import Batch, capture, layer_variance, layer_variance_se, split_batch
 from .ledger import measure
@@ -32,11 +34,13 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
 
     With ``keeps``, one row per (layer, keep): the plan's sketch family at each
     keep. One exact capture serves the whole grid; bytes are measured by the
-    ledger (exact model, and converted model at each keep).
+    ledger (exact model, and converted model at each keep). Non-finite data, loss or
+    gradients raise a ValueError naming the example or layer, never a NaN result.
     """
     plan = as_plan(model, plan, "analytic")
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
+    validate(inputs, targets, name="analytic")
     cap = capture(model, batch, loss_fn, names=plan, importance=needs_importance(plan))
     ledger = measure(model, inputs, targets, loss_fn, plan, grid)
     rows, totals = [], []
@@ -45,6 +49,9 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
             stats = cap[name]
             sk = sketch if sketch is None or keep is None else dataclasses.replace(sketch, keep=keep)
             value, method = layer_variance(stats, sk)
+            if not math.isfinite(value):
+                raise ValueError(f"analytic: the RAD variance of layer {name!r} under {sk.label()} is {value} "
+                                 f"although its inputs and gradient are finite; this is a bug, please report it")
             rows.append({"layer": name, "type": stats.type, "sketch": sk.label() if sk else "exact",
                          "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
                          "bytes_plan": ledger.bytes_plan(name, keep), "rad_variance": value,

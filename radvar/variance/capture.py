@@ -18,26 +18,10 @@ import torch
 from torch import nn
 
 from .. import rng
+from .._data import Batch, split_batch, validate
 from ..sketch import Sketch
 from .forms import ViewStats
 from .kinds import kind_for
-
-Batch = tuple[Any, torch.Tensor]
-
-
-def split_batch(batch: Any, owner: str) -> tuple[tuple, torch.Tensor]:
-    """``(inputs, targets)`` -> (positional inputs tuple, targets); names the argument on error."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(f"{owner}: batch must be an (inputs, targets) pair, got {type(batch).__name__}"
-                        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
-    inputs, targets = batch
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise TypeError(f"{owner}: batch inputs must be a tensor or a tuple of tensors, got {type(batch[0]).__name__}")
-    if inputs[0].dim() == 0 or inputs[0].shape[0] == 0:
-        raise ValueError(f"{owner}: batch is empty (inputs of shape {tuple(inputs[0].shape)}); need at least one example")
-    return inputs, targets
-
 
 def batch_loss(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable, owner: str) -> torch.Tensor:
     """``loss_fn(model(*inputs), targets)``, checked to be a real scalar tensor."""
@@ -48,6 +32,20 @@ def batch_loss(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable,
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(f"{owner}: loss_fn must return a floating scalar tensor (mean-reduced loss), got {shape}")
     return loss.reshape(())
+
+
+def require_finite(inputs: tuple[torch.Tensor, ...], targets: Any, owner: str, loss: torch.Tensor,
+                   grads: Mapping[str, torch.Tensor | None]) -> None:
+    """Raise if the loss or a gradient is NaN/inf, naming the cause: the first non-finite example of
+    the batch if there is one, else the loss or the first layer (by name) whose gradient is not finite."""
+    bad = [n for n, g in grads.items() if g is not None and not bool(torch.isfinite(g).all())]
+    if bool(torch.isfinite(loss).all()) and not bad:
+        return
+    validate(inputs, targets, name=owner)
+    what = f"the loss is {float(loss)}" if not bool(torch.isfinite(loss).all()) else \
+        f"the gradient of {bad[0]!r} is not finite"
+    raise ValueError(f"{owner}: {what} although every input and target value is finite; check the model's "
+                     f"parameters and the loss function")
 
 
 @dataclasses.dataclass
@@ -150,6 +148,7 @@ def capture(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor]
     finally:
         for h in handles:
             h.remove()
+    require_finite(inputs, targets, "capture", loss.detach(), dict(zip(modules, grads)))
     layers = {}
     for (name, module), grad in zip(modules.items(), grads):
         kind = kind_for(module)
@@ -188,4 +187,5 @@ def layer_variance_se(stats: LayerStats, sketch: Sketch | None) -> float:
     return sum(c[axis].standard_error(sketch) ** 2 for c in stats.calls) ** 0.5
 
 
-__all__ = ["Capture", "LayerStats", "capture", "layer_variance", "layer_variance_se", "split_batch", "batch_loss"]
+__all__ = ["Capture", "LayerStats", "capture", "layer_variance", "layer_variance_se", "split_batch", "batch_loss",
+           "require_finite"]

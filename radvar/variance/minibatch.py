@@ -15,12 +15,14 @@ backward of Σ_i ℓ_i; ‖G_i‖² from ``kinds``), every other parameter by
   variance); and the largest exact small batch whose measured saved bytes fit in
   the plan's measured bytes at B, with its variance tr Σ_all / b.
 
-Assumes examples do not interact in the forward pass (no BatchNorm in training mode).
+Examples must not interact in the forward pass: BatchNorm in training mode is measured with the
+batch statistics held fixed (:func:`batch_stats_frozen`); active dropout draws one mask per example.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -28,8 +30,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .. import rng
+from .._data import examples, validate
 from ..convert import convert
 from ..memory import saved_bytes
+from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
@@ -39,31 +43,60 @@ OTHER = "(other parameters)"
 _CHUNK = 256
 
 
-def as_examples(data: Any, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``data`` as full (inputs, targets) tensors: a pair of tensors, or an iterable of (inputs, targets) pairs."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        xs, ys = [data[0]], [data[1]]
-    else:
-        if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
-            raise TypeError(f"{owner}: data must be an (inputs, targets) pair of tensors or an iterable of such "
-                            f"pairs, got {type(data).__name__}")
-        xs, ys = [], []
-        for i, item in enumerate(data):
-            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
-                raise TypeError(f"{owner}: data item {i} must be an (inputs, targets) pair, got {type(item).__name__}")
-            xs.append(item[0])
-            ys.append(item[1])
-    if not xs or sum(x.shape[0] for x in xs if x.dim()) == 0:
-        raise ValueError(f"{owner}: data is empty; need at least two examples")
-    x, y = torch.cat(xs), torch.cat(ys)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{owner}: data has {x.shape[0]} inputs but {y.shape[0]} targets")
-    return x, y
+@contextlib.contextmanager
+def untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Measuring leaves ``model``'s buffers (BatchNorm running statistics, ...) and torch's global RNG
+    (the model's own dropout draws) as they were."""
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    if n in saved:
+                        b.copy_(saved[n])
+
+
+@contextlib.contextmanager
+def batch_stats_frozen(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """Every BatchNorm in training mode normalizes with the mean and (biased) variance of the batch ``x``
+    held fixed, so examples no longer interact and per-example gradients are defined: one no-grad
+    forward records each BatchNorm's batch statistics, which then serve as its running statistics in
+    eval mode. Restores modes and buffers after (use inside :func:`untouched`)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms:
+        yield
+        return
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        dims = [0, *range(2, args[0].dim())]
+        stats[module] = (args[0].mean(dims), args[0].var(dims, unbiased=False))
+
+    handles = [m.register_forward_pre_hook(record) for m in norms]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    running = [(m.running_mean, m.running_var) for m in norms]
+    try:
+        for m in norms:
+            m.running_mean, m.running_var = stats[m]
+            m.eval()
+        yield
+    finally:
+        for m, (mean, var) in zip(norms, running):
+            m.running_mean, m.running_var = mean, var
+            m.train()
 
 
 def _example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
     out = model(x)
-    losses = [loss_fn(out[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])]
+    n = x.shape[0]
+    losses = [loss_fn(take(out, i, i + 1, n), y[i:i + 1]) for i in range(n)]
     for loss in losses[:1]:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -74,7 +107,19 @@ def _example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn:
 def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          loss_fn: Callable) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per example i, ‖∂ℓ_i/∂W‖² per Linear/Conv layer (weight) plus bias and ``(other parameters)``
-    entries, and Σ_i ∂ℓ_i/∂θ per group (flattened), for ℓ_i = loss_fn(model(x_i), y_i)."""
+    entries, and Σ_i ∂ℓ_i/∂θ per group (flattened), for ℓ_i = loss_fn(model(x_i), y_i).
+
+    Training-mode BatchNorm uses the batch statistics of ``x`` held fixed (:func:`batch_stats_frozen`);
+    active dropout draws an independent mask per example, as in training (vmap ``randomness="different"``);
+    the model's buffers and torch's global RNG are left as they were (:func:`untouched`). A model output
+    of any structure is sliced per example (:func:`radvar.outputs.take`), so ``loss_fn`` sees one example.
+    """
+    with untouched(model, x.device), batch_stats_frozen(model, x):
+        return _sq_norms(model, x, y, loss_fn)
+
+
+def _sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              loss_fn: Callable) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     layers = {n: m for n, m in model.named_modules() if kind_for(m) is not None}
     fast = {id(m.weight) for m in layers.values()} | {id(m.bias) for m in layers.values() if m.bias is not None}
     others = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in fast}
@@ -135,9 +180,24 @@ def _func_sq_norms(model: nn.Module, others: dict[str, torch.Tensor], x: torch.T
         return loss_fn(out, yi[None])
 
     theta = {n: p.detach() for n, p in others.items()}
-    with rng.exact():
-        per = vmap(grad(loss_one), in_dims=(None, 0, 0))(theta, x, y)
+    try:
+        with rng.exact():
+            per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(theta, x, y)
+    except RuntimeError:  # vmap cannot batch the model (data-dependent control flow, .item(), ...)
+        return _loop_sq_norms(model, others, x, y, loss_fn)
     return sum(g.double().reshape(x.shape[0], -1).square().sum(1) for g in per.values())
+
+
+def _loop_sq_norms(model: nn.Module, others: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable) -> torch.Tensor:
+    """What :func:`_func_sq_norms` computes, one example per backward (for models vmap cannot batch)."""
+    params = list(others.values())
+    norms = torch.zeros(x.shape[0], dtype=torch.float64)
+    with rng.exact(), torch.enable_grad():
+        for i in range(x.shape[0]):
+            grads = torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params, allow_unused=True)
+            norms[i] = sum(float(g.double().square().sum()) for g in grads if g is not None)
+    return norms
 
 
 def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
@@ -161,8 +221,28 @@ def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], batch_size: int,
               plan: Any = None, rad_batches: int = 4) -> VarianceReport:
     """Data noise per layer and in total at ``batch_size``; with ``plan``, RAD variance, the total,
-    the equivalent batch size and the memory-equivalent small batch (see the module docstring)."""
-    x, y = as_examples(data, "minibatch")
+    the equivalent batch size and the memory-equivalent small batch (see the module docstring).
+
+    All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
+    the model's buffers and torch's global RNG are left as they were."""
+    x, y = examples(data, "minibatch")
+    validate((x, y), name="minibatch")
+    with untouched(model, x.device):
+        return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches)
+
+
+def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
+    """Raise naming the first example (numbered from ``start``) whose gradient is not finite."""
+    for group, values in norms.items():
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            raise ValueError(f"minibatch: the gradient of example {start + int(bad[0, 0])} is not finite "
+                             f"({group!r}: {float(values[bad[0, 0]])}) although every input and target value "
+                             f"is finite; check the model's parameters and the loss function")
+
+
+def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
+               batch_size: int, plan: Any, rad_batches: int) -> VarianceReport:
     n = x.shape[0]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"minibatch: batch_size must be a positive int, got {batch_size!r}")
@@ -176,6 +256,7 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     sums: dict[str, torch.Tensor] = {}
     for s in range(0, n, _CHUNK):
         part_norms, part_sums = per_example_sq_norms(model, x[s:s + _CHUNK], y[s:s + _CHUNK], loss_fn)
+        _require_finite_norms(part_norms, s)
         for k in part_norms:
             norms[k] = torch.cat([norms[k], part_norms[k]]) if k in norms else part_norms[k]
             sums[k] = sums[k] + part_sums[k] if k in sums else part_sums[k]
@@ -240,4 +321,6 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     return VarianceReport("minibatch", frame, pd.DataFrame([total]), meta)
 
 
-__all__ = ["minibatch", "per_example_sq_norms", "as_examples", "OTHER"]
+as_examples = examples  # the earlier name, kept for callers
+
+__all__ = ["minibatch", "per_example_sq_norms", "as_examples", "untouched", "batch_stats_frozen", "OTHER"]
