@@ -9,7 +9,7 @@ Nothing here estimates anything new; it gathers, per layer:
   over batches, per weight gradient, with the totals built on them (data noise
   of all parameters + RAD; the equivalent batch size B_eq = tr Σ / total; the
   largest exact batch whose measured bytes fit in the plan's) —
-  :func:`radvar.variance.minibatch` (DESIGN.md §2);
+  :func:`radvar.variance.minibatch` (docs/design.md §4);
 * RAD variance against keep for each sketch family and the memory–variance
   frontier — closed forms on one exact pass
   (:func:`radvar.tradeoff.candidates.candidates`, :func:`radvar.tradeoff.frontier.frontier`),
