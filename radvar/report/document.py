@@ -39,7 +39,8 @@ def markdown(analysis: "Analysis", figure_files: Mapping[str, str] | None = None
     out = ["# radvar analysis", ""]
     out += [f"- **{k}**: {v}" for k, v in _meta_items(analysis)]
     out += ["", "## Totals", ""] + [f"- {line}" for line in tables.summary_lines(analysis)]
-    out += ["", "## Layers", "", tables.markdown(tables.layer_table(analysis)), "", NOTE]
+    out += ["", "## Layers", "", tables.markdown(tables.layer_table(analysis)), ""]
+    out += [text for line in tables.table_notes(analysis) for text in (f"{line}.", "")] + [NOTE]
     for key, path in (figure_files or {}).items():
         out += ["", f"## {TITLES[key]}", "", f"![{TITLES[key]}]({path})"]
     return "\n".join(out) + "\n"
@@ -50,7 +51,8 @@ def html_body(analysis: "Analysis", images: Mapping[str, bytes]) -> str:
     meta = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in _meta_items(analysis))
     totals = "".join(f"<li>{html.escape(line)}</li>" for line in tables.summary_lines(analysis))
     parts = [f"<h1>radvar analysis</h1><ul>{meta}</ul><h2>Totals</h2><ul>{totals}</ul><h2>Layers</h2>",
-             tables.layer_table(analysis).to_html(index=False, border=0), f"<p>{html.escape(NOTE)}</p>"]
+             tables.layer_table(analysis).to_html(index=False, border=0),
+             *(f"<p>{html.escape(line)}.</p>" for line in tables.table_notes(analysis)), f"<p>{html.escape(NOTE)}</p>"]
     for key, data in images.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         parts.append(f'<h2>{TITLES[key]}</h2><img alt="{TITLES[key]}" src="{uri}">')
