@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -77,14 +78,21 @@ def check_target(out: str | os.PathLike) -> Path:
     return out
 
 
-def write_report(analysis: "Analysis", out: str | os.PathLike) -> Path:
+def write_report(analysis: "Analysis", out: str | os.PathLike, started: float | None = None) -> Path:
     """Write the report folder ``out`` atomically; an existing folder is replaced only if it is a
-    radvar report (holds ``analysis.json``)."""
+    radvar report (holds ``analysis.json``).
+
+    ``started``: a :func:`time.perf_counter` reading at the start of the command; once the
+    figures are drawn, ``analysis.meta["seconds"]`` is set to the time since then, so the
+    report states the run time of the whole command (figures included).
+    """
     from . import figures  # seaborn/matplotlib load in seconds: only when figures are drawn
 
     out = check_target(out)
     parent = out.absolute().parent
     pngs = {key: figures.png(fig) for key, fig in figures.draw(analysis).items()}
+    if started is not None:
+        analysis.meta["seconds"] = round(time.perf_counter() - started, 2)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
         for key, data in pngs.items():
