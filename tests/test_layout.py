@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[set[str]] = [
-    {"_version", "_atomic", "_bits", "_data", "outputs"},  # utilities that import nothing of radvar
+    {"_version", "_atomic", "_bits", "_data", "_result", "outputs"},  # utilities that import nothing of radvar
     {"rng"},
     {"sketch"},
     {"ops"},

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from radvar import report
-from radvar.outputs import Result
+from radvar._result import Result
 from radvar.report import figures, rows, tables
 from radvar.report.result import CURVE_COLUMNS, FRONTIER_COLUMNS, LAYER_COLUMNS
 from radvar.variance import VarianceReport

@@ -1,4 +1,4 @@
-"""``Analysis``: the result of ``radvar analyze``, shaped like every radvar result (:mod:`radvar.outputs`).
+"""``Analysis``: the result of ``radvar analyze``, shaped like every radvar result (:mod:`radvar._result`).
 
 Frames (one row each):
 
@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ..outputs import Result, from_records, records
+from .._result import Result, from_records, records
 from . import document, tables
 
 FORMAT = "radvar.analysis"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..outputs import Result, clean, from_records, records, table
+from .._result import Result, clean, from_records, records, table
 
 COLUMNS = ["layer", "type", "sketch", "keep", "bytes_exact", "bytes_plan", "rad_variance", "rad_se",
            "data_variance", "grad_norm_sq", "ci_low", "ci_high", "method"]
