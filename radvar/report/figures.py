@@ -108,7 +108,7 @@ def variance_vs_keep(analysis: "Analysis") -> Figure:
 def frontier(analysis: "Analysis") -> Figure:
     """Saved bytes against total gradient variance: uniform and tuned RAD vs exact smaller batches."""
     front = analysis.frontier
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9.5, 4.8), layout="constrained")
     lines = front[front["kind"].isin(["uniform RAD", "tuned", "exact small batch"])]
     sns.lineplot(lines, x="bytes", y="variance", hue="config", style="kind", markers=True, dashes=False,
                  estimator=None, sort=True, ax=ax)
@@ -117,7 +117,9 @@ def frontier(analysis: "Analysis") -> Figure:
         ax.scatter(point["bytes"], point["variance"], s=140, marker=marker, color="black", zorder=5, label=name)
     ax.set(xscale="log", yscale="log", xlabel="bytes kept for backward",
            ylabel="total gradient variance (data + RAD)", title="Memory vs variance")
-    ax.legend(fontsize=7)
+    handles, texts = ax.get_legend_handles_labels()  # without seaborn's "config"/"kind" sub-headings
+    shown = [(h, t) for h, t in zip(handles, texts) if t not in ("config", "kind")]
+    ax.legend(*zip(*shown), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
 
 
