@@ -14,9 +14,12 @@ import subprocess
 
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+import radvar
 from radvar import report
 from radvar._result import Result
 from radvar.report import figures, rows, tables
@@ -33,6 +36,33 @@ class Block(nn.Module):
         super().__init__()
         self.skip, self.norm, self.fc1 = nn.Identity(), nn.LayerNorm(d), nn.Linear(d, 2 * d)
         self.act, self.fc2, self.drop = nn.GELU(), nn.Linear(2 * d, d), nn.Dropout(0.1)
+
+
+class Net(nn.Module):
+    """12 residual blocks between an embedding and a head (a ModuleList, so the forward is custom)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.blocks = nn.ModuleList([Block() for _ in range(12)])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for b in self.blocks:
+            x = b.skip(x) + b.drop(b.fc2(b.act(b.fc1(b.norm(x)))))
+        return self.head(x)
+
+
+class Gate(nn.Module):
+    """A container that keeps bytes itself: the product saves both of its factors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.drop = nn.Linear(6, 6), nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc(x)) * x
 
 
 def analysis_of(model: nn.Module) -> report.Analysis:
@@ -91,6 +121,36 @@ def test_deep_table_folds_idle_modules_and_groups_blocks():
     assert len(table) == len(shown) <= rows.LIMIT
     text = a.summary()
     assert "blocks.3" in text and "blocks.3.fc1" not in text and "Identity  " not in text
+
+
+def _analyze(model: nn.Module) -> report.Analysis:
+    radvar.seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 6, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+    return report.analyze(model.eval(), (x, y), F.cross_entropy, batch_size=8,
+                          plan=radvar.Plan.uniform(model, radvar.sketch.Subsample(0.5)))
+
+
+def test_a_real_analysis_of_a_deep_model_stays_bounded():
+    a = _analyze(Net())
+    assert len(a.per_layer) == 12 * 6 + 3  # the JSON keeps every module
+    assert a.modules["blocks.4"] == "Block" and list(a.modules)[:3] == ["embed", "blocks", "blocks.0"]
+    table = tables.layer_table(a)
+    assert list(table["layer"]) == ["embed", *[f"blocks.{i}" for i in range(12)], "head", "(loss)"]
+    assert set(table["type"].iloc[1:13]) == {"Block: 4 modules"}
+    assert tables.table_notes(a)[0] == "not listed: 12 Identity, 12 Dropout (keep 0 B for backward)"
+    shown, _ = rows.shown(a)
+    assert shown["bytes_exact"].sum() == a.total["bytes_exact"].iloc[0]
+    width, height = figures.memory_by_layer(a).get_size_inches() * DPI
+    assert height < 800 and width < 1000
+
+
+def test_a_container_that_keeps_bytes_comes_before_its_children():
+    a = _analyze(nn.Sequential(nn.Linear(6, 6), Gate(), nn.Identity(), nn.Linear(6, 3)))
+    assert list(a.per_layer["layer"]) == ["0", "1", "1.fc", "1.drop", "2", "3", "(loss)"]
+    assert a.per_layer.set_index("layer").loc["1", ["type", "randomized"]].tolist() == ["Gate", False]
+    assert a.per_layer.set_index("layer").loc["1", "bytes_exact"] > 0
+    assert list(tables.layer_table(a)["layer"]) == ["0", "1", "1.fc", "3", "(loss)"]
 
 
 def test_a_flat_deep_model_keeps_the_largest_rows_and_sums_the_rest():

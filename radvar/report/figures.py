@@ -83,7 +83,7 @@ def variance_vs_keep(analysis: "Analysis") -> Figure:
     curves, names = _top_curves(analysis)
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False, layout="constrained")
     labels = _labels(analysis)
     noise = {labels[r["layer"]]: r["data_variance"] for r in analysis.per_layer.to_dict(orient="records")}
     keeps = sorted(curves["keep"].unique())
