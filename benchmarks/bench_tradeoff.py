@@ -1,7 +1,7 @@
 """Solver speed: 1,000 layers x 20 keep values, Lagrangian water-filling on convex hulls.
 
 Each layer l gets m_l(p) = A_l p + c_l bytes and v_l(p) = a_l (1/p - 1) on 20 keeps
-(DESIGN §2's model), plus exact (p = 1, v = 0), with A_l, a_l, c_l drawn from a fixed
+(the model of docs/design.md §5), plus exact (p = 1, v = 0), with A_l, a_l, c_l drawn from a fixed
 seed. Prints the median wall time of :func:`radvar.tradeoff.solve.lagrangian` over
 repetitions, its duality gap, and the exact solver on a 12-layer slice for scale.
 

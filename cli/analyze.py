@@ -69,7 +69,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
     analysis.meta = {**problem.meta, "batch_size": batch_size, "plan": source, **analysis.meta,
                      "radvar": radvar.__version__, "seconds": round(time.perf_counter() - start, 2)}
     if out_dir is not None:
-        path = report_lib.write_report(analysis, out_dir)
+        path = report_lib.write_report(analysis, out_dir, started=start)
         log(f"report written to {path}/ (report.html, report.md, analysis.json)")
     if json_path == "-":
         click.echo(json.dumps(analysis.to_dict(), indent=2))

@@ -1,38 +1,40 @@
 """Every import inside radvar/ and cli/ obeys the layer order of docs/design.md ("Layer map").
 
 A module may import from its own layer or from a layer below it, never from one above.
-The order, lowest first (each entry a top-level module or package of ``radvar``):
+The order is read from the table in docs/design.md §7 (one row per level, lowest
+first, the modules of a level in backticks), so the doc and this test cannot drift.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DESIGN = ROOT / "docs" / "design.md"
 
-LAYERS: list[set[str]] = [
-    {"_version", "_atomic", "_bits", "_data", "outputs"},  # utilities that import nothing of radvar
-    {"rng"},
-    {"sketch"},
-    {"ops"},
-    {"layers"},
-    {"plan"},
-    {"convert"},
-    {"memory"},
-    {"bench"},
-    {"variance"},
-    {"tradeoff"},
-    {"train"},
-    {"report"},
-    {"paths"},
-    {"apps"},
-    {"__init__"},
-    {"cli"},
-]
+
+def read_layers(text: str) -> list[set[str]]:
+    """The module sets of the "Layer map" table, lowest level first."""
+    section = re.search(r"^## \d+\. Layer map\n(.*?)(?=^## )", text, re.M | re.S)
+    assert section, "docs/design.md has no '## N. Layer map' section"
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", section.group(1), re.M)
+    assert [int(level) for level, _ in rows] == list(range(len(rows))), "layer map levels must be 0, 1, 2, ..."
+    return [set(re.findall(r"`([\w.]+)`", modules)) for _, modules in rows]
+
+
+LAYERS = read_layers(DESIGN.read_text())
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def test_layer_map_is_well_formed():
+    names = [name for layer in LAYERS for name in layer]
+    assert len(names) == len(set(names)), "a module is listed at two levels"
+    assert LAYERS[0] >= {"_version", "_atomic"} and LAYERS[-1] == {"cli"} and LAYERS[-2] == {"__init__"}
+    assert all(LAYERS), "every level lists at least one module"
 
 
 def _module_name(path: Path) -> tuple[str, str]:

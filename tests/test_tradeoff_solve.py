@@ -82,7 +82,7 @@ def test_hull_is_lower_convex_and_decreasing():
 
 
 def test_water_filling_matches_the_continuous_optimum():
-    """v_l = a_l (1/p − 1), m_l = A_l p: the optimum is p_l = min(1, √(a_l/A_l)/√λ) (DESIGN §2).
+    """v_l = a_l (1/p − 1), m_l = A_l p: the optimum is p_l = min(1, √(a_l/A_l)/√λ) (docs/design.md §5).
 
     On a grid of step h the hull solution sits where the marginal efficiency crosses λ,
     within one grid step of p_l. With equal A_l every step costs the same bytes (±1 from

@@ -1,7 +1,8 @@
 """Reports shared by notebooks and the CLI: the per-layer analysis, tables, seaborn figures, documents.
 
 ``analyze(model, (x, y), loss_fn, batch_size=..., plan=...)`` -> :class:`Analysis`
-(tidy frames, ``.summary()``, ``.to_dict()``/``.from_dict()``); :func:`write_report`
+(``per_layer``, ``total`` and more tidy frames, ``.summary()``, ``.to_dict()``/``.from_dict()``;
+the shape of every radvar result); :func:`write_report`
 writes report.md, a self-contained report.html and analysis.json; :mod:`radvar.report.figures`
 draws the seaborn figures (imported on first use: it loads matplotlib).
 """
@@ -10,10 +11,10 @@ from .analysis import FAMILIES, analyze
 from .._atomic import check_writable, write_text
 from .document import check_target, html_document, markdown, write_report
 from .result import Analysis
-from .tables import FORMATS, bench_table, format_bytes, layer_table, render, summary_lines
+from .tables import FORMATS, bench_table, format_bytes, layer_table, render, summary_lines, table_notes
 
 __all__ = [
     "Analysis", "analyze", "FAMILIES",
     "check_target", "check_writable", "write_report", "write_text", "markdown", "html_document",
-    "FORMATS", "render", "layer_table", "summary_lines", "bench_table", "format_bytes",
+    "FORMATS", "render", "layer_table", "table_notes", "summary_lines", "bench_table", "format_bytes",
 ]

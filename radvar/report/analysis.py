@@ -9,7 +9,7 @@ Nothing here estimates anything new; it gathers, per layer:
   over batches, per weight gradient, with the totals built on them (data noise
   of all parameters + RAD; the equivalent batch size B_eq = tr Σ / total; the
   largest exact batch whose measured bytes fit in the plan's) —
-  :func:`radvar.variance.minibatch` (DESIGN.md §2);
+  :func:`radvar.variance.minibatch` (docs/design.md §4);
 * RAD variance against keep for each sketch family and the memory–variance
   frontier — closed forms on one exact pass
   (:func:`radvar.tradeoff.candidates.candidates`, :func:`radvar.tradeoff.frontier.frontier`),
@@ -40,7 +40,7 @@ KEEPS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
-    """The input shape of each leaf module's first call, as ``150x300``."""
+    """The input shape of each module's first call (the model itself aside), as ``150x300``."""
     shapes: dict[str, str] = {}
 
     def hook(name: str) -> Callable:
@@ -49,8 +49,7 @@ def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
                 shapes[name] = "x".join(map(str, args[0].shape))
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
-               if next(m.children(), None) is None]
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
             model(x)
@@ -100,7 +99,9 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     modules = dict(model.named_modules())
     bytes_plain, bytes_plan = plain.by_module, planned.by_module
     rows = []
-    for name in dict.fromkeys([*shapes, *bytes_plain, *bytes_plan]):
+    order = {name: i for i, name in enumerate(modules)}  # containers before their children; "(loss)" last
+    leaves = [n for n in shapes if next(modules[n].children(), None) is None]
+    for name in sorted(dict.fromkeys([*leaves, *bytes_plain, *bytes_plan]), key=lambda n: order.get(n, len(order))):
         module = modules.get(name)
         twin = twin_for(module) if module is not None else None
         sketch = plan.get(name)
@@ -145,8 +146,9 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         "trace_sigma": total["trace_sigma"], "noise_scale": total["noise_scale"],
     }
     meta = {"families": [cand_lib.family_name(f) for f in families], "keeps": list(KEEPS), "draws": draws}
-    return Analysis(meta=meta, layers=layers, totals=totals, curves=curves.reset_index(drop=True),
-                    frontier=frontier, plan=plan.to_dict())
+    return Analysis(meta=meta, per_layer=layers, total=totals, curves=curves.reset_index(drop=True),
+                    frontier=frontier, plan=plan.to_dict(),
+                    modules={name: type(m).__name__ for name, m in modules.items() if name})
 
 
 def _kind(curve: str) -> str:

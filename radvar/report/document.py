@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -40,7 +41,8 @@ def markdown(analysis: "Analysis", figure_files: Mapping[str, str] | None = None
     out = ["# radvar analysis", ""]
     out += [f"- **{k}**: {v}" for k, v in _meta_items(analysis)]
     out += ["", "## Totals", ""] + [f"- {line}" for line in tables.summary_lines(analysis)]
-    out += ["", "## Layers", "", tables.markdown(tables.layer_table(analysis)), "", NOTE]
+    out += ["", "## Layers", "", tables.markdown(tables.layer_table(analysis)), ""]
+    out += [text for line in tables.table_notes(analysis) for text in (f"{line}.", "")] + [NOTE]
     for key, path in (figure_files or {}).items():
         out += ["", f"## {TITLES[key]}", "", f"![{TITLES[key]}]({path})"]
     return "\n".join(out) + "\n"
@@ -51,7 +53,8 @@ def html_body(analysis: "Analysis", images: Mapping[str, bytes]) -> str:
     meta = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in _meta_items(analysis))
     totals = "".join(f"<li>{html.escape(line)}</li>" for line in tables.summary_lines(analysis))
     parts = [f"<h1>radvar analysis</h1><ul>{meta}</ul><h2>Totals</h2><ul>{totals}</ul><h2>Layers</h2>",
-             tables.layer_table(analysis).to_html(index=False, border=0), f"<p>{html.escape(NOTE)}</p>"]
+             tables.layer_table(analysis).to_html(index=False, border=0),
+             *(f"<p>{html.escape(line)}.</p>" for line in tables.table_notes(analysis)), f"<p>{html.escape(NOTE)}</p>"]
     for key, data in images.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         parts.append(f'<h2>{TITLES[key]}</h2><img alt="{TITLES[key]}" src="{uri}">')
@@ -74,13 +77,20 @@ def check_target(out: str | os.PathLike) -> Path:
     return check_folder(out, "report", _names())
 
 
-def write_report(analysis: "Analysis", out: str | os.PathLike) -> Path:
+def write_report(analysis: "Analysis", out: str | os.PathLike, started: float | None = None) -> Path:
     """Write the report folder ``out`` atomically (a temporary folder renamed into place); an existing
-    folder is replaced only under the conditions of :func:`check_target`."""
+    folder is replaced only under the conditions of :func:`check_target`.
+
+    ``started``: a :func:`time.perf_counter` reading at the start of the command; once the
+    figures are drawn, ``analysis.meta["seconds"]`` is set to the time since then, so the
+    report states the run time of the whole command (figures included).
+    """
     from . import figures  # seaborn/matplotlib load in seconds: only when figures are drawn
 
     out = check_target(out)
     pngs = {key: figures.png(fig) for key, fig in figures.draw(analysis).items()}
+    if started is not None:
+        analysis.meta["seconds"] = round(time.perf_counter() - started, 2)
     with atomic_folder(out, "report", _names()) as tmp:
         for key, data in pngs.items():
             (tmp / f"{key}.png").write_bytes(data)

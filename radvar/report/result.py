@@ -1,9 +1,9 @@
-"""``Analysis``: the result of ``radvar analyze``, as tidy frames plus a JSON form.
+"""``Analysis``: the result of ``radvar analyze``, shaped like every radvar result (:mod:`radvar._result`).
 
 Frames (one row each):
 
-* ``layers`` — per leaf module that keeps bytes for backward or has a plan
-  entry: ``layer``, ``type``, ``shape`` (its input), ``randomized`` (radvar
+* ``per_layer`` — per module that keeps bytes for backward or has a plan
+  entry, in the model's module order: ``layer``, ``type``, ``shape`` (its input), ``randomized`` (radvar
   can sketch it), ``bytes_exact``/``bytes_plan`` (the saved-tensor ledger on
   the exact and the converted model), ``sketch``/``keep`` (the plan; ``exact``
   otherwise), ``rad_variance`` (E‖Ĝ − G‖²_F added by the plan), ``data_variance``
@@ -11,24 +11,27 @@ Frames (one row each):
   ``batch_rad_variance`` (the closed form on the first batch alone; ``rad_variance``
   averages batches), and with a Monte Carlo check on that batch ``mc_variance``,
   ``ci_low``, ``ci_high`` (else null).
+* ``total`` — one row: the sums and the equivalent batch size.
 * ``curves`` — RAD variance vs keep: ``layer``, ``family``, ``keep``, ``rad_variance``.
 * ``frontier`` — memory vs total gradient variance (data + RAD): ``config``
   (the curve), ``kind`` (``exact``, ``uniform RAD``, ``tuned``, ``exact small
   batch``, ``plan``), ``label`` (the point), ``bytes``, ``variance``.
 
-``totals`` holds the sums and the equivalent batch size; ``meta`` what was
-analysed and how. The JSON form (:meth:`to_dict`) has a top-level ``layers``
-list whose records match the table.
+``meta`` holds what was analysed and how; ``modules`` the type of every module
+by qualified name, in the model's order (figures and tables group by it). The
+JSON form (:meth:`~Analysis.to_dict`) has a top-level ``layers`` list whose records
+match ``per_layer`` and a ``totals`` object.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
+import warnings
+from typing import Any, Mapping
 
 import pandas as pd
 
+from .._result import Result, from_records, records
 from . import document, tables
 
 FORMAT = "radvar.analysis"
@@ -39,46 +42,54 @@ CURVE_COLUMNS = ["layer", "family", "keep", "rad_variance"]
 FRONTIER_COLUMNS = ["config", "kind", "label", "bytes", "variance"]
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe scalars: NaN -> None, numpy scalars -> Python."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
-
-
-def _frame(records: Any, columns: list[str], what: str) -> pd.DataFrame:
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"analysis JSON: {what!r} must be a list of objects, got {type(records).__name__}")
-    missing = {c for r in records for c in columns if c not in r}
-    if missing:
-        raise ValueError(f"analysis JSON: {what!r} records lack {sorted(missing)}; expected columns {columns}")
-    return pd.DataFrame(records, columns=columns)
+def _frame(d: Mapping[str, Any], key: str, columns: list[str]) -> pd.DataFrame:
+    return from_records(d.get(key), columns, f"analysis JSON: {key!r}")
 
 
 @dataclasses.dataclass
-class Analysis:
-    """Where the memory goes, what a plan saves, and what it costs in gradient variance."""
+class Analysis(Result):
+    """Where the memory goes, what a plan saves, and what it costs in gradient variance.
+
+    ``total`` may be given as a dict (one row). ``layers`` and ``totals`` (a dict) are
+    deprecated aliases of ``per_layer`` and ``total``.
+    """
 
     meta: dict[str, Any]
-    layers: pd.DataFrame
-    totals: dict[str, Any]
+    per_layer: pd.DataFrame
+    total: pd.DataFrame
     curves: pd.DataFrame
     frontier: pd.DataFrame
     plan: dict[str, Any] | None = None
+    modules: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.total, Mapping):
+            self.total = pd.DataFrame([dict(self.total)])
+        if len(self.total) != 1:
+            raise ValueError(f"Analysis: total must have one row, got {len(self.total)}")
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        warnings.warn("Analysis.layers is deprecated; use Analysis.per_layer", DeprecationWarning, stacklevel=2)
+        return self.per_layer
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        warnings.warn("Analysis.totals is deprecated; use Analysis.total (a one-row DataFrame)",
+                      DeprecationWarning, stacklevel=2)
+        return self.total.to_dict(orient="records")[0]
+
+    @property
+    def heading(self) -> str:
+        return "radvar analysis"
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "meta": self.meta,
-                "totals": {k: _clean(v) for k, v in self.totals.items()},
-                "layers": _records(self.layers[LAYER_COLUMNS]),
-                "curves": _records(self.curves[CURVE_COLUMNS]),
-                "frontier": _records(self.frontier[FRONTIER_COLUMNS]),
-                "plan": self.plan}
+                "totals": records(self.total)[0],
+                "layers": records(self.per_layer[LAYER_COLUMNS]),
+                "curves": records(self.curves[CURVE_COLUMNS]),
+                "frontier": records(self.frontier[FRONTIER_COLUMNS]),
+                "plan": self.plan, "modules": self.modules}
 
     @classmethod
     def from_dict(cls, d: Any) -> "Analysis":
@@ -91,15 +102,17 @@ class Analysis:
         for key in ("meta", "totals"):
             if not isinstance(d.get(key), dict):
                 raise ValueError(f"analysis JSON: {key!r} must be an object")
-        return cls(meta=d["meta"], totals=d["totals"],
-                   layers=_frame(d.get("layers"), LAYER_COLUMNS, "layers"),
-                   curves=_frame(d.get("curves"), CURVE_COLUMNS, "curves"),
-                   frontier=_frame(d.get("frontier"), FRONTIER_COLUMNS, "frontier"),
-                   plan=d.get("plan"))
+        modules = d.get("modules", {})
+        if not isinstance(modules, dict) or not all(isinstance(v, str) for v in modules.values()):
+            raise ValueError("analysis JSON: 'modules' must be an object of module types by name")
+        return cls(meta=d["meta"], total=d["totals"], per_layer=_frame(d, "layers", LAYER_COLUMNS),
+                   curves=_frame(d, "curves", CURVE_COLUMNS), frontier=_frame(d, "frontier", FRONTIER_COLUMNS),
+                   plan=d.get("plan"), modules=modules)
 
     def summary(self) -> str:
         """The per-layer table and the totals, as plain text."""
-        return tables.render(tables.layer_table(self), "table") + "\n\n" + "\n".join(tables.summary_lines(self))
+        return "\n".join([tables.render(tables.layer_table(self), "table"), *tables.table_notes(self), "",
+                          *tables.summary_lines(self)])
 
     def _repr_html_(self) -> str:
         return document.html_body(self, images={})

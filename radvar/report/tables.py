@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .rows import LIMIT, shown
+
 if TYPE_CHECKING:
     from .result import Analysis
 
@@ -36,10 +38,13 @@ def format_float(v: Any) -> str:
     return "0" if v == 0 else f"{float(v):.3g}"
 
 
-def layer_table(analysis: "Analysis") -> pd.DataFrame:
-    """The per-layer table as shown: saved bytes exact -> plan, RAD variance, data noise, plan entry."""
+def layer_table(analysis: "Analysis", limit: int = LIMIT) -> pd.DataFrame:
+    """The per-layer table as shown: saved bytes exact -> plan, RAD variance, data noise, plan entry.
+
+    At most ``limit`` rows (see :func:`radvar.report.rows.shown`; :func:`table_notes` says what was folded).
+    """
     rows = []
-    for r in analysis.layers.to_dict(orient="records"):
+    for r in shown(analysis, limit)[0].to_dict(orient="records"):
         rows.append({
             "layer": r["layer"], "type": r["type"], "shape": r["shape"],
             "saved exact -> plan": f"{format_bytes(r['bytes_exact'])} -> {format_bytes(r['bytes_plan'])}",
@@ -55,13 +60,23 @@ def layer_table(analysis: "Analysis") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def table_notes(analysis: "Analysis", limit: int = LIMIT) -> list[str]:
+    """What :func:`layer_table` folded: modules keeping 0 B, blocks, the rest summed."""
+    return shown(analysis, limit)[1]
+
+
+def _ratio(v: Any, fmt: str) -> str:
+    return "∞" if _missing(v) or math.isinf(v) else format(v, fmt)
+
+
 def summary_lines(analysis: "Analysis") -> list[str]:
     """Totals in words: memory saved, variance added, equivalent batch size."""
-    t = analysis.totals
+    t = analysis.total.to_dict(orient="records")[0]
     lines = [f"saved for backward: {format_bytes(t['bytes_exact'])} exact -> {format_bytes(t['bytes_plan'])} "
-             f"with the plan ({t['memory_ratio']:.2f}x less, {format_bytes(t['memory_saved'])} saved)"]
+             f"with the plan ({_ratio(t['memory_ratio'], '.2f')}x less, {format_bytes(t['memory_saved'])} saved)"]
+    added = "" if _missing(t["variance_added"]) else f" (+{100 * t['variance_added']:.0f}%)"
     lines.append(f"gradient variance: data noise {format_float(t['data_variance'])} (all parameters, batch "
-                 f"{t['batch_size']}) + RAD {format_float(t['rad_variance'])} (+{100 * t['variance_added']:.0f}%)")
+                 f"{t['batch_size']}) + RAD {format_float(t['rad_variance'])}{added}")
     eq, small = t["equivalent_batch_size"], t["small_batch_same_memory"]
     lines.append(f"equivalent exact batch size: {format_float(eq)} of {t['batch_size']}; "
                  f"the exact batch that fits in the plan's memory: {small}")

@@ -3,7 +3,7 @@
 Per example: an independent mask per (row, feature); only the kept values are
 stored (their positions are regenerated from the seed), so the saved bytes are
 p · rows · n on average. Shared: one feature mask for all rows.
-Variance (per example): (1/p - 1) Σ_i ‖g_i‖² ‖x_i‖² (../shared/DESIGN.md §2).
+Variance (per example): (1/p - 1) Σ_i ‖g_i‖² ‖x_i‖² (docs/design.md §3).
 """
 
 from __future__ import annotations

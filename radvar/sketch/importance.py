@@ -3,7 +3,7 @@
 Per row, π_ij = min(1, c_i |x_ij|) with c_i chosen so that Σ_j π_ij = keep · n
 (the expected number kept), the minimiser of Σ_j x_ij² / π_ij under that
 budget; kept values are scaled by 1/π_ij, so E[x̂] = x and
-Var(Ĝ) = Σ_ij (1/π_ij - 1) x_ij² ‖g_i‖² (../shared/DESIGN.md §2).
+Var(Ĝ) = Σ_ij (1/π_ij - 1) x_ij² ‖g_i‖² (docs/design.md §3).
 The kept positions depend on the data, so they are stored: as a bitmap
 (n/8 bytes a row) or as int16 column indices plus per-row counts, whichever
 is smaller for this draw.

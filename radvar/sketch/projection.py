@@ -3,7 +3,7 @@
 R is n × k with i.i.d. entries ±1/√k (Rademacher) or N(0, 1/k) (Gaussian),
 k = ceil(keep · n). Only x R (rows × k) is stored; R is regenerated from the
 seed. Shared R: ``a @ x̂ = (a (x R)) Rᵀ`` costs O(m·rows·k + m·k·n).
-Variances (../shared/DESIGN.md §2): Rademacher (n-1)/k ‖G‖², Gaussian
+Variances (docs/design.md §3): Rademacher (n-1)/k ‖G‖², Gaussian
 (n+1)/k ‖G‖² for one R; with an independent R per row the same factors
 multiply Σ_i ‖g_i‖² ‖x_i‖².
 """

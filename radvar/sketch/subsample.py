@@ -5,7 +5,7 @@ all rows, so ``a @ x̂`` fills only k columns and costs k/n of the dense product
 Per example ("different sample"): an independent set per row.
 Without replacement the estimator is unbiased since P(j kept) = k/n; with
 replacement each of k uniform draws contributes n/k times its column.
-Variances: ../shared/DESIGN.md §2 (shared: (n/k - 1)‖G‖² without, (n-1)/k ‖G‖²
+Variances (docs/design.md §3; shared: (n/k - 1)‖G‖² without, (n-1)/k ‖G‖²
 with replacement; per row: (n/k - 1) Σ_i ‖g_i‖²‖x_i‖²).
 """
 

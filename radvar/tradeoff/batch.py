@@ -1,6 +1,6 @@
 """Batch-size co-optimisation: the (batch size, plan) pair with the least total gradient variance in a memory budget.
 
-Total variance of a RAD step at batch B (../../shared/DESIGN.md §2):
+Total variance of a RAD step at batch B (docs/design.md §4):
 ``tr Σ / B + Σ_l v_l(B)`` — data noise of the minibatch mean plus the RAD
 variance of each layer, given the batch, averaged over batches.
 
@@ -19,7 +19,7 @@ self term ``d̄`` and the average cross term ``c̄`` between two distinct exampl
   from the batch's value ``q_B = c + d/B`` and the mean ``q_s = c + d/s`` over
   ``groups`` disjoint sub-batches of size s: ``d = (q_s − q_B)/(1/s − 1/B)``,
   ``c = q_B − d/B`` (both unbiased; for Linear, ``c = ‖E g‖²``-type mean and
-  ``d = tr Σ``-type spread, DESIGN's ``(n/k − 1)(‖μ‖² + tr Σ/B)``).
+  ``d = tr Σ``-type spread, docs/design.md §4: ``(n/k − 1)(‖μ‖² + tr Σ/B)``).
 
 Memory at B': the ledger measures fixed costs and the all-exact total at each
 batch size; each layer's view (rows, features) has exactly one dimension that

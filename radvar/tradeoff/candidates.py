@@ -1,6 +1,6 @@
 """Per-layer candidate curves: (bytes, RAD variance) for every sketch family × keep, exact included.
 
-Memory of a plan (../../shared/DESIGN.md §2, §"Memory"):
+Memory of a plan (docs/design.md §5):
 ``predicted(plan) = fixed + Σ_l reserved_l(sketch_l)`` where
 
 * ``fixed`` is measured by the saved-tensor ledger (:func:`radvar.memory.saved_bytes`)

@@ -1,7 +1,7 @@
 """The memory–variance frontier: uniform plans per family, tuned plans, and small-batch exact training.
 
 Every point is (bytes autograd keeps for backward, total gradient variance)
-with total = data variance ``tr Σ / B`` + RAD variance (DESIGN §2). RAD points
+with total = data variance ``tr Σ / B`` + RAD variance (docs/design.md §4). RAD points
 (uniform and tuned) are at the fit batch ``B``; their bytes are the predicted
 ledger totals (``fixed + Σ`` reserved bytes, see :mod:`.candidates`). Small-batch
 exact points are ledger totals of the all-exact model at each smaller batch

@@ -3,7 +3,7 @@
 Every layer ``l`` offers options ``j`` with memory ``m_lj`` (bytes) and RAD
 variance ``v_lj``; a plan picks one option per layer. Per-layer RAD errors are
 independent and local to their weight gradient, so variances add
-(../../shared/DESIGN.md §2). Two problems:
+(docs/design.md §1). Two problems:
 
 * memory budget ``M``:   minimise Σ_l v_l  subject to  fixed + Σ_l m_l ≤ M;
 * variance budget ``V``: minimise Σ_l m_l  subject to  Σ_l v_l ≤ V.

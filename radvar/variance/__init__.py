@@ -3,7 +3,7 @@
 ``capture`` (one exact pass, statistics per layer) -> ``layer_variance`` (a
 closed form per sketch, cheap enough for a keep grid) -> ``analytic`` /
 ``empirical`` / ``minibatch`` -> :class:`VarianceReport`. The math, with
-sources, is in docs/variance.md and ../../shared/DESIGN.md §2.
+sources, is in docs/variance.md and docs/design.md §3.
 """
 
 from . import statistics

@@ -1,4 +1,4 @@
-"""Closed-form RAD variances from a layer's cached statistics (../../shared/DESIGN.md §2).
+"""Closed-form RAD variances from a layer's cached statistics (docs/design.md §3).
 
 A randomized layer contracts a sketch of a (rows, features) view of its input
 with the output gradient. Its weight gradient is a sum of *contributions*

@@ -9,38 +9,19 @@ variance against keep per layer next to the data noise, ``to_dict()`` /
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import pandas as pd
+
+from .._result import Result, clean, from_records, records, table
 
 COLUMNS = ["layer", "type", "sketch", "keep", "bytes_exact", "bytes_plan", "rad_variance", "rad_se",
            "data_variance", "grad_norm_sq", "ci_low", "ci_high", "method"]
 KINDS = ("analytic", "empirical", "minibatch")
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):
-        return _clean(value.item())
-    return value
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
-
-
-def _frame(records: list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(records, columns=columns)
-    for col in frame.columns:
-        if frame[col].dtype == object and frame[col].map(lambda v: v is None or isinstance(v, (int, float))).all():
-            frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return frame
-
-
 @dataclasses.dataclass
-class VarianceReport:
+class VarianceReport(Result):
     """Result of :func:`analytic`, :func:`empirical` or :func:`minibatch`.
 
     ``per_layer`` columns (at least): layer, type, sketch, keep, bytes_exact,
@@ -62,23 +43,15 @@ class VarianceReport:
             raise ValueError(f"VarianceReport: per_layer lacks columns {missing}")
 
     # ---- text ------------------------------------------------------------
+    @property
+    def heading(self) -> str:
+        return f"radvar variance report ({self.kind})"
+
     def summary(self) -> str:
         """A readable table: header facts, the per-layer rows and the totals."""
-        head = [f"radvar variance report ({self.kind})"]
+        head = [self.heading]
         head += [f"  {k}: {v}" for k, v in self.meta.items() if not isinstance(v, (dict, list))]
-        shown = self.per_layer.dropna(axis=1, how="all")
-        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-            return "\n".join(head + ["", shown.to_string(index=False), "", "total:",
-                                     self.total.dropna(axis=1, how="all").to_string(index=False)])
-
-    def __str__(self) -> str:
-        return self.summary()
-
-    def _repr_html_(self) -> str:
-        facts = "".join(f"<li>{k}: {v}</li>" for k, v in self.meta.items() if not isinstance(v, (dict, list)))
-        return (f"<h4>radvar variance report ({self.kind})</h4><ul>{facts}</ul>"
-                + self.per_layer.dropna(axis=1, how="all").to_html(index=False, float_format="{:.4g}".format)
-                + "<p>total</p>" + self.total.dropna(axis=1, how="all").to_html(index=False, float_format="{:.4g}".format))
+        return "\n".join(head + ["", table(self.per_layer), "", "total:", table(self.total)])
 
     # ---- figures ---------------------------------------------------------
     def plot(self, ax: Any = None) -> Any:
@@ -108,11 +81,12 @@ class VarianceReport:
 
     # ---- JSON ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "per_layer": _records(self.per_layer), "total": _records(self.total),
-                "meta": {k: _clean(v) for k, v in self.meta.items()}}
+        return {"kind": self.kind, "per_layer": records(self.per_layer), "total": records(self.total),
+                "meta": {k: clean(v) for k, v in self.meta.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VarianceReport":
+    def from_dict(cls, d: Any) -> "VarianceReport":
         if not isinstance(d, dict) or not {"kind", "per_layer", "total"} <= set(d):
             raise ValueError(f"VarianceReport.from_dict: need a dict with 'kind', 'per_layer' and 'total', got {d!r:.200}")
-        return cls(d["kind"], _frame(d["per_layer"], None), _frame(d["total"], None), dict(d.get("meta") or {}))
+        return cls(d["kind"], from_records(d["per_layer"], None, "VarianceReport 'per_layer'"),
+                   from_records(d["total"], None, "VarianceReport 'total'"), dict(d.get("meta") or {}))

@@ -2,7 +2,7 @@
 
 ``features``: rows i are all leading dims, ``C_ij = g_i x_ij`` in column j, so
 shared col = tot = ‖G‖², per row col = tot = Σ_i ‖g_i‖²‖x_i‖²; Rademacher
-V = (n − 1)·tot (../../../shared/DESIGN.md §2). ``rows``: the view is xᵀ
+V = (n − 1)·tot (docs/design.md §3). ``rows``: the view is xᵀ
 (n features as rows, N sample rows as features), ``C_ji = x_ij g_i`` in
 column j of Gᵀ: shared col = Σ_i ‖g_i‖²‖x_i‖², tot = ‖G‖²; per feature row the
 same totals. Projection on rows: Ĝᵀ = xᵀ R Rᵀ g, whose Rademacher V is
