@@ -17,13 +17,7 @@ def small() -> torch.nn.Module:
     return zoo.mlp(in_features=64, hidden=32, depth=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention
 
 
 @pytest.fixture(scope="module")

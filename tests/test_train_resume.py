@@ -20,12 +20,7 @@ from radvar import sketch, zoo
 from radvar.train import checkpoint, fit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention
 
 
 @pytest.fixture(scope="module")
