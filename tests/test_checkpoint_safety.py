@@ -210,3 +210,12 @@ def test_batch_size_larger_than_training_split(data, tmp_path):
                                    str(tmp_path / "out")])
     _one_line_error(res, "batch_size 1500 is larger than the training data: 1438 examples")
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_never_overwrites_a_users_file(data, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(ValueError, match="refusing to overwrite it"):
+        _fit(data, notes, resume=False)
+    _one_line_error(_cli("--checkpoint", str(notes), "--out", str(tmp_path / "out")), "refusing to overwrite", "notes.txt")
+    assert notes.read_text() == "my notes\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
