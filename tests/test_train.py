@@ -55,8 +55,9 @@ def test_fit_keeps_global_rng_and_is_reproducible(digits):
         assert torch.equal(torch.get_rng_state(), state)  # RAD draws and data order never touch the global RNG
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+    model = small()
     state = torch.get_rng_state()
-    unseeded = fit(small(), train, loss_fn=F.cross_entropy, optimizer=SGD, steps=2, batch_size=40, progress=False)
+    unseeded = fit(model, train, loss_fn=F.cross_entropy, optimizer=SGD, steps=2, batch_size=40, progress=False)
     assert torch.equal(torch.get_rng_state(), state)  # without a seed the data order comes from OS entropy
     assert isinstance(unseeded.attrs["seed"], int)
 
