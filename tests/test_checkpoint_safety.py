@@ -142,9 +142,23 @@ def test_corrupt_checkpoint_is_named(data, tmp_path, damage, message):
     assert ckpt.read_bytes() == before
 
 
+class Wrapped(torch.nn.Module):
+    """The same MLP one level down: the same shapes under other entry names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = zoo.mlp(in_features=64, hidden=32, depth=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(model=lambda: zoo.mlp(in_features=64, hidden=16, depth=2)), "model shapes (checkpoint vs model): 0.weight"),
     (dict(model=lambda: zoo.mlp(in_features=64, hidden=32, depth=3)), "missing model entries: 6.weight, 6.bias"),
+    (dict(model=lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))),
+     "missing model entries: 1.weight, 1.bias; unexpected model entries: 0.weight, 0.bias, 2.weight ..."),
+    (dict(model=Wrapped), "model Sequential in the checkpoint vs Wrapped; missing model entries: net.0.weight"),
     (dict(optimizer=lambda p: torch.optim.Adam(p)), "optimizer SGD in the checkpoint vs Adam"),
     (dict(amp="bf16", device="cpu"), "autocast dtype None in the checkpoint vs torch.bfloat16"),
     (dict(batch_size=40), "batch_size 50 in the checkpoint vs 40"),
