@@ -21,12 +21,7 @@ from radvar.train import checkpoint, fit
 SGD = lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9)  # noqa: E731
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +142,23 @@ def test_corrupt_checkpoint_is_named(data, tmp_path, damage, message):
     assert ckpt.read_bytes() == before
 
 
+class Wrapped(torch.nn.Module):
+    """The same MLP one level down: the same shapes under other entry names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = zoo.mlp(in_features=64, hidden=32, depth=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(model=lambda: zoo.mlp(in_features=64, hidden=16, depth=2)), "model shapes (checkpoint vs model): 0.weight"),
     (dict(model=lambda: zoo.mlp(in_features=64, hidden=32, depth=3)), "missing model entries: 6.weight, 6.bias"),
+    (dict(model=lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))),
+     "missing model entries: 1.weight, 1.bias; unexpected model entries: 0.weight, 0.bias, 2.weight ..."),
+    (dict(model=Wrapped), "model Sequential in the checkpoint vs Wrapped; missing model entries: net.0.weight"),
     (dict(optimizer=lambda p: torch.optim.Adam(p)), "optimizer SGD in the checkpoint vs Adam"),
     (dict(amp="bf16", device="cpu"), "autocast dtype None in the checkpoint vs torch.bfloat16"),
     (dict(batch_size=40), "batch_size 50 in the checkpoint vs 40"),
@@ -215,3 +224,12 @@ def test_batch_size_larger_than_training_split(data, tmp_path):
                                    str(tmp_path / "out")])
     _one_line_error(res, "batch_size 1500 is larger than the training data: 1438 examples")
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_never_overwrites_a_users_file(data, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(ValueError, match="refusing to overwrite it"):
+        _fit(data, notes, resume=False)
+    _one_line_error(_cli("--checkpoint", str(notes), "--out", str(tmp_path / "out")), "refusing to overwrite", "notes.txt")
+    assert notes.read_text() == "my notes\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -17,13 +17,7 @@ def small() -> torch.nn.Module:
     return zoo.mlp(in_features=64, hidden=32, depth=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +55,11 @@ def test_fit_keeps_global_rng_and_is_reproducible(digits):
         assert torch.equal(torch.get_rng_state(), state)  # RAD draws and data order never touch the global RNG
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+    model = small()
+    state = torch.get_rng_state()
+    unseeded = fit(model, train, loss_fn=F.cross_entropy, optimizer=SGD, steps=2, batch_size=40, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)  # without a seed the data order comes from OS entropy
+    assert isinstance(unseeded.attrs["seed"], int)
 
 
 def test_epochs_mode_rows(digits):

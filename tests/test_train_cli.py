@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 import radvar
@@ -12,12 +11,7 @@ from cli.main import cli
 from radvar import sketch, zoo
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention
 
 
 def test_train_writes_history_and_plot(tmp_path):

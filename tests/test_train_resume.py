@@ -20,12 +20,7 @@ from radvar import sketch, zoo
 from radvar.train import checkpoint, fit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +57,8 @@ CASES: dict[str, tuple[Any, dict[str, Any], int, int]] = {
                                  checkpoint_every=6), 16, 12),
     "epochs_mode_partial_batch": (mlp, dict(plan=sketch.Importance(0.5), epochs=3, batch_size=70, log_every=5,
                                             checkpoint_every=4, eval_every=10), 15, 12),
+    "compiled": (mlp, dict(plan=sketch.Subsample(0.25), compile="aot_eager", steps=10, batch_size=50, log_every=4,
+                           checkpoint_every=3), 8, 6),
     "cuda_fp16_dropout": (dropout_mlp, dict(plan=sketch.Subsample(0.3), amp="fp16", device="cuda", steps=12,
                                             batch_size=50, log_every=4, checkpoint_every=3), 8, 6),
 }

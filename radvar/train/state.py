@@ -92,6 +92,8 @@ def _mismatches(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Optimi
                          ("model shapes (checkpoint vs model)", shapes)):
         if items:
             problems.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}")
+    if problems and meta["model_class"] != type(model).__name__:
+        problems.insert(0, f"model {meta['model_class']} in the checkpoint vs {type(model).__name__}")
     if meta["optimizer_class"] != type(opt).__name__:
         problems.append(f"optimizer {meta['optimizer_class']} in the checkpoint vs {type(opt).__name__}")
     else:
