@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import radvar
 from radvar import memory, sketch, zoo
@@ -209,3 +210,16 @@ def test_bad_data_and_capacity_input(digits):
         max_batch_size(small(), None, (digits[0][0][:4], digits[0][1][:4]), F.cross_entropy, device="cpu")
     with pytest.raises(ValueError, match="memory_limit must be a positive int"):
         max_batch_size(small(), None, (digits[0][0][:4], digits[0][1][:4]), F.cross_entropy, memory_limit=-1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_fit_names_the_first_non_finite_example(bad):
+    """fit validates all of a tensor dataset before training and names the offending example."""
+    x, y = torch.randn(20, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(20, dtype=torch.long)
+    x[17, 2] = bad
+    model = nn.Sequential(nn.Linear(4, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="example 17"):
+        fit(model, (x, y), loss_fn=F.cross_entropy, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            batch_size=5, steps=2, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import rng
+from .. import _data, rng
 from ..plan import Plan
 from ..sketch import Sketch
 from . import arguments, distributed, loop, state
@@ -54,9 +54,7 @@ def _epochs(data: Any, batch_size: int | None, seed: int) -> Iterator[tuple[int,
 
 def _check_data(data: Any, batch_size: int | None, name: str = "data") -> None:
     if _is_tensor_pair(data):
-        if data[0].shape[0] != data[1].shape[0] or data[0].shape[0] == 0:
-            raise ValueError(f"fit: {name} inputs and targets need equal, non-zero first dims, "
-                             f"got {tuple(data[0].shape)} and {tuple(data[1].shape)}")
+        _data.validate(data, name=f"fit: {name}")  # shapes, non-empty, every value finite (names the example)
         if name == "data" and batch_size is None:
             raise ValueError("fit: batch_size is required when data is an (inputs, targets) pair of tensors")
         per_rank = data[0].shape[0] // distributed.size()
