@@ -62,17 +62,18 @@ def _not_a_folder(path: Path) -> None:
 @contextlib.contextmanager
 def _deferred_interrupt() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) back until the block ends, so a swap of two paths is never cut in half."""
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:  # None: set outside Python
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
     if caught:
-        raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)  # now handled as it would have been (KeyboardInterrupt by default)
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -119,7 +120,7 @@ def marker_name(kind: str) -> str:
 
 def check_folder(out: str | os.PathLike, kind: str, names: Collection[str]) -> Path:
     """Raise, naming ``out``, unless it can become a radvar ``kind`` folder: it does not exist, is
-    empty, or holds radvar's marker and nothing but ``names``; and its parent folder exists."""
+    empty, or holds radvar's marker and nothing but ``names``; and a folder can be made beside it."""
     out = Path(out)
     where = f"output folder {os.fspath(out)!r}"
     if out.exists() or out.is_symlink():
@@ -128,16 +129,21 @@ def check_folder(out: str | os.PathLike, kind: str, names: Collection[str]) -> P
         present = {p.name for p in out.iterdir()}
         marker = marker_name(kind)
         if present and marker not in present:
-            raise FileExistsError(f"{where} is not empty and was not written by radvar (no {marker}); "
-                                  "choose a new path or empty it")
+            raise FileExistsError(f"{where} is not a radvar {kind} folder: it is not empty and has no {marker} "
+                                  "marker; choose a new path or empty it")
         foreign = sorted(n for n in present if n not in {marker, *names}
                          or (out / n).is_symlink() or not (out / n).is_file())
         if foreign:
-            raise FileExistsError(f"{where} holds files radvar did not write ({', '.join(foreign[:5])}"
-                                  f"{', ...' if len(foreign) > 5 else ''}); choose a new path or move them")
+            raise FileExistsError(f"{where} is not a radvar {kind} folder: it holds {', '.join(foreign[:5])}"
+                                  f"{', ...' if len(foreign) > 5 else ''}, which radvar did not write; "
+                                  "choose a new path or move them")
     parent = out.absolute().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"{where}: parent folder {os.fspath(parent)!r} does not exist")
+    try:
+        os.rmdir(_fresh(out, _new_folder))  # a folder can be made beside it (permissions, read-only disk)
+    except OSError as e:
+        raise _named(e, out) from None
     return out
 
 

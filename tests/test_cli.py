@@ -191,7 +191,7 @@ def test_debug_shows_the_exception():
 def test_out_refuses_a_folder_that_is_not_a_report(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     result = run("analyze", "--data", "synthetic:64:10:40", "--batch-size", "20", "--out", str(tmp_path), "-q")
-    assert result.exit_code == 2 and "was not written by radvar" in result.stderr
+    assert result.exit_code == 2 and "is not a radvar report folder" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 

@@ -75,7 +75,7 @@ def test_out_never_deletes_files_radvar_did_not_write(tmp_path):
     (out / "analysis.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
     line = one_line_error(run("analyze", "--out", str(out), "-q"))
-    assert str(out) in line and "was not written by radvar" in line
+    assert str(out) in line and "is not a radvar report folder: it is not empty and has no " in line
     assert sorted(p.name for p in out.iterdir()) == ["analysis.json", "notes.txt"]
     assert (out / "notes.txt").read_text() == "mine" and (out / "analysis.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
@@ -87,7 +87,7 @@ def test_out_refuses_a_radvar_report_holding_other_files(tmp_path, analysis):
     (out / "notes.txt").write_text("mine")
     (out / "extra").mkdir()
     line = one_line_error(run("report", str(out / "analysis.json"), "--out", str(out)))
-    assert str(out) in line and "holds files radvar did not write (extra, notes.txt)" in line
+    assert str(out) in line and "it holds extra, notes.txt, which radvar did not write" in line
     assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES + ["extra", "notes.txt"])
 
 
