@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +44,7 @@ import torch.nn.functional as F
 import radvar
 from radvar import Plan, rnn, variance
 from radvar.memory import saved_bytes
+from radvar.report import atomic_path
 from radvar.sketch import Projection, Subsample
 
 parser = argparse.ArgumentParser(description="IRNN on sequential digits: exact vs small batch vs RAD")
@@ -66,14 +65,8 @@ args.out.mkdir(parents=True, exist_ok=True)
 
 def write_atomic(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: never a half-written result."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 x_all, y_all = rnn.sequential_digits()

@@ -19,8 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from scipy import stats
 
 import radvar
 from radvar import variance, zoo
+from radvar.report import atomic_path, write_text
 from radvar.sketch import Subsample
 from radvar.tradeoff import allocate, batch, candidates, frontier
 from radvar.tradeoff.tune import measured_bytes
@@ -56,19 +55,9 @@ radvar.seed(SEED)
 print(SETTING)
 
 
-def save_text(path: Path, text: str) -> None:
-    """Write atomically: a temp file in the same folder renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 # %% [markdown]
@@ -286,7 +275,7 @@ lines = [
     f"![batch]({prefix}_batch.png)",
     "",
 ]
-save_text(args.out / f"{prefix}.md", "\n".join(lines))
+write_text(args.out / f"{prefix}.md", "\n".join(lines))
 for name, plan in tuned_plans.items():
     plan.save(args.out / f"{prefix}_plan_{'mlp' if name.startswith('MLP') else 'cnn'}.json")
 print("wrote", args.out / f"{prefix}.md")

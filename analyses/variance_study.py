@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +27,7 @@ from torch import nn  # noqa: E402
 
 import radvar  # noqa: E402
 from radvar import variance, zoo  # noqa: E402
+from radvar.report import atomic_path, write_text  # noqa: E402
 from radvar.sketch import Bernoulli, Importance, Projection, Subsample  # noqa: E402
 
 parser = argparse.ArgumentParser()
@@ -124,11 +123,8 @@ fig.tight_layout()
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 OUT.mkdir(parents=True, exist_ok=True)
@@ -191,9 +187,5 @@ lines += ["", "Importance vs uniform shared subsampling at keep 0.1: RAD varianc
           markdown(curves.pivot_table(index=["state", "family"], columns="keep", values="rad_variance",
                                       sort=False).reset_index()), ""]
 text = "\n".join(lines)
-fd, tmp = tempfile.mkstemp(suffix=".md", dir=OUT)
-with os.fdopen(fd, "w") as f:
-    f.write(text)
-os.chmod(tmp, 0o644)
-os.replace(tmp, OUT / f"variance_study{SUFFIX}.md")
+write_text(OUT / f"variance_study{SUFFIX}.md", text)
 print(text)

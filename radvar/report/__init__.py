@@ -8,13 +8,13 @@ draws the seaborn figures (imported on first use: it loads matplotlib).
 """
 
 from .analysis import FAMILIES, analyze
-from .._atomic import check_writable, write_text
+from .._atomic import atomic_path, check_writable, write_text
 from .document import check_target, html_document, markdown, write_report
 from .result import Analysis
 from .tables import FORMATS, bench_table, format_bytes, layer_table, render, summary_lines, table_notes
 
 __all__ = [
     "Analysis", "analyze", "FAMILIES",
-    "check_target", "check_writable", "write_report", "write_text", "markdown", "html_document",
+    "atomic_path", "check_target", "check_writable", "write_report", "write_text", "markdown", "html_document",
     "FORMATS", "render", "layer_table", "table_notes", "summary_lines", "bench_table", "format_bytes",
 ]
