@@ -93,3 +93,15 @@ def test_imports_point_down(path):
         if LEVEL.get(other, -1) > LEVEL[me]:
             upward.append(f"line {line}: {target} (layer {other!r} is above {me!r})")
     assert upward == []
+
+
+OUTSIDE = re.compile(r"\.\./shared|shared/" + "DESIGN|" + r"\bDESIGN(\.md|'s| §)")  # split so this line does not match
+
+
+def test_no_reference_outside_the_repository():
+    """Code and docs point at docs/design.md, never at developer notes a clone does not have."""
+    texts = [p for folder in ("radvar", "cli", "docs", "benchmarks", "analyses", "tests")
+             for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md")] + [ROOT / "README.md"]
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in texts
+             for i, line in enumerate(p.read_text().splitlines(), 1) if OUTSIDE.search(line)]
+    assert found == []

@@ -113,7 +113,7 @@ def test_write_report_is_atomic(tmp_path, monkeypatch):
 
 def test_write_report_refuses_foreign_folders(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="is not a radvar report folder"):
+    with pytest.raises(FileExistsError, match="is not a radvar report folder|was not written by radvar"):
         report.write_report(small_analysis(), tmp_path)
     with pytest.raises(FileNotFoundError, match="parent folder"):
         report.check_target(tmp_path / "no" / "such")

@@ -251,3 +251,15 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     assert 0.01 < dark < 0.5  # text, table rules and figures are drawn; the page is neither blank nor black
     top = image.crop((0, 0, 1200, 200))
     assert sum(top.histogram()[:128]) > 200  # the heading renders at the top
+
+
+@pytest.mark.parametrize("keeps", [[0.02, 0.05, 0.1, 0.2, 0.5], [0.1]])
+def test_variance_report_plot_names_layers_and_ticks_do_not_collide(keeps):
+    rows_ = [{"layer": name, "type": "Linear", "sketch": "Subsample", "keep": k, "bytes_exact": 64, "bytes_plan": 16,
+              "rad_variance": 1 / k, "rad_se": 0.0, "data_variance": 0.5, "grad_norm_sq": 1.0, "ci_low": None,
+              "ci_high": None, "method": "closed form"} for name in ("fc1", "fc2") for k in keeps]
+    ax = VarianceReport("analytic", pd.DataFrame(rows_), pd.DataFrame([{"rad_variance": 1.0}])).plot()
+    names = [t.get_text() for t in ax.get_legend().get_texts()] + [t.get_text() for t in ax.get_yticklabels()]
+    assert "fc1 (Linear)" in names and "fc2 (Linear)" in names
+    assert _overlaps(ax.figure) == []
+    figures.plt.close(ax.figure)

@@ -56,7 +56,8 @@ def memory_by_layer(analysis: "Analysis") -> Figure:
     names = [label(r["layer"], r["type"]) for r in rows.to_dict(orient="records")]
     long = pd.concat([pd.DataFrame({"layer": names, "config": config, "bytes": rows[col].to_numpy()})
                       for config, col in (("exact", "bytes_exact"), ("plan", "bytes_plan"))])
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.6), layout="constrained")
+    width = min(13.0, 5.0 + 0.075 * max(map(len, names)))  # room for the longest label beside 5 in of bars
+    fig, ax = plt.subplots(figsize=(width, 0.32 * len(rows) + 1.6), layout="constrained")
     sns.barplot(long, y="layer", x="bytes", hue="config", ax=ax, orient="h")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_bytes(v)))
     ax.set(xlabel="bytes kept for backward (saved-tensor ledger)", ylabel="", title="Memory by layer")

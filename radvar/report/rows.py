@@ -45,8 +45,8 @@ def _sketches(part: pd.DataFrame) -> str:
 
 
 def _merge(part: pd.DataFrame, name: str, kind: str) -> dict[str, Any]:
-    """One row standing for the rows of ``part``."""
-    if len(part) == 1 and part["layer"].iloc[0] == name:
+    """One row standing for the rows of ``part`` (a single row stands for itself)."""
+    if len(part) == 1:
         return part.iloc[0].to_dict()
     keeps = part["keep"].dropna().unique()
     return {

@@ -57,26 +57,32 @@ class VarianceReport(Result):
     def plot(self, ax: Any = None) -> Any:
         """Variance against keep per layer (log-log), with each layer's data noise dashed; returns the Axes.
 
-        With a single keep per layer: RAD and data variance side by side per layer.
+        Layers are labelled ``name (Type)``; the keep axis is labelled at the keeps analysed.
+        With a single keep per layer: RAD and data variance side by side per layer, as horizontal bars.
         """
         import matplotlib.pyplot as plt
         import seaborn as sns
+        from matplotlib.ticker import NullFormatter
 
         if ax is None:
             _, ax = plt.subplots(figsize=(7, 4.5))
-        frame = self.per_layer
+        frame = self.per_layer.assign(layer=[f"{n} ({t})" if t and t != n else n
+                                             for n, t in zip(self.per_layer["layer"], self.per_layer["type"])])
         if frame["keep"].nunique(dropna=True) > 1:
             sns.lineplot(data=frame, x="keep", y="rad_variance", hue="layer", style="layer", markers=True, ax=ax)
             palette = dict(zip(frame["layer"].unique(), sns.color_palette(n_colors=frame["layer"].nunique())))
             for layer, rows in frame.dropna(subset=["data_variance"]).groupby("layer", sort=False):
                 ax.axhline(rows["data_variance"].iloc[0], ls="--", lw=1, color=palette[layer])
+            keeps = sorted(frame["keep"].dropna().unique())
             ax.set(xscale="log", yscale="log", xlabel="keep fraction", ylabel="variance  E‖Ĝ − G‖²")
+            ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title("RAD variance vs keep (dashed: minibatch data noise)")
         else:
             long = frame.melt(id_vars=["layer"], value_vars=["rad_variance", "data_variance"],
                               var_name="source", value_name="variance").dropna()
-            sns.barplot(data=long, x="layer", y="variance", hue="source", ax=ax)
-            ax.set(yscale="log", ylabel="variance  E‖Ĝ − G‖²")
+            sns.barplot(data=long, y="layer", x="variance", hue="source", orient="h", ax=ax)
+            ax.set(xscale="log", xlabel="variance  E‖Ĝ − G‖²", ylabel="")
         return ax
 
     # ---- JSON ------------------------------------------------------------
