@@ -7,14 +7,18 @@ radvar and click load in :func:`main`) also ends with one line and exit 130.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from typing import Any
 
 INTERRUPTED = "radvar: interrupted"
+STARTED: float | None = None  # time.perf_counter() when main() began, before the heavy imports
 
 
 def main() -> None:
     """Run the ``radvar`` click group; Ctrl-C at any point prints one line and exits 130."""
+    global STARTED
+    STARTED = time.perf_counter()
     try:
         from .commands import cli
 

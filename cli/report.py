@@ -40,5 +40,7 @@ def echo_analysis(analysis: report_lib.Analysis, fmt: str) -> None:
         click.echo(json.dumps(analysis.to_dict(), indent=2))
         return
     click.echo(report_lib.render(report_lib.layer_table(analysis), fmt))
+    for note in report_lib.table_notes(analysis):
+        click.echo(note)
     click.echo("")
     click.echo("\n".join(report_lib.summary_lines(analysis)))
