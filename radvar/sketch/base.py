@@ -89,7 +89,9 @@ class Sketch(abc.ABC):
 
     @abc.abstractmethod
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
-        """Expected bytes :meth:`compress` keeps for a (rows, features) input."""
+        """Bytes :meth:`compress` keeps for a (rows, features) input: exact for fixed-size
+        sketches; for sketches whose kept count is random, an upper bound on the mean over draws
+        (single draws may exceed it; the tuner reserves a per-draw bound on top)."""
 
     # ---- serialisation -----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -120,4 +122,16 @@ class Sketch(abc.ABC):
 
 
 def itemsize(dtype: torch.dtype) -> int:
+    """Bytes per element of ``dtype``."""
     return torch.empty((), dtype=dtype).element_size()
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a sketch computes probabilities, scales and uniforms in: float64 for
+    float64 data (so a float64 path stays float64 throughout), float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) draws of ``shape`` on ``like``'s device, in :func:`work_dtype` of ``like``."""
+    return torch.rand(shape, generator=gen, device=like.device, dtype=work_dtype(like.dtype))

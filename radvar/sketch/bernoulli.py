@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from .base import Meta, Saved, Sketch, itemsize
+from .base import Meta, Saved, Sketch, itemsize, uniform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,20 +22,20 @@ class Bernoulli(Sketch):
     per_example: bool = True
     kind = "bernoulli"
 
-    def _mask(self, rows: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    def _mask(self, rows: int, n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         shape = (rows, n) if self.per_example else (n,)
-        return torch.rand(shape, generator=gen, device=device) < self.keep
+        return uniform(shape, gen, like) < self.keep
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
-        mask = self._mask(rows, n, gen, x.device)
+        mask = self._mask(rows, n, gen, x)
         kept = x[mask] if self.per_example else x[:, mask]
         return (kept,), {"shape": (rows, n)}
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         (kept,) = saved
         rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept.device)
+        mask = self._mask(rows, n, gen, kept)
         out = kept.new_zeros(rows, n)
         if self.per_example:
             out[mask] = kept / self.keep
@@ -48,7 +48,7 @@ class Bernoulli(Sketch):
             return super().left_matmul(a, saved, meta, gen)
         (kept,) = saved
         rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept.device)
+        mask = self._mask(rows, n, gen, kept)
         out = kept.new_zeros(a.shape[0], n)
         out[:, mask] = (a @ kept) / self.keep
         return out
@@ -58,7 +58,7 @@ class Bernoulli(Sketch):
             return super().right_matmul(saved, meta, gen, b)
         (kept,) = saved
         rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept.device)
+        mask = self._mask(rows, n, gen, kept)
         return (kept @ b[mask]) / self.keep
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:

@@ -6,17 +6,19 @@ budget; kept values are scaled by 1/π_ij, so E[x̂] = x and
 Var(Ĝ) = Σ_ij (1/π_ij - 1) x_ij² ‖g_i‖² (../shared/DESIGN.md §2).
 The kept positions depend on the data, so they are stored: as a bitmap
 (n/8 bytes a row) or as int16 column indices plus per-row counts, whichever
-is smaller for this draw.
+is smaller for this draw. π, the uniforms and the scaled values are computed in
+float64 for float64 data (float32 otherwise), so a float64 path loses nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
 from .. import _bits
-from .base import Meta, Saved, Sketch, itemsize
+from .base import Meta, Saved, Sketch, itemsize, uniform, work_dtype
 
 
 def poisson_scale(s: torch.Tensor, tail: torch.Tensor, budget: float) -> torch.Tensor:
@@ -30,8 +32,9 @@ def poisson_scale(s: torch.Tensor, tail: torch.Tensor, budget: float) -> torch.T
 
 
 def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
-    """π = min(1, c |x|) per row with Σ_j π_ij = min(keep · n, nnz_i)."""
-    a = x.detach().abs().float()
+    """π = min(1, c |x|) per row with Σ_j π_ij = min(keep · n, nnz_i), in float64 for float64 ``x``
+    (float32 otherwise)."""
+    a = x.detach().abs().to(work_dtype(x.dtype))
     budget = keep * a.shape[1]
     s, _ = a.sort(dim=1, descending=True)
     c = poisson_scale(s, s.flip(1).cumsum(1).flip(1), budget)
@@ -56,8 +59,8 @@ class Importance(Sketch):
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
         pi = inclusion_probabilities(x, self.keep)
-        mask = torch.rand(rows, n, generator=gen, device=x.device) < pi
-        values = (x[mask].float() / pi[mask]).to(x.dtype)
+        mask = uniform((rows, n), gen, x) < pi
+        values = (x[mask].to(pi.dtype) / pi[mask]).to(x.dtype)
         nnz = values.numel()
         bitmap_bytes = (rows * n + 7) // 8
         if n <= torch.iinfo(torch.int16).max and 2 * nnz + 4 * rows < bitmap_bytes:
@@ -79,9 +82,13 @@ class Importance(Sketch):
         return out
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
-        """Upper bound: every row keeps keep · n values (fewer when x has zeros)."""
+        """An upper bound on the *mean* bytes over draws (not a per-draw bound: the kept count is
+        Poisson-binomial). Row i keeps Σ_j π_ij = min(keep · n, nnz_i) ≤ keep · n values on average, and
+        the index costs min(bitmap, 2 · count + 4 · rows), a concave function of the count, so by
+        Jensen its mean is at most its value at keep · rows · n. A per-draw bound for reservations:
+        :func:`radvar.tradeoff.candidates.reserved_bytes`."""
         rows, n = shape
-        nnz = round(self.keep * rows * n)
+        nnz = math.ceil(self.keep * rows * n - 1e-9)
         index = (rows * n + 7) // 8
         if n <= torch.iinfo(torch.int16).max:
             index = min(index, 2 * nnz + 4 * rows)

@@ -15,7 +15,7 @@ import dataclasses
 
 import torch
 
-from .base import Meta, Saved, Sketch, itemsize, kept_count
+from .base import Meta, Saved, Sketch, itemsize, kept_count, uniform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,19 +30,20 @@ class Subsample(Sketch):
         if not isinstance(self.replace, bool):
             raise TypeError(f"Subsample: replace must be a bool, got {self.replace!r}")
 
-    def _indices(self, rows: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    def _indices(self, rows: int, n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         k = kept_count(self.keep, n)
+        device = like.device
         if self.per_example:
             if self.replace:
                 return torch.randint(0, n, (rows, k), generator=gen, device=device)
-            return torch.rand(rows, n, generator=gen, device=device).topk(k, dim=1, sorted=False).indices
+            return uniform((rows, n), gen, like).topk(k, dim=1, sorted=False).indices
         if self.replace:
             return torch.randint(0, n, (k,), generator=gen, device=device)
         return torch.randperm(n, generator=gen, device=device)[:k]
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
-        idx = self._indices(rows, n, gen, x.device)
+        idx = self._indices(rows, n, gen, x)
         kept = x.gather(1, idx) if self.per_example else x.index_select(1, idx)
         return (kept,), {"shape": (rows, n)}
 
@@ -52,7 +53,7 @@ class Subsample(Sketch):
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         (kept,) = saved
         rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept.device)
+        idx = self._indices(rows, n, gen, kept)
         scaled = kept * self._scale(n)
         out = kept.new_zeros(rows, n)
         if self.per_example:
@@ -64,7 +65,7 @@ class Subsample(Sketch):
             return super().left_matmul(a, saved, meta, gen)
         (kept,) = saved
         rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept.device)
+        idx = self._indices(rows, n, gen, kept)
         cols = (a @ kept).mul_(self._scale(n))
         out = cols.new_zeros(a.shape[0], n)
         return out.index_add_(1, idx, cols) if self.replace else out.index_copy_(1, idx, cols)
@@ -74,7 +75,7 @@ class Subsample(Sketch):
             return super().right_matmul(saved, meta, gen, b)
         (kept,) = saved
         rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept.device)
+        idx = self._indices(rows, n, gen, kept)
         return (kept @ b.index_select(0, idx)).mul_(self._scale(n))
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
