@@ -33,8 +33,8 @@ def test_non_numeric_keep_is_a_type_error(keep):
 def test_bad_options():
     with pytest.raises(ValueError, match=r"dist must be one of \('rademacher', 'gaussian'\), got 'uniform'"):
         Projection(0.1, dist="uniform")
-    with pytest.raises(ValueError, match="axis must be one of"):
-        Subsample(0.1, axis="channels")
+    with pytest.raises(ValueError, match="view must be one of"):
+        Subsample(0.1, view="channels")
     with pytest.raises(ValueError, match="per_example must be True"):
         Importance(0.1, per_example=False)
     with pytest.raises(TypeError, match="replace must be a bool"):

@@ -62,12 +62,12 @@ def test_weight_gradient_unbiased(kind, sketch):
     assert_unbiased(_grads(rad, x, gy, draws=200), exact)
 
 
-@pytest.mark.parametrize("kind,axis", [("linear3d", "rows"), ("conv2d", "examples"), ("conv1d", "examples")])
+@pytest.mark.parametrize("kind,view", [("linear3d", "rows"), ("conv2d", "examples"), ("conv1d", "examples")])
 @pytest.mark.parametrize("sketch", [Subsample(0.3), Bernoulli(0.3), Projection(0.3)], ids=lambda s: s.label())
-def test_other_views_unbiased(kind, axis, sketch):
+def test_other_views_unbiased(kind, view, sketch):
     base, x = _layer(kind)
     base, x = base.double(), x.double()
-    sk = dataclasses.replace(sketch, axis=axis)
+    sk = dataclasses.replace(sketch, view=view)
     rad = radvar.convert(base, sk)
     gy = torch.randn_like(base(x))
     exact, = torch.autograd.grad(base(x), base.weight, gy)

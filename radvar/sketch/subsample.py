@@ -5,8 +5,12 @@ all rows, so ``a @ x̂`` fills only k columns and costs k/n of the dense product
 Per example ("different sample"): an independent set per row.
 Without replacement the estimator is unbiased since P(j kept) = k/n; with
 replacement each of k uniform draws contributes n/k times its column.
-Variances: ../shared/DESIGN.md §2 (shared: (n/k - 1)‖G‖² without, (n-1)/k ‖G‖²
-with replacement; per row: (n/k - 1) Σ_i ‖g_i‖²‖x_i‖²).
+Variances, from the view's col and tot (:mod:`radvar.sketch.moments`):
+without replacement, finite-population sampling of a total (Cochran, *Sampling
+Techniques*, 1977, Thm 2.2 applied to Horvitz–Thompson totals):
+``n(n−k)/(k(n−1)) · (col − tot/n)``; with replacement (k i.i.d. uniform draws,
+Hansen–Hurwitz): ``(n·col − tot)/k``. For Linear shared, col = tot = ‖G‖², so
+(n/k − 1)‖G‖² without and (n − 1)/k ‖G‖² with replacement.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import dataclasses
 
 import torch
 
-from .base import Meta, Saved, Sketch, itemsize, kept_count, uniform
+from .base import CLOSED, Meta, Saved, Sketch, itemsize, kept_count, uniform
+from .moments import ViewStats
+from .registry import family
 
 
+@family
 @dataclasses.dataclass(frozen=True)
 class Subsample(Sketch):
     """k of n features, one set for all rows or one per row, scaled by n/k."""
@@ -25,8 +32,7 @@ class Subsample(Sketch):
     replace: bool = False
     kind = "subsample"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
         if not isinstance(self.replace, bool):
             raise TypeError(f"Subsample: replace must be a bool, got {self.replace!r}")
 
@@ -81,3 +87,14 @@ class Subsample(Sketch):
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape
         return rows * kept_count(self.keep, n) * itemsize(dtype)
+
+    def variance(self, view: ViewStats) -> tuple[float, str]:
+        """(n·col − tot)/k with replacement, n(n−k)/(k(n−1))·(col − tot/n) without."""
+        n = view.n
+        k = kept_count(self.keep, n)
+        col, tot = view.col_tot(self.per_example)
+        if self.replace:
+            return max(n * col - tot, 0.0) / k, CLOSED
+        if k == n:
+            return 0.0, CLOSED
+        return n * (n - k) / (k * (n - 1)) * max(col - tot / n, 0.0), CLOSED
