@@ -178,3 +178,16 @@ def test_a_randomized_twin_without_statistics_or_with_unknown_views_is_refused()
     with pytest.raises(ValueError, match=r"Odd.views must be a non-empty tuple of view names"):
         register(nn.Linear, stats=object)(Odd)
     assert radvar.layers.twin_for(nn.Linear(2, 2)) is RADLinear  # neither registration took effect
+
+
+def test_plan_coerce_reads_a_plan_a_sketch_or_none():
+    model = zoo.cnn()
+    plan = Plan.uniform(model, Subsample(0.1))
+    assert Plan.coerce(model, plan) is plan
+    assert Plan.coerce(model, Subsample(0.1)) == plan
+    assert all(v is None for v in Plan.coerce(model, None).values()) and len(Plan.coerce(model, None)) == len(plan)
+    with pytest.raises(TypeError, match=r"analytic: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, "
+                                        r"got float"):
+        Plan.coerce(model, 0.1, "analytic")
+    with pytest.raises(ValueError, match="Plan names module 'nope'"):
+        Plan.coerce(model, Plan({"nope": None}))
