@@ -93,8 +93,35 @@ def _prepare(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> tuple[torch
     return x, g.reshape(g.shape[0], g.shape[1], -1), p, conv
 
 
+def channel_view_stats(x: torch.Tensor, h: torch.Tensor, gram_x: torch.Tensor, gram_g: torch.Tensor,
+                       sums: tuple[float, float, float, float], cross: float, method: str, cross_se: float,
+                       entries: bool) -> dict[str, ViewStats]:
+    """:class:`ViewStats` of both views of a (batch, channel, positions) input whose entries contribute to
+    per-channel weight slices (conv and transposed conv alike).
+
+    ``h`` is the per-entry weight (shaped like x); ``gram_x``/``gram_g`` the per-channel example Gram
+    matrices (C, B, B) of the inputs and of the gradient side; ``sums`` = (shared col, ‖G‖², row col,
+    row tot); ``cross`` = Σ_{b,b'} ⟨A_bb', A_b'b⟩. The mixing moment is Σ‖D‖² + cross − 2·col, with Σ‖D‖²
+    = Σ X·Γ per channel (positions) or over channels summed first (examples); per row b = b' only and
+    the cross term is the row tot.
+    """
+    shared_col, tot, row_col, row_tot = sums
+    x_sq, g_sq = gram_x.diagonal(dim1=1, dim2=2), gram_g.diagonal(dim1=1, dim2=2)  # (C, B)
+    moved = {"positions": (float((gram_x * gram_g).sum()), float((x_sq * g_sq).sum())),
+             "examples": (float((gram_x.sum(0) * gram_g.sum(0)).sum()), float((x_sq.sum(0) * g_sq.sum(0)).sum()))}
+    out = {}
+    for name in VIEWS:
+        v = conv_view(x, name)
+        shared_all, row_all = moved[name]
+        out[name] = ViewStats(v.shape[0], v.shape[1], shared_col, tot, row_col, row_tot,
+                              shared_all - 2 * shared_col + cross, row_all - 2 * row_col + row_tot, method,
+                              *((v, conv_view(h, name)) if entries else (None, None)), cross_se, 0.0)
+    return out
+
+
 class ConvStats:
     name = "conv"
+
     def view_stats(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator,
                    projection_pairs: int, entries: bool) -> dict[str, ViewStats]:
         gs = g.double()
@@ -113,21 +140,10 @@ class ConvStats:
         row_col = float((x.square() * h).sum())
         gram_x = torch.einsum("bcp,dcp->cbd", x.flatten(2), x.flatten(2))
         gram_g = self._gram_g(module, x, g, conv)[torch.arange(c) // (c // module.groups)]
-        x_sq, g_sq = gram_x.diagonal(dim1=1, dim2=2), gram_g.diagonal(dim1=1, dim2=2)  # (C, B)
         cross, cross_se = self._cross(module, p, g, row_tot, gen, projection_pairs)
-        moved = {"positions": (float((gram_x * gram_g).sum()), float((x_sq * g_sq).sum())),
-                 "examples": (float((gram_x.sum(0) * gram_g.sum(0)).sum()),
-                              float((x_sq.sum(0) * g_sq.sum(0)).sum()))}
-        views = {v: conv_view(x, v) for v in VIEWS}
-        weights = {v: conv_view(h, v) for v in VIEWS}
         method = CLOSED if cross_se == 0 else f"estimate (shared projection: {projection_pairs} example pairs)"
-        out = {}
-        for name, v in views.items():
-            shared_all, row_all = moved[name]
-            out[name] = ViewStats(v.shape[0], v.shape[1], shared_col, tot, row_col, row_tot,
-                                  shared_all - 2 * shared_col + cross, row_all - 2 * row_col + row_tot, method,
-                                  *((v, weights[name]) if entries else (None, None)), cross_se, 0.0)
-        return out
+        return channel_view_stats(x, h, gram_x, gram_g, (shared_col, tot, row_col, row_tot), cross, method, cross_se,
+                                  entries)
 
     @staticmethod
     def _h(module: nn.Module, x: torch.Tensor, g: torch.Tensor, conv: tuple) -> torch.Tensor:

@@ -33,11 +33,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..ops.conv import VIEWS, conv_view, rad_convolution
+from ..ops.conv import VIEWS, rad_convolution
 from ..sketch import Sketch
 from ..sketch.base import CLOSED
 from ..sketch.moments import ViewStats
-from .conv import patches
+from .conv import channel_view_stats, patches
 from .registry import Twin, register
 
 _CHUNK = 1 << 22  # elements of the pairwise gradient blocks built at once
@@ -90,20 +90,8 @@ class ConvTransposeStats:
             grams_x.append(torch.einsum("bcp,dcp->cbd", xg, xg))
             grams_g.append(torch.einsum("bopk,dopk->bd", pg, pg).expand(xg.shape[1], -1, -1))
             weights.append(h[:, None].expand_as(xg))
-        gram_x, gram_g = torch.cat(grams_x), torch.cat(grams_g)  # (C, B, B)
-        x_sq, g_sq = gram_x.diagonal(dim1=1, dim2=2), gram_g.diagonal(dim1=1, dim2=2)  # (C, B)
-        moved = {"positions": (float((gram_x * gram_g).sum()), float((x_sq * g_sq).sum())),
-                 "examples": (float((gram_x.sum(0) * gram_g.sum(0)).sum()),
-                              float((x_sq.sum(0) * g_sq.sum(0)).sum()))}
-        xd, w = x.double(), torch.cat(weights, 1).reshape(x.shape)
-        out = {}
-        for name in VIEWS:
-            v = conv_view(xd, name)
-            shared_all, row_all = moved[name]
-            out[name] = ViewStats(v.shape[0], v.shape[1], shared_col, tot, row_col, row_tot,
-                                  shared_all - 2 * shared_col + cross, row_all - 2 * row_col + row_tot, CLOSED,
-                                  *((v, conv_view(w, name)) if entries else ()))
-        return out
+        return channel_view_stats(x.double(), torch.cat(weights, 1).reshape(x.shape), torch.cat(grams_x),
+                                  torch.cat(grams_g), (shared_col, tot, row_col, row_tot), cross, CLOSED, 0.0, entries)
 
     def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
                              g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
