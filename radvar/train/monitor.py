@@ -215,15 +215,19 @@ class NoiseMonitor:
                 "bytes_kept": s["bytes_kept"], "bytes_exact": s["bytes_exact"]}
 
     def _pass(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[dict[str, dict], float, int]:
-        """One exact forward/backward with hooks; per layer the RAD variance and per-example statistics."""
+        """One exact forward/backward; per layer the RAD variance and the per-example statistics.
+
+        Autograd returns the output gradient of every layer call, the biases' gradients, and
+        the weights' only where the statistics do not already hold ‖Ḡ_W‖² (``shared_tot`` of
+        a single call's view), so the backward skips the randomized layers' weight products.
+        """
         modules = {n: m for n, m in self.model.named_modules() if kind_for(m) is not None}
         seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in modules}
 
         def hook(name: str) -> Callable:
             def on_forward(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
                 if out.requires_grad:
-                    x_in = args[0].detach()
-                    out.register_hook(lambda g: seen[name].append((x_in, g.detach())))
+                    seen[name].append((args[0].detach(), out))
             return on_forward
 
         handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
@@ -231,45 +235,56 @@ class NoiseMonitor:
             with rng.exact(), torch.enable_grad():
                 output = self.model(inputs)
                 loss = self._loss_fn(output, targets)
-                params = [p for m in modules.values() for p in (m.weight, m.bias) if p is not None]
-                grads = dict(zip(map(id, params), torch.autograd.grad(loss, params, allow_unused=True)))
         finally:
             for h in handles:
                 h.remove()
+        sketches = {n: getattr(m, "sketch", None) for n, m in modules.items()}
+        randomized = {n for n, sk in sketches.items() if sk is not None and sk.keep < 1.0 and len(seen[n]) == 1}
+        outs = [out for n in modules for _, out in seen[n]]
+        params = [m.bias for m in modules.values() if m.bias is not None]
+        params += [m.weight for n, m in modules.items() if n not in randomized and seen[n]]
+        with torch.enable_grad():
+            found = torch.autograd.grad(loss, outs + params, allow_unused=True)
+        out_grads = iter(found[:len(outs)])
+        grads = dict(zip(map(id, params), found[len(outs):]))
         count = int(inputs.shape[0])
         if not self.rows:
             self._check_mean_loss(output.detach(), targets, float(loss.detach()), count)
         gen = rng.generator(rng.mix(self.seed ^ rng.mix(step)) >> 1, inputs.device)
         layers = {}
         for name, m in modules.items():
-            kind, sketch = kind_for(m), getattr(m, "sketch", None)
-            sq = [_sq_norm(grads[id(p)]) for p in (m.weight, m.bias) if p is not None]
+            kind, sketch = kind_for(m), sketches[name]
+            calls = [(x, next(out_grads)) for x, _ in seen[name]]
+            bias_sq = _sq_norm(grads.get(id(m.bias))) if m.bias is not None else 0.0
             rad = se = 0.0
-            if sketch is not None and sketch.keep < 1.0:
-                calls = [kind.view_stats(m, x, g, gen, self.projection_pairs, isinstance(sketch, Importance))
-                         for x, g in seen[name]]
-                stats = LayerStats(name, type(m).__name__, kind.name, kind.axes, m.weight.dtype,
-                                   tuple(m.weight.shape), sq[0], calls)
+            if sketch is not None and sketch.keep < 1.0 and calls:
+                stats = LayerStats(name, type(m).__name__, kind.name, kind.axes, m.weight.dtype, tuple(m.weight.shape),
+                                   float("nan"), [kind.view_stats(m, x, g, gen, self.projection_pairs,
+                                                                  isinstance(sketch, Importance)) for x, g in calls])
                 rad, se = layer_variance(stats, sketch)[0], layer_variance_se(stats, sketch)
-            if len(seen[name]) == 1:
-                x, g = seen[name][0]
-                w, b = kind.per_example_sq_norms(m, x, g * count)
+            weight_sq = stats.calls[0][kind.axes[0]].shared_tot if name in randomized \
+                else _sq_norm(grads.get(id(m.weight)))
+            mean_sq = weight_sq + bias_sq
+            trace = float("nan")
+            if len(calls) == 1 and count > 1:
+                w, b = kind.per_example_sq_norms(m, calls[0][0], calls[0][1] * count)
                 per_example = float(w.sum()) + (float(b.sum()) if b is not None else 0.0)
-                trace = max(per_example - count * sum(sq), 0.0) / (count - 1) if count > 1 else float("nan")
-            else:
-                trace = float("nan")
+                trace = max(per_example - count * mean_sq, 0.0) / (count - 1)
             layers[name] = {"type": type(m).__name__, "sketch": sketch.label() if sketch is not None else "exact",
                             "keep": sketch.keep if sketch is not None else 1.0, "rad_variance": rad, "rad_se": se,
-                            "trace_sigma": trace, "grad_sq_batch": sum(sq)}
+                            "trace_sigma": trace, "grad_sq_batch": mean_sq}
         return layers, float(loss.detach()), count
 
     def _check_mean_loss(self, output: torch.Tensor, targets: torch.Tensor, loss: float, count: int) -> None:
+        """A mean-reduced loss is the size-weighted mean of its values on the two halves of the batch."""
+        half = count // 2
         with torch.no_grad():
-            mean = sum(float(self._loss_fn(output[i:i + 1], targets[i:i + 1])) for i in range(count)) / count
-        if not math.isclose(mean, loss, rel_tol=1e-4, abs_tol=1e-6):
-            raise ValueError(f"NoiseMonitor: loss_fn on the batch gave {loss:.6g} but the mean of its per-example "
-                             f"losses is {mean:.6g}; per-example gradient norms need a mean-reduced loss "
-                             "(e.g. reduction='mean') of examples that do not interact")
+            parts = [float(self._loss_fn(output[s], targets[s])) * (s.stop - s.start) / count
+                     for s in (slice(0, half), slice(half, count))] if half else [loss]
+        if not math.isclose(sum(parts), loss, rel_tol=1e-4, abs_tol=1e-6):
+            raise ValueError(f"NoiseMonitor: loss_fn on the batch gave {loss:.6g} but the size-weighted mean of "
+                             f"its values on the two halves is {sum(parts):.6g}; per-example gradient norms need "
+                             "a mean-reduced loss (e.g. reduction='mean') of examples that do not interact")
 
     def _ledger(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, int], int, dict[str, int], int]:
         """Ledger bytes per module and in total, under the current plan and exactly (cached per plan and shape)."""
