@@ -42,13 +42,14 @@ projection cross term) comes from its own generator seeded from ``seed`` and the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -66,7 +67,6 @@ TOTAL = "(total)"
 COLUMNS = ["step", "layer", "type", "sketch", "keep", "batch_size", "loss", "rad_variance", "rad_se",
            "trace_sigma", "data_variance", "grad_sq_batch", "grad_sq", "noise_scale", "trace_sigma_ema",
            "grad_sq_ema", "noise_scale_ema", "equivalent_batch_size", "bytes_kept", "bytes_exact", "seconds"]
-CSV_NAME, JSON_NAME, FIGURE_NAME = "noise.csv", "noise.json", "noise.png"
 
 
 def _ratio(num: float, den: float) -> float:
@@ -86,7 +86,7 @@ class NoiseMonitor:
     """Logs per-layer noise statistics every ``every`` steps (see the module docstring).
 
     Use as ``fit(model, data, loss_fn=monitor.loss_fn, callbacks=[monitor], ...)``:
-    ``monitor.loss_fn`` is ``loss_fn`` that also records the training batch
+    ``monitor.loss_fn`` is ``loss_fn`` (kept as ``raw_loss_fn``) that also records the training batch
     (with a forward pre-hook on ``model``). fit calls callbacks on logged rows, so a
     measurement runs at the first logged row at or after each multiple of ``every``
     (choose ``log_every`` dividing ``every``). With ``out``, ``noise.csv`` and
@@ -114,7 +114,7 @@ class NoiseMonitor:
         if self.out is not None and self.out.exists() and not self.out.is_dir():
             raise ValueError(f"NoiseMonitor: out must be a directory, got the file {str(self.out)!r}")
         self.rows: list[dict[str, Any]] = []
-        self._loss_fn = loss_fn
+        self.raw_loss_fn = loss_fn
         self._due = every
         self._busy = False
         self._inputs: torch.Tensor | None = None
@@ -166,19 +166,12 @@ class NoiseMonitor:
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> list[dict[str, Any]]:
         """Measure on the batch (``inputs``, ``targets``) at the model's current parameters; the new rows."""
         start = time.perf_counter()
-        device = inputs.device
         self._busy = True
-        position = rng.get_state()
-        buffers = [b.detach().clone() for b in self.model.buffers()]
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with isolated(self.model, inputs.device):
                 layers, loss, count = self._pass(inputs, targets, step)
                 bytes_plan, total_plan, bytes_exact, total_exact = self._ledger(inputs, targets)
         finally:
-            rng.set_state(position)
-            with torch.no_grad():
-                for b, saved in zip(self.model.buffers(), buffers):
-                    b.copy_(saved)
             self._busy = False
         self._measurements += 1
         rows = []
@@ -234,7 +227,7 @@ class NoiseMonitor:
         try:
             with rng.exact(), torch.enable_grad():
                 output = self.model(inputs)
-                loss = self._loss_fn(output, targets)
+                loss = self.raw_loss_fn(output, targets)
         finally:
             for h in handles:
                 h.remove()
@@ -279,7 +272,7 @@ class NoiseMonitor:
         """A mean-reduced loss is the size-weighted mean of its values on the two halves of the batch."""
         half = count // 2
         with torch.no_grad():
-            parts = [float(self._loss_fn(output[s], targets[s])) * (s.stop - s.start) / count
+            parts = [float(self.raw_loss_fn(output[s], targets[s])) * (s.stop - s.start) / count
                      for s in (slice(0, half), slice(half, count))] if half else [loss]
         if not math.isclose(sum(parts), loss, rel_tol=1e-4, abs_tol=1e-6):
             raise ValueError(f"NoiseMonitor: loss_fn on the batch gave {loss:.6g} but the size-weighted mean of "
@@ -294,22 +287,44 @@ class NoiseMonitor:
         if key not in self._ledgers:
             twin = copy.deepcopy(self.model)  # a training forward may update buffers
             x, y = inputs.clone(), targets.clone()  # the ledger counts whole storages; a slice views all the data
-            kept = saved_bytes(twin, x, self._loss_fn, y)
+            kept = saved_bytes(twin, x, self.raw_loss_fn, y)
             with rng.exact():
-                exact = saved_bytes(twin, x, self._loss_fn, y)
+                exact = saved_bytes(twin, x, self.raw_loss_fn, y)
             self._ledgers[key] = (kept.by_module, kept.total, exact.by_module, exact.total)
         return self._ledgers[key]
 
     def save(self, out: str | os.PathLike) -> None:
         """Write ``noise.csv`` and ``noise.json`` (settings and rows; non-finite numbers as null) into ``out``."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / CSV_NAME) as tmp:
-            self.frame.to_csv(tmp, index=False)
         settings = {"every": self.every, "ema": self.ema, "seed": self.seed, "projection_pairs": self.projection_pairs}
-        write_text(out / JSON_NAME, json.dumps({"settings": settings, "rows": [_finite_or_none(r) for r in self.rows]},
-                                               indent=1))
+        save_records(out, "noise", self.frame, settings, "rows", self.rows)
 
+
+@contextlib.contextmanager
+def isolated(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run extra passes without changing training: radvar's stream position, torch's global RNG
+    (``fork_rng``) and ``model``'s buffers are restored on exit."""
+    position = rng.get_state()
+    buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        rng.set_state(position)
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+
+
+def save_records(out: str | os.PathLike, stem: str, frame: pd.DataFrame, settings: dict[str, Any], key: str,
+                 records: list[dict[str, Any]]) -> None:
+    """``out/stem.csv`` (``frame``) and ``out/stem.json`` ({"settings", key: records}, non-finite
+    numbers as null), each written atomically; ``out`` is created if needed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / f"{stem}.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    write_text(out / f"{stem}.json", json.dumps({"settings": settings, key: [_finite_or_none(r) for r in records]},
+                                                indent=1))
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
     """The rows of a ``noise.csv`` or ``noise.json`` written by :class:`NoiseMonitor`."""
@@ -350,4 +365,4 @@ def plot_noise(frame: pd.DataFrame, path: str | os.PathLike | None = None):
     return fig
 
 
-__all__ = ["NoiseMonitor", "plot_noise", "load", "TOTAL", "COLUMNS"]
+__all__ = ["NoiseMonitor", "plot_noise", "load", "isolated", "save_records", "TOTAL", "COLUMNS"]
