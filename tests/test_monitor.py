@@ -1,5 +1,6 @@
 """``NoiseMonitor``: logged RAD variance against Monte Carlo during a run, data noise against
-``variance.minibatch``'s per-example path, no effect on training, files, plot and errors."""
+``variance.minibatch``'s per-example path, no effect on training, files, plot and errors;
+``AutoPlan``: switches between steps within the budget, logged with reasons."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from radvar.plan import Plan
 from radvar.sketch import Bernoulli, Projection, Subsample
 from radvar.train import fit
 from radvar.train.monitor import TOTAL, NoiseMonitor, load, plot_noise
+from radvar.train.retune import AutoPlan, current_plan
 from radvar.variance.minibatch import per_example_sq_norms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,3 +146,56 @@ def test_bad_input_and_misuse():
     with pytest.raises(ValueError, match="need a non-empty NoiseMonitor frame"):
         plot_noise(summed.frame)
 
+
+
+def _autoplan_run(plan, budget, min_gain, steps=40, out=None):
+    torch.manual_seed(0)
+    model = _small_mlp()
+    monitor = NoiseMonitor(model, F.cross_entropy, every=10)
+    auto = AutoPlan(monitor, budget=budget, every=20, min_gain=min_gain, out=out)
+    _train(model, plan, monitor, steps=steps, callbacks=[auto])
+    return model, monitor, auto
+
+
+def test_autoplan_switches_between_steps_within_the_budget(tmp_path):
+    """Starting exact (over a 0.3 budget) the first re-tune switches for that reason; the monitor's rows show
+    the old plan up to the switch step and the new one after it; the ledger of the new plan fits the budget."""
+    model, monitor, auto = _autoplan_run(None, 0.3, 0.05, out=tmp_path)
+    first = auto.frame.iloc[0]
+    assert first["step"] == 20 and "over the budget" in first["reason"]
+    assert first["bytes_before"] > first["budget_bytes"] >= first["bytes_after"]
+    assert first["equivalent_batch_after"] < first["equivalent_batch_before"]  # exact -> RAD adds variance
+    frame = monitor.frame[monitor.frame["layer"] != TOTAL]
+    assert set(frame.loc[frame["step"] <= 20, "sketch"]) == {"exact"}
+    assert "exact" not in set(frame.loc[frame["step"] == 30, "sketch"])
+    last = auto.frame.iloc[-1]
+    assert last["plan_after"] == "; ".join(f"{n}: {s.label() if s else 'exact'}" for n, s in current_plan(model).items())
+    x, y = zoo.digits()
+    assert radvar.memory.saved_bytes(model, x[:64].clone(), F.cross_entropy, y[:64].clone()).total \
+        <= last["budget_bytes"] * 1.01  # Bernoulli/Importance keep a random count; tune reserves 6 sd for it
+    saved = json.loads((tmp_path / "retune.json").read_text())
+    assert len(saved["switches"]) == len(auto.frame) and saved["settings"]["every"] == 20
+
+
+def test_autoplan_without_a_switch_leaves_training_unchanged():
+    """min_gain 0.999: Subsample(0.1) is within the budget and no plan is 99.9% better, so nothing switches,
+    and the run is bitwise the run without the re-tuner (re-tuning consumed no RAD or torch draws)."""
+    model, _, auto = _autoplan_run(Subsample(0.1), 0.5, 0.999)
+    assert auto.frame.empty
+    torch.manual_seed(0)
+    plain = _small_mlp()
+    _train(plain, Subsample(0.1), NoiseMonitor(plain, F.cross_entropy, every=10), steps=40)
+    for a, b in zip(plain.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_autoplan_bad_input():
+    monitor = NoiseMonitor(_small_mlp(), F.cross_entropy, every=10)
+    with pytest.raises(ValueError, match=r"every must be a positive multiple of the monitor's every \(10\)"):
+        AutoPlan(monitor, budget=0.3, every=15)
+    with pytest.raises(ValueError, match=r"budget must be an int \(bytes\) > 0 or a float in \(0, 1\]"):
+        AutoPlan(monitor, budget=1.5)
+    with pytest.raises(ValueError, match=r"min_gain must be a number in \[0, 1\)"):
+        AutoPlan(monitor, budget=0.3, min_gain=1.0)
+    with pytest.raises(RuntimeError, match="the monitor has no measurement at step 200"):
+        AutoPlan(monitor, budget=0.3)({"step": 200})
