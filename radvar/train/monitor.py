@@ -66,7 +66,8 @@ from .history import save_figure
 TOTAL = "(total)"
 COLUMNS = ["step", "layer", "type", "sketch", "keep", "batch_size", "loss", "rad_variance", "rad_se",
            "trace_sigma", "data_variance", "grad_sq_batch", "grad_sq", "noise_scale", "trace_sigma_ema",
-           "grad_sq_ema", "noise_scale_ema", "equivalent_batch_size", "bytes_kept", "bytes_exact", "seconds"]
+           "grad_sq_ema", "noise_scale_ema", "equivalent_batch_size", "bytes_kept", "bytes_exact", "seconds",
+           "cpu_seconds"]
 
 
 def _ratio(num: float, den: float) -> float:
@@ -139,7 +140,7 @@ class NoiseMonitor:
 
     @property
     def batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The latest training batch seen through :attr:`loss_fn` (inputs, targets), or None."""
+        """The latest batch (inputs, targets) seen through :attr:`loss_fn` or measured, or None."""
         return self._batch
 
     def close(self) -> None:
@@ -165,7 +166,8 @@ class NoiseMonitor:
 
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> list[dict[str, Any]]:
         """Measure on the batch (``inputs``, ``targets``) at the model's current parameters; the new rows."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        self._batch = (inputs, targets)
         self._busy = True
         try:
             with isolated(self.model, inputs.device):
@@ -182,9 +184,9 @@ class NoiseMonitor:
         total.update(type="", sketch="", keep=float("nan"), bytes_kept=total_plan, bytes_exact=total_exact,
                      rad_se=math.sqrt(sum(s["rad_se"] ** 2 for s in layers.values())))
         rows.append(self._row(step, TOTAL, total, count, loss))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         for r in rows:
-            r["seconds"] = seconds
+            r.update(seconds=seconds, cpu_seconds=cpu)
         self.rows += rows
         if self.out is not None:
             self.save(self.out)
@@ -196,7 +198,7 @@ class NoiseMonitor:
         t_avg, g_avg = self._ema.get(name, (0.0, 0.0))
         t_avg, g_avg = self.ema * t_avg + (1 - self.ema) * trace, self.ema * g_avg + (1 - self.ema) * grad_sq
         self._ema[name] = (t_avg, g_avg)
-        correction = 1.0 - self.ema ** (self._measurements)
+        correction = 1.0 - self.ema ** self._measurements
         data_var = trace / count
         return {"step": step, "layer": name, "type": s["type"], "sketch": s["sketch"], "keep": s["keep"],
                 "batch_size": count, "loss": loss, "rad_variance": s["rad_variance"], "rad_se": s["rad_se"],
@@ -247,7 +249,7 @@ class NoiseMonitor:
         layers = {}
         for name, m in modules.items():
             kind, sketch = kind_for(m), sketches[name]
-            calls = [(x, next(out_grads)) for x, _ in seen[name]]
+            calls = [(x, g) for (x, _), g in zip(seen[name], out_grads) if g is not None]  # None: output unused
             bias_sq = _sq_norm(grads.get(id(m.bias))) if m.bias is not None else 0.0
             rad = se = 0.0
             if sketch is not None and sketch.keep < 1.0 and calls:
@@ -255,8 +257,8 @@ class NoiseMonitor:
                                    float("nan"), [kind.view_stats(m, x, g, gen, self.projection_pairs,
                                                                   isinstance(sketch, Importance)) for x, g in calls])
                 rad, se = layer_variance(stats, sketch)[0], layer_variance_se(stats, sketch)
-            weight_sq = stats.calls[0][kind.axes[0]].shared_tot if name in randomized \
-                else _sq_norm(grads.get(id(m.weight)))
+            weight_sq = stats.calls[0][kind.axes[0]].shared_tot if name in randomized and calls \
+                else _sq_norm(grads.get(id(m.weight)))  # an unused randomized layer: None, 0
             mean_sq = weight_sq + bias_sq
             trace = float("nan")
             if len(calls) == 1 and count > 1:
