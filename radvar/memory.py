@@ -29,13 +29,16 @@ TOP = "(top)"
 
 @dataclasses.dataclass
 class SavedBytesReport:
-    """``total`` bytes kept for backward; ``rows`` one dict per module (module, type, bytes, tensors).
+    """``total`` bytes kept for backward; ``rows`` one dict per module (module, type, bytes, tensors);
+    ``storages`` one (bytes, keepers) per storage, keepers being every module that packed it (the
+    first is the one its bytes are attributed to).
 
     ``per_module`` is the same as a DataFrame, ``by_module`` as {module: bytes}.
     """
 
     total: int
     rows: list[dict[str, Any]]
+    storages: list[tuple[int, tuple[str, ...]]] = dataclasses.field(default_factory=list)
 
     @functools.cached_property
     def per_module(self) -> pd.DataFrame:
@@ -67,12 +70,17 @@ class _Ledger:
         self.skip = {t.untyped_storage().data_ptr() for t in exclude}
         self.owner = owner
         self.seen: dict[int, tuple[int, str]] = {}
+        self.keepers: dict[int, list[str]] = {}  # every owner that packed the storage, first first
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in self.skip and ptr not in self.seen and storage.nbytes() > 0:
-            self.seen[ptr] = (storage.nbytes(), self.owner())
+        if ptr not in self.skip and storage.nbytes() > 0:
+            owner = self.owner()
+            self.seen.setdefault(ptr, (storage.nbytes(), owner))
+            keepers = self.keepers.setdefault(ptr, [])
+            if owner not in keepers:
+                keepers.append(owner)
         return t
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
@@ -140,7 +148,8 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
     order = list(dict.fromkeys(called + list(per)))
     rows = [{"module": n, "type": type(modules[n]).__name__ if n in modules else n,
              "bytes": per.get(n, 0), "tensors": count.get(n, 0)} for n in order]
-    return SavedBytesReport(total=ledger.total, rows=rows)
+    storages = [(nbytes, tuple(ledger.keepers[ptr])) for ptr, (nbytes, _) in ledger.seen.items()]
+    return SavedBytesReport(total=ledger.total, rows=rows, storages=storages)
 
 
 def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:

@@ -71,9 +71,16 @@ def twin_for(module: nn.Module) -> type[Twin] | None:
     return _REGISTRY.get(type(module))
 
 
+def type_name(cls: type) -> str:
+    """``torch.nn.Conv1d`` for torch.nn's classes, else the full path (``transformers.pytorch_utils.Conv1D``)."""
+    if getattr(nn, cls.__name__, None) is cls:
+        return f"torch.nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def randomizable_types() -> list[str]:
-    """Names of the module types that accept a sketch."""
-    return sorted({src.__name__ for src, twin in _REGISTRY.items() if twin.randomized and src is not twin})
+    """Full names (:func:`type_name`) of the module types that accept a sketch."""
+    return sorted({type_name(src) for src, twin in _REGISTRY.items() if twin.randomized and src is not twin})
 
 
 def to_twin(module: nn.Module, sketch: Sketch | None = None) -> nn.Module:

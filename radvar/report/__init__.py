@@ -8,12 +8,13 @@ draws the seaborn figures (imported on first use: it loads matplotlib).
 
 from .analysis import FAMILIES, analyze
 from .._atomic import write_text
+from .coverage import Coverage, coverage
 from .document import check_target, html_document, markdown, write_report
 from .result import Analysis
 from .tables import FORMATS, bench_table, format_bytes, layer_table, render, summary_lines
 
 __all__ = [
-    "Analysis", "analyze", "FAMILIES",
+    "Analysis", "analyze", "FAMILIES", "Coverage", "coverage",
     "check_target", "write_report", "write_text", "markdown", "html_document",
     "FORMATS", "render", "layer_table", "summary_lines", "bench_table", "format_bytes",
 ]
