@@ -43,6 +43,7 @@ from radvar import bench, zoo
 from radvar.report import coverage, format_bytes, write_text
 
 LAYERS, HIDDEN, HEADS, SEQ, TOKEN_BATCH = 4, 256, 4, 128, 8
+NOTES: list[str] = []  # configurations that could not be measured, and why
 
 
 def token_loss(out, y: torch.Tensor) -> torch.Tensor:
@@ -113,7 +114,7 @@ def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int
             plan = radvar.tune(model, (x, y), token_loss, budget=tune, families=sketches)
             configs.append(TunedPlan(dict(plan), plan.provenance))
         except ValueError as e:  # e.g. a budget below what the exact part alone keeps
-            print(f"{name}: no tuned plan at {tune:g} of the exact bytes: {e}", file=sys.stderr)
+            NOTES.append(f"{name}: no tuned plan at {tune:g} of the exact bytes: {e}")
     frame = bench.compare(model, x, y, token_loss, configs, reps=reps, warmup=1)
     covers = [coverage(model, x, token_loss, y, c) for c in configs]
     frame.insert(0, "model", name)
@@ -143,7 +144,9 @@ def report(frames: list[pd.DataFrame], tops: list[pd.DataFrame], header: str) ->
         "model": lambda r: r["model"], "type left exact": lambda r: f"`{r['type']}`",
         "modules": lambda r: str(r["modules"]), "bytes": lambda r: format_bytes(r["bytes"]),
         "share of plain": lambda r: f"{r['share']:.1%}", "why": lambda r: r["why"]})
-    return f"{header}\n\n{main}\nWhat stays exact under the first sketch (top 5 types by bytes):\n\n{exact}"
+    notes = "".join(f"\n- {n}" for n in NOTES)
+    return (f"{header}\n\n{main}\nWhat stays exact under the first sketch (top 5 types by bytes):\n\n{exact}"
+            + (f"\nNot measured:\n{notes}\n" if notes else ""))
 
 
 def main() -> None:

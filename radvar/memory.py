@@ -4,9 +4,9 @@
 ``torch.autograd.graph.saved_tensors_hooks`` and records every tensor packed
 for backward. The ledger counts each underlying storage once (views of one
 storage share bytes), excludes the model's parameters, and attributes each
-storage to the innermost module running when it was first packed; tensors
-packed by the loss go to ``"(loss)"``, those packed outside any module to
-``"(top)"``. It measures what autograd holds, not what a sketch promises:
+storage to the innermost module running when it was first packed (and lists
+every module that packed it: ``SavedBytesReport.storages``); tensors packed
+by the loss go to ``"(loss)"``, those packed outside any module to ``"(top)"``. It measures what autograd holds, not what a sketch promises:
 masks, indices and metadata tensors are all counted.
 
 :func:`cuda_peak_bytes` is the end-to-end measure on a GPU: the rise of

@@ -142,3 +142,9 @@ def test_analyze_prints_what_stays_exact(tmp_path):
     assert re.search(r"^radvar can sketch \d+\.\d% of the saved bytes", result.stdout, re.M)
     assert re.search(r"torch.nn.GELU: no twin for torch.nn.GELU \[act\]$", result.stdout, re.M)
     assert re.search(r"torch.nn.Linear: input kept by torch.nn.GELU \[down\]$", result.stdout, re.M)
+
+
+def test_bad_plan_is_named():
+    with pytest.raises(TypeError, match="coverage: plan_or_sketch must be a radvar.Plan, a radvar.sketch.Sketch or "
+                                        "None, got float"):
+        coverage(zoo.mlp(8, 6, 2, 3), torch.randn(2, 8), plan_or_sketch=0.1)

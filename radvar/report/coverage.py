@@ -116,6 +116,9 @@ def coverage(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
     """Saved bytes of ``loss(model(*example_inputs), target)`` plain and after
     ``convert(model, plan_or_sketch)`` (a sketch: ``Plan.uniform``), per module, with what
     stays exact and why. Needs no :class:`CoverageWarning` from ``convert``: it explains it."""
+    if not (plan_or_sketch is None or isinstance(plan_or_sketch, (Plan, Sketch))):
+        raise TypeError(f"coverage: plan_or_sketch must be a radvar.Plan, a radvar.sketch.Sketch or None, "
+                        f"got {type(plan_or_sketch).__name__}")
     plan = plan_or_sketch if isinstance(plan_or_sketch, Plan) else Plan.uniform(model, plan_or_sketch)
     plain = memory.saved_bytes(model, example_inputs, loss, target)
     with warnings.catch_warnings():
