@@ -6,8 +6,9 @@ for backward. The ledger counts each underlying storage once (views of one
 storage share bytes), excludes the model's parameters, and attributes each
 storage to the innermost module running when it was first packed (and lists
 every module that packed it: ``SavedBytesReport.storages``); tensors packed
-by the loss go to ``"(loss)"``, those packed outside any module to ``"(top)"``. It measures what autograd holds, not what a sketch promises:
-masks, indices and metadata tensors are all counted.
+by the loss go to ``"(loss)"``, those packed outside any module to ``"(top)"``.
+It measures what autograd holds, not what a sketch promises: masks, indices
+and metadata tensors are all counted.
 
 :func:`cuda_peak_bytes` is the end-to-end measure on a GPU: the rise of
 ``torch.cuda.max_memory_allocated`` over one call.
