@@ -9,6 +9,7 @@ import click
 
 import radvar
 from radvar import report as report_lib
+from radvar.tradeoff.tune import take_batch
 
 from . import main, plans, specs
 from .report import echo_analysis
@@ -78,3 +79,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
         report_lib.write_text(json_path, json.dumps(analysis.to_dict(), indent=2) + "\n")
         log(f"analysis JSON written to {json_path}")
     echo_analysis(analysis, fmt)
+    if fmt != "json":  # what radvar can sketch of the saved bytes, and what it leaves exact and why
+        (xb,), yb = take_batch((problem.x, problem.y), batch_size, "analyze")
+        cover = report_lib.coverage(problem.model, xb, problem.loss_fn, yb, plan)
+        click.echo("\n" + "\n".join(cover.summary_lines()))

@@ -5,7 +5,7 @@ import sys as _sys
 from ._version import __version__
 from . import layers, memory, ops, paths, report, rng, sketch, variance  # noqa: E402
 from . import train  # noqa: E402
-from .convert import convert  # noqa: E402
+from .convert import CoverageWarning, convert  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .rng import exact, seed  # noqa: E402
 from . import tradeoff  # noqa: E402
@@ -18,4 +18,4 @@ for _name in ("pde", "rnn", "zoo"):
     _sys.modules[f"{__name__}.{_name}"] = getattr(apps, _name)
 
 __all__ = ["rng", "sketch", "ops", "layers", "memory", "paths", "pde", "rnn", "variance", "report", "zoo", "train",
-           "tradeoff", "tune", "convert", "Plan", "seed", "exact", "apps", "__version__"]
+           "tradeoff", "tune", "convert", "CoverageWarning", "Plan", "seed", "exact", "apps", "__version__"]

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 from torch import nn
 
 from .layers import to_twin, twin_for
+from .layers.registry import type_name
 from .plan import Plan
 from .sketch import Sketch
+
+
+class CoverageWarning(UserWarning):
+    """``convert`` was asked to randomize but leaves most of the model's weight layers exact."""
+
+
+def _check_coverage(model: nn.Module, plan: Plan) -> None:
+    """Warn if the plan sketches no module, or if under half of the leaf modules holding a weight
+    (a parameter of 2+ dimensions) have a randomized twin; name the types left exact."""
+    sketched = sum(s is not None for s in plan.values())
+    weighted = [m for m in model.modules()
+                if next(m.children(), None) is None and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
+    exact = [m for m in weighted if not getattr(twin_for(m), "randomized", False)]
+    if not sketched or 2 * len(exact) > len(weighted):
+        types = sorted({type_name(type(m)) for m in exact})
+        warnings.warn(f"convert: the plan sketches {sketched} module(s); {len(exact)} of the model's "
+                      f"{len(weighted)} weight layers stay exact, of types {types} (radvar has no randomized "
+                      "twin for them; radvar.report.coverage shows what stays exact and why)",
+                      CoverageWarning, stacklevel=3)
 
 
 def convert(model: nn.Module, plan_or_sketch: Plan | Sketch | None, inplace: bool = False,
@@ -19,9 +40,12 @@ def convert(model: nn.Module, plan_or_sketch: Plan | Sketch | None, inplace: boo
     A :class:`Sketch` means ``Plan.uniform(model, sketch)``; ``None`` means all
     exact. Randomizable modules not named in the plan become exact twins.
     Parameters and state_dict keys are unchanged. With ``inplace=False`` the
-    model is deep-copied first.
+    model is deep-copied first. Emits a :class:`CoverageWarning` when asked to
+    randomize but the plan sketches nothing or most weight layers have no twin.
     """
     plan = Plan.coerce(model, plan_or_sketch, "convert")
+    if isinstance(plan_or_sketch, Sketch) or any(s is not None for s in plan.values()):
+        _check_coverage(model, plan)
     if not inplace:
         model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):

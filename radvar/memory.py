@@ -4,10 +4,11 @@
 ``torch.autograd.graph.saved_tensors_hooks`` and records every tensor packed
 for backward. The ledger counts each underlying storage once (views of one
 storage share bytes), excludes the model's parameters, and attributes each
-storage to the innermost module running when it was first packed; tensors
-packed by the loss go to ``"(loss)"``, those packed outside any module to
-``"(top)"``. It measures what autograd holds, not what a sketch promises:
-masks, indices and metadata tensors are all counted.
+storage to the innermost module running when it was first packed (and lists
+every module that packed it: ``SavedBytesReport.storages``); tensors packed
+by the loss go to ``"(loss)"``, those packed outside any module to ``"(top)"``.
+It measures what autograd holds, not what a sketch promises: masks, indices
+and metadata tensors are all counted.
 
 :func:`cuda_peak_bytes` is the end-to-end measure on a GPU: the rise of
 ``torch.cuda.max_memory_allocated`` over one call.
@@ -29,13 +30,16 @@ TOP = "(top)"
 
 @dataclasses.dataclass
 class SavedBytesReport:
-    """``total`` bytes kept for backward; ``rows`` one dict per module (module, type, bytes, tensors).
+    """``total`` bytes kept for backward; ``rows`` one dict per module (module, type, bytes, tensors);
+    ``storages`` one (bytes, keepers) per storage, keepers being every module that packed it (the
+    first is the one its bytes are attributed to).
 
     ``per_module`` is the same as a DataFrame, ``by_module`` as {module: bytes}.
     """
 
     total: int
     rows: list[dict[str, Any]]
+    storages: list[tuple[int, tuple[str, ...]]] = dataclasses.field(default_factory=list)
 
     @functools.cached_property
     def per_module(self) -> pd.DataFrame:
@@ -78,14 +82,20 @@ class _Ledger:
         self.skip = {_key(t.untyped_storage()) for t in exclude}
         self.owner = owner
         self.seen: dict[tuple[str, int], tuple[int, str]] = {}
+        self.keepers: dict[tuple[str, int], list[str]] = {}  # every owner that packed the storage, first first
         self.held: list[torch.UntypedStorage] = []
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         key = _key(storage)
-        if key not in self.skip and key not in self.seen and storage.nbytes() > 0:
-            self.seen[key] = (storage.nbytes(), self.owner())
-            self.held.append(storage)
+        if key not in self.skip and storage.nbytes() > 0:
+            owner = self.owner()
+            if key not in self.seen:
+                self.seen[key] = (storage.nbytes(), owner)
+                self.held.append(storage)
+            keepers = self.keepers.setdefault(key, [])
+            if owner not in keepers:
+                keepers.append(owner)
         return t.detach()
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
@@ -153,7 +163,8 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
     order = list(dict.fromkeys(called + list(per)))
     rows = [{"module": n, "type": type(modules[n]).__name__ if n in modules else n,
              "bytes": per.get(n, 0), "tensors": count.get(n, 0)} for n in order]
-    return SavedBytesReport(total=ledger.total, rows=rows)
+    storages = [(nbytes, tuple(ledger.keepers[ptr])) for ptr, (nbytes, _) in ledger.seen.items()]
+    return SavedBytesReport(total=ledger.total, rows=rows, storages=storages)
 
 
 def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:

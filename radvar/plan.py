@@ -23,6 +23,7 @@ from torch import nn
 from ._version import __version__
 from ._atomic import write_text
 from .layers import randomizable_types, twin_for
+from .layers.registry import type_name
 from .sketch import Sketch
 
 FORMAT = "radvar.plan"
@@ -94,7 +95,7 @@ class Plan(Mapping[str, "Sketch | None"]):
                 raise ValueError(f"Plan names module {name!r}, which the model does not have{hint}")
             twin = twin_for(modules[name])
             if twin is None or not twin.randomized:
-                raise TypeError(f"Plan entry {name!r} is a {type(modules[name]).__name__}, which radvar cannot "
+                raise TypeError(f"Plan entry {name!r} is a {type_name(type(modules[name]))}, which radvar cannot "
                                 f"randomize; supported types: {randomizable_types()}")
             if sketch is not None and sketch.view not in (None, *twin.views):
                 raise ValueError(f"Plan entry {name!r} ({type(modules[name]).__name__}): view {sketch.view!r} "

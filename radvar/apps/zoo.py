@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .architectures import resnet18, vit  # noqa: F401  (standard architectures, random weights)
 from .datasets import digits, mnist5k, sequential_digits, synthetic
 from .rnn import irnn
 

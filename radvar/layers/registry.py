@@ -127,9 +127,16 @@ def randomized_twins() -> list[type[Twin]]:
     return sorted({t for t in _REGISTRY.values() if t.randomized}, key=lambda t: t.__name__)
 
 
+def type_name(cls: type) -> str:
+    """``torch.nn.Conv1d`` for torch.nn's classes, else the full path (``transformers.pytorch_utils.Conv1D``)."""
+    if getattr(nn, cls.__name__, None) is cls:
+        return f"torch.nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def randomizable_types() -> list[str]:
-    """Names of the module types that accept a sketch."""
-    return sorted({src.__name__ for src, twin in _REGISTRY.items() if twin.randomized and src is not twin})
+    """Full names (:func:`type_name`) of the module types that accept a sketch."""
+    return sorted({type_name(src) for src, twin in _REGISTRY.items() if twin.randomized and src is not twin})
 
 
 def to_twin(module: nn.Module, sketch: Sketch | None = None) -> nn.Module:

@@ -1,0 +1,155 @@
+"""Functional calls inside modules: find them, and route chosen ones to RAD ops (a prototype).
+
+Models call ``F.gelu``, ``F.silu`` and ``F.layer_norm`` inside their own ``forward``
+(and ``nn.GELU``/``nn.SiLU``/``nn.LayerNorm`` call them too), where swapping a module's
+class cannot reach. While :func:`intercept` is active, a
+``torch.overrides.TorchFunctionMode`` sees every such call, and forward pre/post hooks
+keep the stack of running modules, so each call gets a *site* key
+``"<module name>:<index>"``: the innermost module running (``""`` for the model itself)
+and the 0-based index of the call among the intercepted calls that module made
+directly in this forward. A plan maps site keys to replacement ops, called with the
+function's own arguments; sites not in the plan run unchanged.
+
+:func:`rad_activation` is such an op for GELU (both approximations) and SiLU: forward
+computes f(x) exactly; backward needs only f'(x), so it keeps an unbiased sketch of
+f'(x) (``E[d̂] = f'(x)``, the sketch on the (rows, features) view) instead of x, and
+returns ``g ⊙ d̂``, whose expectation is the exact ``g ⊙ f'(x)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.overrides import TorchFunctionMode
+
+from .. import rng
+from ..sketch import Sketch
+
+INTERCEPTED: dict[Callable, str] = {F.gelu: "gelu", F.silu: "silu", F.layer_norm: "layer_norm"}
+Op = Callable[..., torch.Tensor]
+
+
+def _gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """d/dx x·Φ(x) = Φ(x) + x·φ(x); tanh form: ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²),
+    t = tanh(c(x + 0.044715x³)), c = √(2/π) (Hendrycks & Gimpel, 2016)."""
+    if approximate == "tanh":
+        c = math.sqrt(2 / math.pi)
+        t = torch.tanh(c * (x + 0.044715 * x ** 3))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
+    """d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x)))."""
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+ACTIVATIONS: dict[str, tuple[Op, Callable[..., torch.Tensor]]] = {
+    "gelu": (F.gelu, _gelu_derivative), "silu": (F.silu, _silu_derivative)}
+
+
+class _SketchedDerivative(torch.autograd.Function):
+    """y = f(x); keeps a sketch of f'(x); ∂x = g ⊙ d̂."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, sketch: Sketch, key: int) -> torch.Tensor:
+        saved, meta = sketch.compress(d.reshape(-1, d.shape[-1]), rng.generator(key, d.device))
+        ctx.save_for_backward(*saved)
+        ctx.sketch, ctx.meta, ctx.key, ctx.shape = sketch, meta, key, d.shape
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        d = ctx.sketch.restore(ctx.saved_tensors, ctx.meta, rng.generator(ctx.key, g.device))
+        return g * d.view(ctx.shape), None, None, None, None
+
+
+def rad_activation(name: str, sketch: Sketch) -> Op:
+    """An op replacing ``F.<name>`` (``gelu`` or ``silu``) that keeps a sketch of f'(x)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"rad_activation: no RAD op for {name!r}; allowed: {sorted(ACTIVATIONS)}")
+    if not isinstance(sketch, Sketch):
+        raise TypeError(f"rad_activation: sketch must be a radvar.sketch.Sketch, got {sketch!r}")
+    fn, derivative = ACTIVATIONS[name]
+
+    def op(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        kwargs.pop("inplace", None)  # F.silu(x, inplace=True): the output is new either way
+        if not (torch.is_grad_enabled() and x.requires_grad) or rng.is_exact():
+            return fn(x, *args, **kwargs)
+        with torch.no_grad():
+            y, d = fn(x, *args, **kwargs), derivative(x, *args, **kwargs)
+        return _SketchedDerivative.apply(x, y, d, sketch, rng.next_key())
+
+    return op
+
+
+class _SiteMode(TorchFunctionMode):
+    """Gives each intercepted call its site key and routes planned sites to their ops."""
+
+    def __init__(self, plan: Mapping[str, Op]):
+        super().__init__()
+        self.plan = plan
+        self.stack: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.sites: dict[str, str] = {}  # site -> function name, every call seen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in INTERCEPTED or not self.stack:
+            return func(*args, **kwargs)
+        module = self.stack[-1]
+        index = self.counts.get(module, 0)
+        self.counts[module] = index + 1
+        site = f"{module}:{index}"
+        self.sites[site] = INTERCEPTED[func]
+        return self.plan[site](*args, **kwargs) if site in self.plan else func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def intercept(model: nn.Module, plan: Mapping[str, Op] | None = None) -> Iterator[dict[str, str]]:
+    """Run ``model`` with its F.gelu/F.silu/F.layer_norm calls routed by ``plan`` (site -> op).
+
+    Yields the dict of sites seen (site -> function name), filled as the model runs.
+    Raises ``ValueError`` at the end of a forward if ``plan`` names a site no call reached.
+    """
+    plan = dict(plan or {})
+    for site, op in plan.items():
+        if not isinstance(site, str) or ":" not in site or not callable(op):
+            raise TypeError(f"intercept: plan entries must be 'module:index' -> callable op, got {site!r}: {op!r}")
+    mode = _SiteMode(plan)
+    names = {m: name for name, m in model.named_modules()}
+
+    def enter(module: nn.Module, args: Any) -> None:
+        if module is model:
+            mode.counts.clear()
+        mode.stack.append(names[module])
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        mode.stack.pop()
+        missing = sorted(set(plan) - set(mode.sites)) if module is model else []
+        if missing:
+            raise ValueError(f"intercept: the plan names functional site(s) {missing} that no call reached; "
+                             f"sites of this model: {sorted(mode.sites)}")
+
+    handles = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with mode:
+            yield mode.sites
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def functional_sites(model: nn.Module, *inputs: Any) -> dict[str, str]:
+    """Every intercepted functional call of one forward of ``model(*inputs)``: site -> function name."""
+    with torch.no_grad(), intercept(model) as sites:
+        model(*inputs)
+    return dict(sites)
