@@ -81,6 +81,7 @@ def batch_stats_frozen(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+    norms = [m for m in norms if m in stats]  # a BatchNorm the forward did not call stays as it is
     running = [(m.running_mean, m.running_var) for m in norms]
     try:
         for m in norms:
