@@ -262,6 +262,8 @@ def test_minibatch_on_train_mode_batchnorm_freezes_buffers():
     torch.testing.assert_close(total, _reference_sq_norms(model, x, y), rtol=1e-5, atol=1e-8)
     report = minibatch(model, (x, y), F.cross_entropy, 8, plan=Subsample(0.5))
     assert report.total["trace_sigma"].iloc[0] > 0
+    small = minibatch(model, (x, y), F.cross_entropy, 2, plan=Subsample(0.01))  # no exact batch of 1 runs
+    assert small.total["small_batch_same_memory"].iloc[0] == 0
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running stats, num_batches_tracked unchanged
     assert model.training and model.bn.training
