@@ -29,13 +29,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._data import split_batch
 from ..convert import convert
 from ..layers import twin_for
 from ..memory import saved_bytes
 from ..sketch import Bernoulli, Importance, Projection, Sketch, Subsample, kept_count
 from ..sketch.base import itemsize
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
-from ..variance.capture import split_batch
 
 Z_MARGIN = 6.0
 PAPER_FAMILIES: tuple[Sketch, ...] = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0))
