@@ -12,7 +12,7 @@ from __future__ import annotations
 from radvar import Plan, convert, memory
 from radvar.sketch import Sketch, Subsample
 from radvar.tradeoff import DEFAULT_FAMILIES, tune
-from radvar.tradeoff.tune import take_batch
+from radvar._data import take_batch
 
 from .options import Problem
 from .specs import Budget

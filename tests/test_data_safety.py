@@ -262,6 +262,8 @@ def test_minibatch_on_train_mode_batchnorm_freezes_buffers():
     torch.testing.assert_close(total, _reference_sq_norms(model, x, y), rtol=1e-5, atol=1e-8)
     report = minibatch(model, (x, y), F.cross_entropy, 8, plan=Subsample(0.5))
     assert report.total["trace_sigma"].iloc[0] > 0
+    small = minibatch(model, (x, y), F.cross_entropy, 2, plan=Subsample(0.01))  # no exact batch of 1 runs
+    assert small.total["small_batch_same_memory"].iloc[0] == 0
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running stats, num_batches_tracked unchanged
     assert model.training and model.bn.training
@@ -293,3 +295,23 @@ def test_tune_variance_budget_on_batchnorm_and_dropout():
     plan = radvar.tune(model, (x, y), F.cross_entropy, variance_budget=0.5, relative=True, batch_size=16)
     assert plan.provenance["data_variance"] > 0
     assert sorted(plan) == ["fc1", "fc2"]
+
+
+CNN = """
+import torch
+from torch import nn
+
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+"""
+
+
+def test_cli_analyze_on_train_mode_batchnorm_and_dropout(tmp_path):
+    (tmp_path / "cnn.py").write_text(CNN)
+    result = CliRunner().invoke(cli, ["analyze", f"{tmp_path / 'cnn.py'}:make", "--data", "synthetic:3x8x8:10:64",
+                                      "--batch-size", "16", "--sketch", "subsample:0.5", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"data noise [0-9.e+-]+ \(all parameters, batch 16\)", result.stdout), result.stdout

@@ -26,13 +26,13 @@ import torch
 from torch import nn
 
 from .. import memory, variance
+from .._data import take_batch
 from ..convert import convert
 from ..layers import twin_for
 from ..plan import Plan
 from ..sketch import Sketch
 from ..tradeoff import candidates as cand_lib
 from ..tradeoff import frontier as frontier_lib
-from ..tradeoff.tune import take_batch
 from .result import Analysis
 
 FAMILIES: tuple[Sketch, ...] = cand_lib.DEFAULT_FAMILIES

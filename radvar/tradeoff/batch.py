@@ -37,8 +37,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._data import split_batch
 from ..sketch import Sketch, as_family
-from ..variance.capture import Capture, capture, layer_variance, split_batch
+from ..variance.capture import Capture, capture, layer_variance
 from . import solve
 from .allocate import Allocation
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, fixed_bytes,

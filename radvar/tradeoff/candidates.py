@@ -28,13 +28,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._data import split_batch
 from ..convert import convert
 from ..layers import twin_for
 from ..memory import saved_bytes
 from ..sketch import Family, Importance, Projection, Sketch, Subsample, as_family, kept_count
 from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
-from ..variance.capture import split_batch
 
 PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
 """The paper's estimators: same sample, different sample, Rademacher projection."""

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._data import split_batch
 from ..sketch import Sketch
-from ..variance.capture import split_batch
 from . import solve
 from .allocate import uniform
 from .candidates import DEFAULT_FAMILIES, Candidates, family_name, fixed_bytes

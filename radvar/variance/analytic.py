@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .._data import validate
+from .._data import split_batch, validate
 from ..sketch import check_keep
-from .capture import Batch, capture, layer_variance, layer_variance_se, split_batch
+from .capture import Batch, capture, layer_variance, layer_variance_se
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
 from .report import COLUMNS, VarianceReport

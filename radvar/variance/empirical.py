@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from .. import rng
+from .._data import split_batch
 from ..convert import convert
-from .capture import Batch, batch_loss, split_batch
+from .capture import Batch, batch_loss
 from .ledger import measure
 from .plan_input import as_plan
 from .report import COLUMNS, VarianceReport

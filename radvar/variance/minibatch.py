@@ -81,6 +81,7 @@ def batch_stats_frozen(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+    norms = [m for m in norms if m in stats]  # a BatchNorm the forward did not call stays as it is
     running = [(m.running_mean, m.running_var) for m in norms]
     try:
         for m in norms:
@@ -202,12 +203,14 @@ def _loop_sq_norms(model: nn.Module, others: dict[str, torch.Tensor], x: torch.T
 
 def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
                           budget: int) -> tuple[int, int]:
-    """Largest b ≤ len(x) whose exact saved bytes (measured) are ≤ budget, and those bytes (0, 0 if none)."""
+    """Largest b ≤ len(x) whose exact saved bytes (measured) are ≤ budget, and those bytes (0, 0 if none).
+    A training-mode BatchNorm1d fails on one example of 2-D input, so b starts at 2 for such a model."""
     def measured(b: int) -> int:
         with rng.exact():
             return saved_bytes(model, x[:b].clone(), loss_fn, y[:b].clone()).total
 
-    lo, hi, best = 1, x.shape[0], (0, 0)
+    one_fails = any(isinstance(m, nn.BatchNorm1d) and m.training for m in model.modules())
+    lo, hi, best = 2 if one_fails else 1, x.shape[0], (0, 0)
     while lo <= hi:
         mid = (lo + hi) // 2
         m = measured(mid)
