@@ -41,7 +41,7 @@ def problem_options(f: Callable) -> Callable:
     for decorator in reversed([
         click.argument("model", required=False),
         click.option("--data", "data_spec", metavar="SPEC",
-                     help="digits | synthetic:SHAPE:CLASSES[:N] | file.pt | file.npz | module:fn "
+                     help="digits | mnist5k | synthetic:SHAPE:CLASSES[:N] | file.pt | file.npz | module:fn "
                           "[default: digits; synthetic data for the zoo cnn/wide_mlp]"),
         click.option("--loss", "loss_spec", default="cross_entropy", show_default=True, metavar="SPEC",
                      help="cross_entropy | mse | module:fn"),

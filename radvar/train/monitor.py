@@ -58,7 +58,6 @@ from torch import nn
 from .. import rng
 from .._atomic import atomic_path, write_text
 from ..memory import saved_bytes
-from ..sketch import Importance
 from ..variance.capture import LayerStats, layer_variance, layer_variance_se
 from ..variance.kinds import kind_for
 from .history import save_figure
@@ -234,7 +233,7 @@ class NoiseMonitor:
             for h in handles:
                 h.remove()
         sketches = {n: getattr(m, "sketch", None) for n, m in modules.items()}
-        randomized = {n for n, sk in sketches.items() if sk is not None and sk.keep < 1.0 and len(seen[n]) == 1}
+        randomized = {n for n, sk in sketches.items() if sk is not None and not sk.exact and len(seen[n]) == 1}
         outs = [out for n in modules for _, out in seen[n]]
         params = [m.bias for m in modules.values() if m.bias is not None]
         params += [m.weight for n, m in modules.items() if n not in randomized and seen[n]]
@@ -252,10 +251,10 @@ class NoiseMonitor:
             calls = [(x, g) for (x, _), g in zip(seen[name], out_grads) if g is not None]  # None: output unused
             bias_sq = _sq_norm(grads.get(id(m.bias))) if m.bias is not None else 0.0
             rad = se = 0.0
-            if sketch is not None and sketch.keep < 1.0 and calls:
+            if sketch is not None and not sketch.exact and calls:
                 stats = LayerStats(name, type(m).__name__, kind.name, kind.axes, m.weight.dtype, tuple(m.weight.shape),
                                    float("nan"), [kind.view_stats(m, x, g, gen, self.projection_pairs,
-                                                                  isinstance(sketch, Importance)) for x, g in calls])
+                                                                  sketch.needs_entries) for x, g in calls])
                 rad, se = layer_variance(stats, sketch)[0], layer_variance_se(stats, sketch)
             weight_sq = stats.calls[0][kind.axes[0]].shared_tot if name in randomized and calls \
                 else _sq_norm(grads.get(id(m.weight)))  # an unused randomized layer: None, 0

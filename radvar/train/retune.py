@@ -30,7 +30,7 @@ import torch
 
 from ..convert import convert
 from ..plan import Plan
-from ..sketch import Importance, Sketch
+from ..sketch import Sketch
 from ..tradeoff import DEFAULT_FAMILIES, DEFAULT_KEEPS, tune
 from ..tradeoff.tune import measured_bytes
 from ..variance import layer_variance
@@ -104,7 +104,7 @@ class AutoPlan:
         inputs, targets = self.monitor.batch
         batch = (inputs.clone(), targets.clone())  # the ledger counts whole storages; a slice views all the data
         with isolated(model, inputs.device):
-            stats = capture_stats(model, batch, loss_fn, importance=any(isinstance(f, Importance) for f in self.families))
+            stats = capture_stats(model, batch, loss_fn, importance=any(f.needs_entries for f in self.families))
             new = tune(model, batch, loss_fn, budget=self.budget, families=self.families, keeps=self.keeps,
                        solver=self.solver, stats=stats)
             old = current_plan(model)
