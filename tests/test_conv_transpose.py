@@ -40,7 +40,7 @@ def test_twin_is_registered_with_statistics():
     rad = radvar.convert(layer, Subsample(0.5))
     assert type(rad).__name__ == "RADConvTranspose2d" and isinstance(rad, nn.ConvTranspose2d)
     assert type(rad).views == ("positions", "examples") and kind_for(layer) is type(rad).kind
-    assert "ConvTranspose2d" in radvar.layers.randomizable_types()
+    assert "torch.nn.ConvTranspose2d" in radvar.layers.randomizable_types()
 
 
 @pytest.mark.parametrize("view", ["positions", "examples"])
