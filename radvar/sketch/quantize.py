@@ -1,0 +1,133 @@
+"""Unbiased stochastic rounding to b bits, with an offset and a step per row or per group of features.
+
+For a group with bounds lo = min, hi = max and L = 2^b − 1 levels above lo,
+the step is Δ = (hi − lo)/L. Entry x has position u = (x − lo)/Δ ∈ [0, L],
+fractional part f = u − ⌊u⌋, and is kept as the level ⌊u⌋ + [U < f] with
+U ~ Uniform[0, 1): it rounds up with probability f. The reconstruction
+x̂ = lo + level·Δ then has
+
+    E[x̂] = lo + (⌊u⌋ + f)·Δ = x,        Var(x̂) = Δ² f (1 − f) ≤ Δ²/4,
+
+the variance of a Bernoulli(f) scaled by Δ, independently for every entry
+(stochastic rounding: Gupta et al., "Deep Learning with Limited Numerical
+Precision", ICML 2015). A constant group (Δ = 0) is kept exactly.
+
+Saved: the levels packed at 8/b per byte (:func:`radvar._bits.pack_codes`),
+and (lo, Δ) per group in the input's dtype, so a (rows, n) view in groups of
+size g keeps ``ceil(rows·n·b/8) + 2·rows·(n/g)·itemsize`` bytes, whatever
+the data. For float32 input, b bits an entry is b/32 of the input, which is
+what ``keep`` reports (it is derived, not a knob).
+
+A weight gradient that contracts x̂ with the output gradient,
+Ĝ = Σ_rf C_rf(x̂_rf) with C_rf linear in entry (r, f) of the view, has
+E‖Ĝ − G‖² = Σ_rf Var(x̂_rf)·‖C_rf‖²/x_rf² because the entries are
+independent (Linear: ‖C_rf‖²/x_rf² = ‖g_r‖²): :meth:`Quantize.entry_variance`
+gives the first factor with the same arithmetic as :meth:`Quantize.compress`.
+
+16-bit inputs are rounded in float32; their step is stored rounded up so that
+lo + L·Δ still covers hi. The estimate is then unbiased up to the 16-bit
+rounding of x̂ itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from .. import _bits
+from .base import Meta, Saved, Sketch, itemsize
+
+BITS = _bits.CODE_BITS
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantize(Sketch):
+    """Stochastic rounding to ``bits`` ∈ {1, 2, 4, 8} per entry; offset and step per row
+    (``group=None``) or per ``group`` consecutive features of the view."""
+
+    keep: float = dataclasses.field(init=False, default=1.0, repr=False)
+    per_example: bool = dataclasses.field(init=False, default=True, repr=False)
+    axis: str | None = dataclasses.field(default=None, kw_only=True)
+    bits: int = 2
+    group: int | None = None
+    kind = "quantize"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in BITS:
+            raise ValueError(f"Quantize: bits must be one of {BITS}, got {self.bits!r}")
+        if self.group is not None and (isinstance(self.group, bool) or not isinstance(self.group, int)
+                                       or self.group < 1):
+            raise ValueError(f"Quantize: group must be a positive int (features per offset/step pair) "
+                             f"or None (one pair per row), got {self.group!r}")
+        object.__setattr__(self, "keep", self.bits / 32)
+        super().__post_init__()
+
+    @property
+    def levels(self) -> int:
+        """L = 2^bits − 1, the number of steps between a group's min and max."""
+        return (1 << self.bits) - 1
+
+    def group_size(self, n: int) -> int:
+        """Features per group on a view with ``n`` features; raises if ``group`` does not divide n."""
+        if self.group is None:
+            return n
+        if n % self.group:
+            raise ValueError(f"Quantize: group={self.group} does not divide the {n} features of the view; "
+                             f"allowed: a divisor of {n}, or group=None (one offset/step per row)")
+        return self.group
+
+    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lo, Δ as stored, Δ for arithmetic, u) for a (rows, n) view; u is (rows, groups, g) in [0, L]."""
+        rows, n = x.shape
+        g = self.group_size(n)
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        xg = work.reshape(rows, n // g, g)
+        lo, hi = xg.aminmax(dim=-1, keepdim=True)
+        delta = (hi - lo) / self.levels
+        step = delta.to(x.dtype)
+        if step.dtype != delta.dtype:  # 16-bit storage: round the step up so lo + L·Δ still covers hi
+            step = torch.where(step.to(delta.dtype) < delta, step.nextafter(step.new_full((), torch.inf)), step)
+            delta = step.to(delta.dtype)
+        u = ((xg - lo) / torch.where(delta > 0, delta, 1.0)).clamp_(0.0, float(self.levels))
+        return lo, step, delta, u
+
+    def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
+        lo, step, _, u = self._grid(x)
+        level = u.floor()
+        level += torch.rand(u.shape, generator=gen, device=u.device, dtype=u.dtype) < (u - level)
+        codes = _bits.pack_codes(level.to(torch.uint8), self.bits)
+        return (codes, torch.stack([lo.to(x.dtype), step])), {"shape": tuple(x.shape)}
+
+    def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
+        codes, bounds = saved
+        rows, n = meta["shape"]
+        groups = bounds.shape[2]  # bounds: (2, rows, groups, 1)
+        work = bounds.dtype if bounds.dtype in (torch.float32, torch.float64) else torch.float32
+        levels = _bits.unpack_codes(codes, (rows, groups, n // groups), self.bits, work)
+        lo, step = bounds.to(work).unbind(0)
+        return torch.addcmul(lo, levels, step).view(rows, n).to(bounds.dtype)
+
+    def entry_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """Var(x̂) = Δ² f (1 − f) for every entry of the (rows, n) view ``x``, as compress would round it."""
+        _, _, delta, u = self._grid(x)
+        f = u - u.floor()
+        return (delta.square() * f * (1.0 - f)).reshape(x.shape)
+
+    def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
+        rows, n = shape
+        groups = n // self.group_size(n)
+        return -(-rows * n * self.bits // 8) + 2 * rows * groups * itemsize(dtype)
+
+    def __repr__(self) -> str:
+        return f"Quantize(bits={self.bits}, group={self.group}, axis={self.axis!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "bits": self.bits, "group": self.group, "axis": self.axis}
+
+    def label(self) -> str:
+        """E.g. ``Quantize(2 bits)``, ``Quantize(4 bits, group=64)``."""
+        parts = [f"{self.bits} bit" + ("s" if self.bits > 1 else "")]
+        parts += [f"{name}={getattr(self, name)}" for name in ("group", "axis") if getattr(self, name) is not None]
+        return f"Quantize({', '.join(parts)})"
