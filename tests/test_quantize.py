@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
+from scipy.stats import binom
 from torch import nn
 
 import radvar
@@ -195,15 +197,25 @@ def test_reproducible_under_radvar_seed_and_global_rng_untouched():
 # ---- unbiasedness and variance (float64) --------------------------------------------------------------------
 
 @pytest.mark.parametrize("sketch", [Quantize(b, group=g) for b in BITS for g in (None, 3)], ids=repr)
-def test_reconstruction_unbiased_with_entry_variance(sketch):
+def test_rounds_up_with_probability_equal_to_the_fraction(sketch):
+    """Per entry the number of round-ups in D draws is Binomial(D, f) (exact two-sided test, Bonferroni
+    over entries at 1e-4): then E[x̂] = lo + (⌊u⌋ + f)Δ = x. And Σ_e (x̂_e − x_e)² has mean Σ_e Δ²f(1 − f),
+    inside its 99% t-interval over the draws."""
     x = torch.randn(6, 12, dtype=torch.float64)
-    draws = torch.stack([sketch.restore(*sketch.compress(x, rng.generator(i, "cpu")), None) for i in range(400)])
-    assert_unbiased(draws, x)
-    expected = sketch.entry_variance(x)
-    # Σ_e (x̂_e − x_e)² over one draw has mean Σ_e Var(x̂_e); its 99% t-interval over the draws must cover it
+    d = 400
+    draws = torch.stack([sketch.restore(*sketch.compress(x, rng.generator(i, "cpu")), None) for i in range(d)])
+    groups = x.reshape(6, -1, sketch.group or 12)
+    lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    u = ((groups - lo) / ((hi - lo) / sketch.levels)).reshape(x.shape)
+    levels = ((draws.reshape(d, *groups.shape) - lo) / ((hi - lo) / sketch.levels)).reshape(d, *x.shape)
+    ups = (levels - u.floor()).round()
+    assert set(ups.unique().tolist()) <= {0.0, 1.0}
+    count, f = ups.sum(0).flatten().numpy(), (u - u.floor()).flatten().numpy()
+    p = np.minimum(1.0, 2 * np.minimum(binom.cdf(count, d, f), binom.sf(count - 1, d, f)))
+    assert p.min() * p.size > 1e-4, f"entry {p.argmin()}: {count[p.argmin()]} round-ups in {d} draws at f={f[p.argmin()]}"
     sq = (draws - x).square().sum((1, 2))
-    low, high = mean_ci(float(sq.mean()), float(sq.var()), len(sq), 0.99)
-    assert low <= float(expected.sum()) <= high
+    low, high = mean_ci(float(sq.mean()), float(sq.var()), d, 0.99)
+    assert low <= float(sketch.entry_variance(x).sum()) <= high
 
 
 LAYER_CASES = [("linear2d", None), ("linear3d", None), ("linear3d", "rows"), ("conv1d", None),
