@@ -111,7 +111,7 @@ for name, (model, inputs) in models.items():
     data = (inputs, y)
     fixed_batch = ((inputs[:BATCH].clone(),), y[:BATCH].clone())
     cands = candidates.candidates(model, fixed_batch, LOSS, keeps=SETTING["keeps"])
-    paper = allocate.uniform(cands, Subsample(1.0), 0.1)
+    paper = allocate.uniform(cands, Subsample.family(), 0.1)
     budget = measured_bytes(model, paper.plan(), fixed_batch, LOSS)
     plan = radvar.tune(model, data, LOSS, budget=budget, batch_size=BATCH, keeps=SETTING["keeps"], stats=cands.capture)
     tuned_plans[name] = plan

@@ -83,8 +83,8 @@ class Plan(Mapping[str, "Sketch | None"]):
             if twin is None or not twin.randomized:
                 raise TypeError(f"Plan entry {name!r} is a {type(modules[name]).__name__}, which radvar cannot "
                                 f"randomize; supported types: {randomizable_types()}")
-            if sketch is not None and sketch.axis not in twin.axes:
-                raise ValueError(f"Plan entry {name!r} ({type(modules[name]).__name__}): axis {sketch.axis!r} "
+            if sketch is not None and sketch.view not in twin.axes:
+                raise ValueError(f"Plan entry {name!r} ({type(modules[name]).__name__}): view {sketch.view!r} "
                                  f"is not allowed; allowed: {list(twin.axes)}")
 
     # ---- serialisation ----------------------------------------------------

@@ -109,8 +109,11 @@ def test_sketch_specs():
     assert specs.parse_sketch("subsample:0.1") == Subsample(0.1)
     assert specs.parse_sketch("subsample:0.2:per-example:replace") == Subsample(0.2, per_example=True, replace=True)
     assert specs.parse_sketch("projection:0.5:gaussian") == Projection(0.5, dist="gaussian")
-    assert specs.parse_sketch("importance:0.1:axis=rows") == Importance(0.1, axis="rows")
-    with pytest.raises(specs.SpecError, match="unknown option 'twice'"):
+    assert specs.parse_sketch("importance:0.1:view=rows") == Importance(0.1, view="rows")
+    assert specs.parse_sketch("importance:0.1:axis=rows") == Importance(0.1, view="rows")  # old spelling
+    assert specs.parse_sketch("subsample:0.1:replace=true:per_example=true") == Subsample(0.1, True, replace=True)
+    with pytest.raises(specs.SpecError, match=r"unknown option 'twice'.*allowed for subsample: \['shared', "
+                                              r"'per-example', 'replace', 'per_example=VALUE'"):
         specs.parse_sketch("subsample:0.1:twice")
     with pytest.raises(specs.SpecError, match="keep 'x'"):
         specs.parse_sketch("bernoulli:x")

@@ -74,8 +74,8 @@ def test_plan_validation_errors():
         radvar.convert(model, Plan({"9": Subsample(0.1)}))
     with pytest.raises(TypeError, match=r"Plan entry '1' is a ReLU, which radvar cannot randomize; supported"):
         radvar.convert(model, Plan({"1": Subsample(0.1)}))
-    with pytest.raises(ValueError, match=r"axis 'positions' is not allowed; allowed: \[None, 'features', 'rows'\]"):
-        radvar.convert(model, Plan({"0": Subsample(0.1, axis="positions")}))
+    with pytest.raises(ValueError, match=r"view 'positions' is not allowed; allowed: \[None, 'features', 'rows'\]"):
+        radvar.convert(model, Plan({"0": Subsample(0.1, view="positions")}))
     with pytest.raises(TypeError, match="must be a radvar.sketch.Sketch or None"):
         Plan({"0": 0.1})
     with pytest.raises(TypeError, match="convert: expected a radvar.Plan"):

@@ -34,7 +34,7 @@ SKETCHES = [
     Projection(0.3),
     Projection(0.3, per_example=True),
     Importance(0.3),
-    Subsample(0.3, axis="rows"),
+    Subsample(0.3, view="rows"),
 ]
 
 
@@ -181,9 +181,9 @@ def test_classifier_plan_and_conversion():
     assert x.shape == (1797, 64, 1) and y.shape == (1797,) and 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
     rad = radvar.convert(model, plan)
     assert rad(x[:5]).shape == (5, 10)
-    with pytest.raises(ValueError, match=r"'rnn.hh' \(Linear\): axis 'positions' is not allowed; "
+    with pytest.raises(ValueError, match=r"'rnn.hh' \(Linear\): view 'positions' is not allowed; "
                                          r"allowed: \[None, 'features', 'rows'\]"):
-        radvar.convert(model, Plan({"rnn.hh": Subsample(0.1, axis="positions")}))
+        radvar.convert(model, Plan({"rnn.hh": Subsample(0.1, view="positions")}))
 
 
 @pytest.mark.parametrize("kwargs,error,message", [

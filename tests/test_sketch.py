@@ -33,8 +33,8 @@ def test_non_numeric_keep_is_a_type_error(keep):
 def test_bad_options():
     with pytest.raises(ValueError, match=r"dist must be one of \('rademacher', 'gaussian'\), got 'uniform'"):
         Projection(0.1, dist="uniform")
-    with pytest.raises(ValueError, match="axis must be one of"):
-        Subsample(0.1, axis="channels")
+    with pytest.raises(ValueError, match="view must be one of"):
+        Subsample(0.1, view="channels")
     with pytest.raises(ValueError, match="per_example must be True"):
         Importance(0.1, per_example=False)
     with pytest.raises(TypeError, match="replace must be a bool"):
@@ -108,3 +108,40 @@ def test_numpy_and_torch_bit_paths_agree(dtype, monkeypatch):
     monkeypatch.setattr(_bits, "_numpy_ok", lambda t: False)
     slow = _bits.pack(mask), _bits.select(_bits.pack(mask), mask.shape, 1.0, 0.25, dtype)
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]) and fast[1].dtype == dtype
+
+
+@pytest.mark.parametrize("sketch", ALL, ids=lambda s: s.label())
+def test_float64_stays_float64(sketch):
+    """Saved values and the reconstruction keep float64 (issue: Importance rounded through float32)."""
+    x = torch.randn(9, 16, dtype=torch.float64).relu()
+    saved, meta = sketch.compress(x, rng.generator(3, "cpu"))
+    assert all(t.dtype == torch.float64 for t in saved if t.is_floating_point())
+    assert sketch.restore(saved, meta, rng.generator(3, "cpu")).dtype == torch.float64
+
+
+def test_importance_float64_is_exact_where_every_nonzero_is_kept():
+    """π = 1 for every nonzero when a row has at most keep·n of them: x̂ = x bit for bit in float64."""
+    x = torch.zeros(6, 40, dtype=torch.float64)
+    x[:, :5] = torch.randn(6, 5, dtype=torch.float64) * 1e3 + 1 / 3
+    sketch = Importance(0.25)
+    pi = inclusion_probabilities(x, 0.25)
+    assert pi.dtype == torch.float64
+    saved, meta = sketch.compress(x, rng.generator(0, "cpu"))
+    assert torch.equal(sketch.restore(saved, meta, rng.generator(0, "cpu")), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,keep,sparse", [((16, 64), 0.3, False), ((16, 64), 0.3, True), ((20, 400), 0.01, False)])
+def test_importance_saved_bytes_bounds_the_mean_and_the_reservation_every_draw(dtype, shape, keep, sparse):
+    """``saved_bytes`` is an upper bound on the mean bytes (checked within 4 standard errors of the
+    sample mean); the tuner's reservation is never exceeded by any of 500 draws."""
+    from radvar.tradeoff.candidates import reserved_bytes
+
+    x = torch.randn(shape, dtype=dtype)
+    x = x.relu() if sparse else x
+    sketch = Importance(keep)
+    sizes = torch.tensor([float(sum(t.numel() * t.element_size() for t in sketch.compress(x, rng.generator(i, "cpu"))[0]))
+                          for i in range(500)], dtype=torch.float64)
+    se = float(sizes.std()) / len(sizes) ** 0.5
+    assert float(sizes.mean()) <= sketch.saved_bytes(shape, dtype) + 4 * se
+    assert float(sizes.max()) <= reserved_bytes(sketch, shape, dtype)

@@ -82,5 +82,5 @@ def test_bad_arguments(fitted):
     model, batch, _ = fitted
     with pytest.raises(ValueError, match="groups must be an int in"):
         tb.batch_model(model, batch, F.cross_entropy, DEFAULT_FAMILIES, KEEPS, groups=1)
-    with pytest.raises(ValueError, match="axis='rows'"):
-        tb.batch_model(model, batch, F.cross_entropy, (Subsample(1.0, axis="rows"),), KEEPS)
+    with pytest.raises(ValueError, match="view='rows'"):
+        tb.batch_model(model, batch, F.cross_entropy, (Subsample.family(view="rows"),), KEEPS)

@@ -49,6 +49,6 @@ def four_kinds() -> tuple[nn.Module, tuple, tuple]:
 
 
 def plan_for(sketch, other_views: bool) -> radvar.Plan:
-    lin = dataclasses.replace(sketch, axis="rows") if other_views else sketch
-    conv = dataclasses.replace(sketch, axis="examples") if other_views else sketch
+    lin = dataclasses.replace(sketch, view="rows") if other_views else sketch
+    conv = dataclasses.replace(sketch, view="examples") if other_views else sketch
     return radvar.Plan({"lin2": lin, "lin3": lin, "conv1": conv, "conv2": conv})

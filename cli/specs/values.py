@@ -8,11 +8,10 @@ from typing import Any
 
 import torch
 
-from radvar.sketch import Sketch
+from radvar.sketch import Sketch, families
 
 from .errors import SpecError
 
-SKETCH_OPTIONS = ("shared", "per-example", "replace", "rademacher", "gaussian", "axis=NAME")
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -50,28 +49,69 @@ def parse_budget(text: str) -> Budget:
     return Budget(nbytes=int(nbytes))
 
 
+def sketch_options(cls: type[Sketch]) -> dict[str, tuple[str, Any]]:
+    """The bare ``--sketch`` options of a family, derived from its dataclass fields: ``shared``
+    (per_example False), each bool field's name with ``-`` for ``_`` (True), and each value a field
+    lists in ``metadata["choices"]``. Maps the option to (field, value)."""
+    out: dict[str, tuple[str, Any]] = {"shared": ("per_example", False)}
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, bool):
+            out[f.name.replace("_", "-")] = (f.name, True)
+        for choice in f.metadata.get("choices", ()):
+            out[str(choice)] = (f.name, choice)
+    return out
+
+
+def _field_value(cls: type[Sketch], name: str, text: str, spec: str) -> Any:
+    """``NAME=VALUE``: VALUE read as the type of the field's default (str when it defaults to None)."""
+    field = {f.name: f for f in dataclasses.fields(cls) if f.name != "keep"}.get(name)
+    if field is None:
+        raise SpecError(f"--sketch: {cls.kind} has no field {name!r} in {spec!r}; fields: {sorted(_names(cls))}")
+    default = field.default
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise SpecError(f"--sketch: {name}={text!r} in {spec!r} must be true or false")
+        return text.lower() == "true"
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(text)
+        except ValueError:
+            raise SpecError(f"--sketch: {name}={text!r} in {spec!r} is not a {type(default).__name__}") from None
+    return text
+
+
+def _names(cls: type[Sketch]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name != "keep"]
+
+
 def parse_sketch(text: str) -> Sketch:
-    """``KIND:KEEP[:OPTION...]``, KIND in radvar.sketch's catalogue, e.g. ``subsample:0.1:per-example``."""
+    """``KIND:KEEP[:OPTION...]``, KIND a registered family, e.g. ``subsample:0.1:per-example``.
+
+    OPTION is one of the family's bare options (:func:`sketch_options`) or ``FIELD=VALUE``
+    (``axis=NAME`` is read as the deprecated spelling of ``view=NAME``).
+    """
     parts = text.split(":")
-    kinds = sorted(Sketch.registry)
-    if len(parts) < 2 or parts[0] not in Sketch.registry:
-        raise SpecError(f"--sketch: {text!r} must be KIND:KEEP[:OPTION...] with KIND in {kinds}")
+    kinds = families()
+    if len(parts) < 2 or parts[0] not in kinds:
+        raise SpecError(f"--sketch: {text!r} must be KIND:KEEP[:OPTION...] with KIND in {sorted(kinds)}")
+    cls = kinds[parts[0]]
     try:
         keep = float(parts[1])
     except ValueError:
         raise SpecError(f"--sketch: keep {parts[1]!r} in {text!r} is not a number in (0, 1]") from None
     fields: dict[str, Any] = {"kind": parts[0], "keep": keep}
+    bare = sketch_options(cls)
     for opt in parts[2:]:
-        if opt in ("shared", "per-example"):
-            fields["per_example"] = opt == "per-example"
-        elif opt == "replace":
-            fields["replace"] = True
-        elif opt in ("rademacher", "gaussian"):
-            fields["dist"] = opt
-        elif opt.startswith("axis="):
-            fields["axis"] = opt[5:]
+        if opt in bare:
+            name, value = bare[opt]
+            fields[name] = value
+        elif "=" in opt:
+            name, value = opt.split("=", 1)
+            name = "view" if name == "axis" else name
+            fields[name] = _field_value(cls, name, value, text)
         else:
-            raise SpecError(f"--sketch: unknown option {opt!r} in {text!r}; allowed: {SKETCH_OPTIONS}")
+            allowed = [*bare, *(f"{n}=VALUE" for n in _names(cls))]
+            raise SpecError(f"--sketch: unknown option {opt!r} in {text!r}; allowed for {parts[0]}: {allowed}")
     try:
         return Sketch.from_dict(fields)
     except (TypeError, ValueError) as e:

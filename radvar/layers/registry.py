@@ -45,7 +45,7 @@ class Twin(nn.Module):
     def _randomizes(self) -> bool:
         """Draw a sketch only when a weight gradient will be computed and is not exact."""
         sketch = getattr(self, "sketch", None)
-        return (sketch is not None and sketch.keep < 1.0 and not rng.is_exact() and torch.is_grad_enabled()
+        return (sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
                 and self.weight.requires_grad)
 
 

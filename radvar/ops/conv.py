@@ -4,7 +4,7 @@ The weight gradient ∂W = conv_weight_grad(x, g) is linear in x, so replacing x
 with an unbiased sketch x̂ keeps E[∂W] exact; ∂x needs only W and stays exact
 (Oktay et al., ICLR 2021, §4). Saved: W and the sketch of x.
 
-Views (``sketch.axis``): ``None``/``"positions"`` — rows are (batch, channel)
+Views (``sketch.view``): ``None``/``"positions"`` — rows are (batch, channel)
 pairs and features the spatial positions (the paper's choice); ``"examples"``
 — rows are examples and features are (channel, position) pairs.
 """
@@ -40,7 +40,7 @@ class RADConvFunction(torch.autograd.Function):
         x, weight, bias = cast(dtype, x, weight, bias)
         with autocast_off(x, dtype):
             y = _CONV[x.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
-        saved, meta = sketch.compress(_view(x, sketch.axis), rng.generator(key, x.device))
+        saved, meta = sketch.compress(_view(x, sketch.view), rng.generator(key, x.device))
         ctx.save_for_backward(weight, *saved)
         ctx.sketch, ctx.meta, ctx.key = sketch, meta, key
         ctx.conv = (list(stride), list(padding), list(dilation), groups)

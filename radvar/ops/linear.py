@@ -4,7 +4,7 @@ Saved for backward: W and a sketch of x (never x itself). Gradients:
 ``∂x = g W`` and ``∂b = Σ_rows g`` exactly; ``∂W = gᵀ x̂`` with E[x̂] = x, so
 E[∂W] = gᵀ x, the exact weight gradient (Oktay et al., ICLR 2021, §4).
 
-Views (``sketch.axis``): ``None``/``"features"`` — rows are all leading dims,
+Views (``sketch.view``): ``None``/``"features"`` — rows are all leading dims,
 the sketch samples the n input features; ``"rows"`` — the sketch samples rows
 (tokens / examples) of the (rows, n) view: ∂W = (Ŷ g)ᵀ with Y = xᵀ.
 """
@@ -31,7 +31,7 @@ class RADLinearFunction(torch.autograd.Function):
         with autocast_off(x, dtype):
             y = F.linear(x, weight, bias)
         view = x.reshape(-1, x.shape[-1])
-        if sketch.axis == "rows":
+        if sketch.view == "rows":
             view = view.t()
         saved, meta = sketch.compress(view, rng.generator(key, x.device))
         ctx.save_for_backward(weight, *saved)
@@ -50,7 +50,7 @@ class RADLinearFunction(torch.autograd.Function):
             gx = (gy @ weight).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             gen = rng.generator(ctx.key, gy.device)
-            if ctx.sketch.axis == "rows":
+            if ctx.sketch.view == "rows":
                 gw = ctx.sketch.right_matmul(tuple(saved), ctx.meta, gen, g2d).t()
             else:
                 gw = ctx.sketch.left_matmul(g2d.t(), tuple(saved), ctx.meta, gen)

@@ -12,6 +12,11 @@ cheaper product, so backward work shrinks with ``keep``.
 
 Whatever a seed can regenerate (indices, projection matrices) is drawn again
 in backward from the generator, in the same order as in forward.
+
+A concrete sketch is a *family* (one module: this contract plus its variance
+form, reservation and tuner candidates) registered with
+:func:`radvar.sketch.registry.family`; that module's docstring lists the
+whole per-family interface.
 """
 
 from __future__ import annotations
@@ -19,14 +24,26 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, ClassVar
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from .moments import ViewStats
+    from .registry import Family
 
 Saved = tuple[torch.Tensor, ...]
 Meta = dict[str, Any]
 
-AXES: tuple[str | None, ...] = (None, "features", "rows", "positions", "examples")
+VIEWS: tuple[str | None, ...] = (None, "features", "rows", "positions", "examples")
+"""Every view name a layer kind may offer (``None``: the layer's default view)."""
+AXES = VIEWS  # deprecated name
+Z_MARGIN = 6.0
+"""Standard deviations of a random kept count that a reservation adds (a normal tail beyond
+6 sd has probability about 1e-9; see :meth:`Sketch.reserve_bytes`)."""
+CLOSED = "closed form"
+EXACT = "exact (keep = 1)"
 
 
 def check_keep(keep: Any, owner: str, name: str = "keep") -> float:
@@ -44,31 +61,50 @@ def kept_count(keep: float, n: int) -> int:
     return max(1, min(n, math.ceil(keep * n - 1e-9)))
 
 
+def check_view(view: Any, owner: str) -> str | None:
+    """``view`` if it is a known view name (or None), else a ValueError naming the allowed ones."""
+    if view not in VIEWS:
+        raise ValueError(f"{owner}: view must be one of {VIEWS}, got {view!r}")
+    return view
+
+
 @dataclasses.dataclass(frozen=True)
 class Sketch(abc.ABC):
     """Base class of the catalogue: a frozen, JSON-serialisable estimator spec.
 
-    ``keep`` is the kept fraction in (0, 1]; ``axis`` picks the op's 2-D view
-    (``None`` = the op's default; see :mod:`radvar.ops`).
+    ``keep`` is the kept fraction in (0, 1]; ``view`` picks the op's 2-D view
+    (``None`` = the layer's default; see :mod:`radvar.layers`). ``axis=`` is a
+    deprecated alias of ``view=``.
     """
 
     keep: float
     per_example: bool = False
-    axis: str | None = None
+    view: str | None = None
 
     kind: ClassVar[str] = "sketch"
-    registry: ClassVar[dict[str, type["Sketch"]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        Sketch.registry[cls.kind] = cls
+    registry: ClassVar[dict[str, type["Sketch"]]] = {}  # filled by radvar.sketch.registry.family
+    needs_entries: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", check_keep(self.keep, type(self).__name__))
         if not isinstance(self.per_example, bool):
             raise TypeError(f"{type(self).__name__}: per_example must be a bool, got {self.per_example!r}")
-        if self.axis not in AXES:
-            raise ValueError(f"{type(self).__name__}: axis must be one of {AXES}, got {self.axis!r}")
+        check_view(self.view, type(self).__name__)
+        self.check()
+
+    def check(self) -> None:
+        """Validate the family's own fields (raise TypeError/ValueError naming the field)."""
+
+    @property
+    def axis(self) -> str | None:
+        """Deprecated alias of :attr:`view`."""
+        warnings.warn("Sketch.axis is deprecated; use Sketch.view", DeprecationWarning, stacklevel=2)
+        return self.view
+
+    @property
+    def exact(self) -> bool:
+        """Whether this sketch reproduces its input exactly (the layers then skip it): keep = 1."""
+        return self.keep >= 1.0
 
     # ---- what the op calls -------------------------------------------------
     @abc.abstractmethod
@@ -89,7 +125,41 @@ class Sketch(abc.ABC):
 
     @abc.abstractmethod
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
-        """Expected bytes :meth:`compress` keeps for a (rows, features) input."""
+        """Bytes :meth:`compress` keeps for a (rows, features) input: exact for fixed-size
+        sketches; for sketches whose kept count is random, an upper bound on the mean over draws
+        (single draws may exceed it; :meth:`reserve_bytes` bounds every draw)."""
+
+    # ---- what the variance analysis and the tuner call ---------------------
+    @abc.abstractmethod
+    def variance(self, view: "ViewStats") -> tuple[float, str]:
+        """E‖Ĝ − G‖²_F of one call's weight gradient from the layer's statistics of the view this
+        sketch acts on, and how it was obtained (e.g. :data:`CLOSED`); never called when :attr:`exact`."""
+
+    def variance_se(self, view: "ViewStats") -> float:
+        """Standard error of :meth:`variance` (non-zero only for Monte Carlo estimates)."""
+        return 0.0
+
+    def reserve_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
+        """Bytes the tuner reserves for one call: a bound that a draw exceeds with probability below
+        1e-9 (fixed-size sketches: :meth:`saved_bytes`; random sizes add :data:`Z_MARGIN` sd)."""
+        return self.saved_bytes(shape, dtype)
+
+    @classmethod
+    def entry_stats(cls, x: torch.Tensor, weight: torch.Tensor) -> Any:
+        """Per-entry statistics a family with ``needs_entries = True`` keeps from one capture:
+        ``x`` the (rows, n) view in float64, ``weight`` the per-entry w_rf = ‖C_rf‖² / x_rf²
+        (broadcastable to x). Read back with :meth:`ViewStats.entries`."""
+        raise NotImplementedError(f"{cls.__name__} keeps no per-entry statistics")
+
+    @classmethod
+    def family(cls, **options: Any) -> "Family":
+        """This family with ``options`` fixed and keep left open, e.g. ``Subsample.family(per_example=True)``."""
+        from .registry import Family
+        return Family(cls(1.0, **options))
+
+    def sweep(self, keeps: Sequence[float]) -> list["Sketch"]:
+        """The tuner's candidates of this sketch's family on a keep grid (default: one per keep)."""
+        return [dataclasses.replace(self, keep=k) for k in keeps]
 
     # ---- serialisation -----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +167,7 @@ class Sketch(abc.ABC):
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Sketch":
-        """Inverse of :meth:`to_dict`; names the bad field on error."""
+        """Inverse of :meth:`to_dict`; names the bad field on error (a plan's old ``axis`` key reads as ``view``)."""
         if not isinstance(d, dict) or "kind" not in d:
             raise ValueError(f"a sketch must be a dict with a 'kind' key, got {d!r}")
         fields = dict(d)
@@ -105,19 +175,42 @@ class Sketch(abc.ABC):
         if kind not in Sketch.registry:
             raise ValueError(f"unknown sketch kind {kind!r}; allowed: {sorted(Sketch.registry)}")
         cls = Sketch.registry[kind]
+        if "axis" in fields and "view" not in fields:
+            fields["view"] = fields.pop("axis")
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         return cls(**fields)
 
-    def label(self) -> str:
-        """A short human-readable name, e.g. ``Subsample(0.1, shared)``."""
-        parts = [f"{self.keep:g}", "per-example" if self.per_example else "shared"]
+    def option_labels(self) -> list[str]:
+        """The label's parts after keep: shared/per-example, then every field off its default."""
+        parts = ["per-example" if self.per_example else "shared"]
         parts += [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
                   if f.name not in ("keep", "per_example") and getattr(self, f.name) != f.default]
-        return f"{type(self).__name__}({', '.join(parts)})"
+        return parts
+
+    def label(self) -> str:
+        """A short human-readable name, e.g. ``Subsample(0.1, shared)``."""
+        return f"{type(self).__name__}({', '.join([f'{self.keep:g}', *self.option_labels()])})"
 
 
 def itemsize(dtype: torch.dtype) -> int:
+    """Bytes per element of ``dtype``."""
     return torch.empty((), dtype=dtype).element_size()
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a sketch computes probabilities, scales and uniforms in: float64 for
+    float64 data (so a float64 path stays float64 throughout), float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) draws of ``shape`` on ``like``'s device, in :func:`work_dtype` of ``like``."""
+    return torch.rand(shape, generator=gen, device=like.device, dtype=work_dtype(like.dtype))
+
+
+def count_margin(var: float) -> int:
+    """:data:`Z_MARGIN` standard deviations of a random count of variance ``var``, rounded up."""
+    return math.ceil(Z_MARGIN * math.sqrt(max(var, 0.0)))

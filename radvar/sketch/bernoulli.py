@@ -3,7 +3,11 @@
 Per example: an independent mask per (row, feature); only the kept values are
 stored (their positions are regenerated from the seed), so the saved bytes are
 p · rows · n on average. Shared: one feature mask for all rows.
-Variance (per example): (1/p - 1) Σ_i ‖g_i‖² ‖x_i‖² (../shared/DESIGN.md §2).
+Variance: each entry (shared: each feature total) is a Horvitz–Thompson term kept
+independently with probability p, so Var = (1/p − 1)·col (per example: col =
+Σ_rf ‖C_rf‖², for Linear Σ_i ‖g_i‖² ‖x_i‖²; see :mod:`radvar.sketch.moments`).
+The kept count is Binomial: the tuner reserves :data:`~radvar.sketch.base.Z_MARGIN`
+standard deviations of it on top of the mean.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import dataclasses
 
 import torch
 
-from .base import Meta, Saved, Sketch, itemsize
+from .base import CLOSED, Meta, Saved, Sketch, count_margin, itemsize, uniform
+from .moments import ViewStats
+from .registry import family
 
 
+@family
 @dataclasses.dataclass(frozen=True)
 class Bernoulli(Sketch):
     """Independent keep with probability ``keep``, scaled by 1/keep."""
@@ -22,20 +29,20 @@ class Bernoulli(Sketch):
     per_example: bool = True
     kind = "bernoulli"
 
-    def _mask(self, rows: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    def _mask(self, rows: int, n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         shape = (rows, n) if self.per_example else (n,)
-        return torch.rand(shape, generator=gen, device=device) < self.keep
+        return uniform(shape, gen, like) < self.keep
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
-        mask = self._mask(rows, n, gen, x.device)
+        mask = self._mask(rows, n, gen, x)
         kept = x[mask] if self.per_example else x[:, mask]
         return (kept,), {"shape": (rows, n)}
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         (kept,) = saved
         rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept.device)
+        mask = self._mask(rows, n, gen, kept)
         out = kept.new_zeros(rows, n)
         if self.per_example:
             out[mask] = kept / self.keep
@@ -48,7 +55,7 @@ class Bernoulli(Sketch):
             return super().left_matmul(a, saved, meta, gen)
         (kept,) = saved
         rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept.device)
+        mask = self._mask(rows, n, gen, kept)
         out = kept.new_zeros(a.shape[0], n)
         out[:, mask] = (a @ kept) / self.keep
         return out
@@ -58,9 +65,22 @@ class Bernoulli(Sketch):
             return super().right_matmul(saved, meta, gen, b)
         (kept,) = saved
         rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept.device)
+        mask = self._mask(rows, n, gen, kept)
         return (kept @ b[mask]) / self.keep
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape
         return round(self.keep * rows * n) * itemsize(dtype)
+
+    def reserve_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
+        """Mean plus Z_MARGIN sd of the Binomial count (shared: of the kept features, times rows)."""
+        rows, n = shape
+        p = self.keep
+        if self.per_example:
+            return self.saved_bytes(shape, dtype) + count_margin(rows * n * p * (1 - p)) * itemsize(dtype)
+        return self.saved_bytes(shape, dtype) + count_margin(n * p * (1 - p)) * rows * itemsize(dtype)
+
+    def variance(self, view: ViewStats) -> tuple[float, str]:
+        """(1/p − 1)·col."""
+        col, _ = view.col_tot(self.per_example)
+        return (1.0 / self.keep - 1.0) * col, CLOSED

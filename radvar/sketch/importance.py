@@ -2,21 +2,26 @@
 
 Per row, π_ij = min(1, c_i |x_ij|) with c_i chosen so that Σ_j π_ij = keep · n
 (the expected number kept), the minimiser of Σ_j x_ij² / π_ij under that
-budget; kept values are scaled by 1/π_ij, so E[x̂] = x and
-Var(Ĝ) = Σ_ij (1/π_ij - 1) x_ij² ‖g_i‖² (../shared/DESIGN.md §2).
+budget; kept values are scaled by 1/π_ij, so E[x̂] = x and, each entry being an
+independent Horvitz–Thompson term, Var(Ĝ) = Σ_ij (1/π_ij − 1)‖C_ij‖²
+(for Linear ‖C_ij‖² = x_ij² ‖g_i‖²).
 The kept positions depend on the data, so they are stored: as a bitmap
 (n/8 bytes a row) or as int16 column indices plus per-row counts, whichever
-is smaller for this draw.
+is smaller for this draw. π, the uniforms and the scaled values are computed in
+float64 for float64 data (float32 otherwise), so a float64 path loses nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
 from .. import _bits
-from .base import Meta, Saved, Sketch, itemsize
+from .base import CLOSED, Meta, Saved, Sketch, count_margin, itemsize, uniform, work_dtype
+from .moments import ViewStats
+from .registry import family
 
 
 def poisson_scale(s: torch.Tensor, tail: torch.Tensor, budget: float) -> torch.Tensor:
@@ -30,8 +35,9 @@ def poisson_scale(s: torch.Tensor, tail: torch.Tensor, budget: float) -> torch.T
 
 
 def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
-    """π = min(1, c |x|) per row with Σ_j π_ij = min(keep · n, nnz_i)."""
-    a = x.detach().abs().float()
+    """π = min(1, c |x|) per row with Σ_j π_ij = min(keep · n, nnz_i), in float64 for float64 ``x``
+    (float32 otherwise)."""
+    a = x.detach().abs().to(work_dtype(x.dtype))
     budget = keep * a.shape[1]
     s, _ = a.sort(dim=1, descending=True)
     c = poisson_scale(s, s.flip(1).cumsum(1).flip(1), budget)
@@ -41,23 +47,66 @@ def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
     return pi
 
 
+@dataclasses.dataclass
+class ImportanceStats:
+    """Per row of the view, |x| sorted descending with suffix sums for π ∝ |x| capped at 1.
+
+    ``s`` (rows, n) sorted |x|; ``tail[:, t] = Σ_{j≥t} s_j``; ``sw``/``s2w`` the suffix
+    sums of ``s_j w_j`` and ``s_j² w_j`` with ``w_j = ‖C_rj‖² / x_rj²`` the weight of entry j.
+    """
+
+    s: torch.Tensor
+    tail: torch.Tensor
+    sw: torch.Tensor
+    s2w: torch.Tensor
+
+    @classmethod
+    def build(cls, view: torch.Tensor, weight: torch.Tensor) -> "ImportanceStats":
+        """``view`` (rows, n) and the per-entry weight ``w`` (broadcastable to it)."""
+        a = view.detach().abs().double()
+        w = weight.double().expand_as(a)
+        s, order = a.sort(dim=1, descending=True)
+        ws = w.gather(1, order)
+        suffix = lambda t: t.flip(1).cumsum(1).flip(1)  # noqa: E731
+        return cls(s, suffix(s), suffix(s * ws), suffix(s * s * ws))
+
+    def variance(self, keep: float) -> float:
+        """Σ_rj (1/π_rj − 1) x_rj² w_rj with π from :func:`inclusion_probabilities`.
+
+        Per row π_j = min(1, c s_j) (c as there), so the sum runs over the suffix of
+        entries with c s_j < 1: ``sw[j*]/c − s2w[j*]``.
+        """
+        rows, n = self.s.shape
+        budget = keep * n
+        c = poisson_scale(self.s, self.tail, budget)
+        start = (c * self.s >= 1.0).sum(1, keepdim=True)
+        pad = torch.zeros(rows, 1, dtype=self.s.dtype)
+        sw = torch.cat([self.sw, pad], 1).gather(1, start)
+        s2w = torch.cat([self.s2w, pad], 1).gather(1, start)
+        per_row = (sw / c - s2w).clamp_min(0.0)
+        nnz = (self.s > 0).sum(1, keepdim=True)
+        per_row = torch.where(nnz <= budget, torch.zeros_like(per_row), per_row)
+        return float(per_row.sum())
+
+
+@family
 @dataclasses.dataclass(frozen=True)
 class Importance(Sketch):
     """Poisson sampling with probability proportional to |x|, expected keep · n per row."""
 
     per_example: bool = True
     kind = "importance"
+    needs_entries = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
         if not self.per_example:
             raise ValueError("Importance: per_example must be True (its probabilities depend on each row)")
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
         pi = inclusion_probabilities(x, self.keep)
-        mask = torch.rand(rows, n, generator=gen, device=x.device) < pi
-        values = (x[mask].float() / pi[mask]).to(x.dtype)
+        mask = uniform((rows, n), gen, x) < pi
+        values = (x[mask].to(pi.dtype) / pi[mask]).to(x.dtype)
         nnz = values.numel()
         bitmap_bytes = (rows * n + 7) // 8
         if n <= torch.iinfo(torch.int16).max and 2 * nnz + 4 * rows < bitmap_bytes:
@@ -79,10 +128,28 @@ class Importance(Sketch):
         return out
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
-        """Upper bound: every row keeps keep · n values (fewer when x has zeros)."""
+        """An upper bound on the *mean* bytes over draws (not a per-draw bound: the kept count is
+        Poisson-binomial). Row i keeps Σ_j π_ij = min(keep · n, nnz_i) ≤ keep · n values on average, and
+        the index costs min(bitmap, 2 · count + 4 · rows), a concave function of the count, so by
+        Jensen its mean is at most its value at keep · rows · n. A per-draw bound for reservations:
+        :meth:`reserve_bytes`."""
         rows, n = shape
-        nnz = round(self.keep * rows * n)
+        nnz = math.ceil(self.keep * rows * n - 1e-9)
         index = (rows * n + 7) // 8
         if n <= torch.iinfo(torch.int16).max:
             index = min(index, 2 * nnz + 4 * rows)
         return nnz * itemsize(dtype) + index
+
+    def reserve_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
+        """:meth:`saved_bytes` plus Z_MARGIN sd of the kept count (sd ≤ √mean ≤ √(keep·rows·n) for a
+        Poisson-binomial count), each extra value costing its bytes plus an int16 index."""
+        rows, n = shape
+        return self.saved_bytes(shape, dtype) + count_margin(self.keep * rows * n) * (itemsize(dtype) + 2)
+
+    def variance(self, view: ViewStats) -> tuple[float, str]:
+        """Σ_rf (1/π_rf − 1)‖C_rf‖² from the view's sorted |x| (:class:`ImportanceStats`)."""
+        return view.entries(Importance).variance(self.keep), CLOSED
+
+    @classmethod
+    def entry_stats(cls, x: torch.Tensor, weight: torch.Tensor) -> ImportanceStats:
+        return ImportanceStats.build(x, weight)

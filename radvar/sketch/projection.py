@@ -3,9 +3,11 @@
 R is n × k with i.i.d. entries ±1/√k (Rademacher) or N(0, 1/k) (Gaussian),
 k = ceil(keep · n). Only x R (rows × k) is stored; R is regenerated from the
 seed. Shared R: ``a @ x̂ = (a (x R)) Rᵀ`` costs O(m·rows·k + m·k·n).
-Variances (../shared/DESIGN.md §2): Rademacher (n-1)/k ‖G‖², Gaussian
-(n+1)/k ‖G‖² for one R; with an independent R per row the same factors
-multiply Σ_i ‖g_i‖² ‖x_i‖².
+Variance: the error is a sum of k i.i.d. rank-one terms, so Var = V/k exactly,
+with V the view's mixing moment (:mod:`radvar.sketch.moments`) for Rademacher
+entries and V + 2·col for Gaussian ones (Isserlis' theorem adds the fourth
+moment). For Linear, V = (n − 1)·tot: Rademacher (n − 1)/k ‖G‖², Gaussian
+(n + 1)/k ‖G‖² for one R; an independent R per row multiplies Σ_i ‖g_i‖² ‖x_i‖².
 """
 
 from __future__ import annotations
@@ -17,20 +19,22 @@ from typing import Iterator
 import torch
 
 from .base import Meta, Saved, Sketch, itemsize, kept_count
+from .moments import ViewStats
+from .registry import family
 
 DISTS = ("rademacher", "gaussian")
 _CHUNK_ELEMENTS = 1 << 22  # per-example matrices are drawn a few rows at a time
 
 
+@family
 @dataclasses.dataclass(frozen=True)
 class Projection(Sketch):
     """Project features onto k random directions and back."""
 
-    dist: str = "rademacher"
+    dist: str = dataclasses.field(default="rademacher", metadata={"choices": DISTS})
     kind = "projection"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
         if self.dist not in DISTS:
             raise ValueError(f"Projection: dist must be one of {DISTS}, got {self.dist!r}")
 
@@ -86,3 +90,14 @@ class Projection(Sketch):
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape
         return rows * kept_count(self.keep, n) * itemsize(dtype)
+
+    def variance(self, view: ViewStats) -> tuple[float, str]:
+        """V/k (Rademacher) or (V + 2·col)/k (Gaussian)."""
+        v, _ = view.mix(self.per_example)
+        if self.dist == "gaussian":
+            v = v + 2.0 * view.col_tot(self.per_example)[0]
+        return max(v, 0.0) / kept_count(self.keep, view.n), view.mix_method
+
+    def variance_se(self, view: ViewStats) -> float:
+        """se(V)/k when V is a Monte Carlo estimate."""
+        return view.mix(self.per_example)[1] / kept_count(self.keep, view.n)

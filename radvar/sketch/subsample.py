@@ -5,8 +5,12 @@ all rows, so ``a @ x̂`` fills only k columns and costs k/n of the dense product
 Per example ("different sample"): an independent set per row.
 Without replacement the estimator is unbiased since P(j kept) = k/n; with
 replacement each of k uniform draws contributes n/k times its column.
-Variances: ../shared/DESIGN.md §2 (shared: (n/k - 1)‖G‖² without, (n-1)/k ‖G‖²
-with replacement; per row: (n/k - 1) Σ_i ‖g_i‖²‖x_i‖²).
+Variances, from the view's col and tot (:mod:`radvar.sketch.moments`):
+without replacement, finite-population sampling of a total (Cochran, *Sampling
+Techniques*, 1977, Thm 2.2 applied to Horvitz–Thompson totals):
+``n(n−k)/(k(n−1)) · (col − tot/n)``; with replacement (k i.i.d. uniform draws,
+Hansen–Hurwitz): ``(n·col − tot)/k``. For Linear shared, col = tot = ‖G‖², so
+(n/k − 1)‖G‖² without and (n − 1)/k ‖G‖² with replacement.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import dataclasses
 
 import torch
 
-from .base import Meta, Saved, Sketch, itemsize, kept_count
+from .base import CLOSED, Meta, Saved, Sketch, itemsize, kept_count, uniform
+from .moments import ViewStats
+from .registry import family
 
 
+@family
 @dataclasses.dataclass(frozen=True)
 class Subsample(Sketch):
     """k of n features, one set for all rows or one per row, scaled by n/k."""
@@ -25,24 +32,24 @@ class Subsample(Sketch):
     replace: bool = False
     kind = "subsample"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
         if not isinstance(self.replace, bool):
             raise TypeError(f"Subsample: replace must be a bool, got {self.replace!r}")
 
-    def _indices(self, rows: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    def _indices(self, rows: int, n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         k = kept_count(self.keep, n)
+        device = like.device
         if self.per_example:
             if self.replace:
                 return torch.randint(0, n, (rows, k), generator=gen, device=device)
-            return torch.rand(rows, n, generator=gen, device=device).topk(k, dim=1, sorted=False).indices
+            return uniform((rows, n), gen, like).topk(k, dim=1, sorted=False).indices
         if self.replace:
             return torch.randint(0, n, (k,), generator=gen, device=device)
         return torch.randperm(n, generator=gen, device=device)[:k]
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
-        idx = self._indices(rows, n, gen, x.device)
+        idx = self._indices(rows, n, gen, x)
         kept = x.gather(1, idx) if self.per_example else x.index_select(1, idx)
         return (kept,), {"shape": (rows, n)}
 
@@ -52,7 +59,7 @@ class Subsample(Sketch):
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         (kept,) = saved
         rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept.device)
+        idx = self._indices(rows, n, gen, kept)
         scaled = kept * self._scale(n)
         out = kept.new_zeros(rows, n)
         if self.per_example:
@@ -64,7 +71,7 @@ class Subsample(Sketch):
             return super().left_matmul(a, saved, meta, gen)
         (kept,) = saved
         rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept.device)
+        idx = self._indices(rows, n, gen, kept)
         cols = (a @ kept).mul_(self._scale(n))
         out = cols.new_zeros(a.shape[0], n)
         return out.index_add_(1, idx, cols) if self.replace else out.index_copy_(1, idx, cols)
@@ -74,9 +81,20 @@ class Subsample(Sketch):
             return super().right_matmul(saved, meta, gen, b)
         (kept,) = saved
         rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept.device)
+        idx = self._indices(rows, n, gen, kept)
         return (kept @ b.index_select(0, idx)).mul_(self._scale(n))
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape
         return rows * kept_count(self.keep, n) * itemsize(dtype)
+
+    def variance(self, view: ViewStats) -> tuple[float, str]:
+        """(n·col − tot)/k with replacement, n(n−k)/(k(n−1))·(col − tot/n) without."""
+        n = view.n
+        k = kept_count(self.keep, n)
+        col, tot = view.col_tot(self.per_example)
+        if self.replace:
+            return max(n * col - tot, 0.0) / k, CLOSED
+        if k == n:
+            return 0.0, CLOSED
+        return n * (n - k) / (k * (n - 1)) * max(col - tot / n, 0.0), CLOSED

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..sketch import Sketch
+from ..sketch import Sketch, as_family
 from ..variance.capture import Capture, capture, layer_variance, split_batch
 from . import solve
 from .allocate import Allocation
@@ -119,9 +119,9 @@ def batch_model(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Call
     b = int(inputs[0].shape[0])
     if isinstance(groups, bool) or not isinstance(groups, int) or not 2 <= groups <= b:
         raise ValueError(f"batch_model: groups must be an int in [2, {b}] (the batch size), got {groups!r}")
-    if any(f.axis == "rows" for f in families):
-        raise ValueError("batch_model: families with axis='rows' sample examples themselves; the batch-size "
-                         "model covers views whose rows are examples (axis None, 'features', 'positions', 'examples')")
+    if any(as_family(f).view == "rows" for f in families):
+        raise ValueError("batch_model: families with view='rows' sample examples themselves; the batch-size "
+                         "model covers views whose rows are examples (view None, 'features', 'positions', 'examples')")
     base = base or candidates(model, batch, loss_fn, families, keeps)
     s = b // groups
     table = base.table.copy()

@@ -1,19 +1,18 @@
 """Per-layer candidate curves: (bytes, RAD variance) for every sketch family × keep, exact included.
 
-Memory of a plan (../../shared/DESIGN.md §2, §"Memory"):
+Memory of a plan:
 ``predicted(plan) = fixed + Σ_l reserved_l(sketch_l)`` where
 
 * ``fixed`` is measured by the saved-tensor ledger (:func:`radvar.memory.saved_bytes`)
   on the model converted with every randomizable layer exact (compact twins on):
   its total minus the bytes the ledger attributes to the randomizable layers —
   activation masks, pooling state, loss tensors, whatever the rest keeps;
-* ``reserved_l`` is what the layer's sketch keeps on its 2-D view
-  (:meth:`radvar.sketch.Sketch.saved_bytes`; exact: the full input). Sketches
-  that keep a random number of values (Bernoulli; Importance, whose Poisson
-  count has mean at most keep·n per row) reserve ``Z_MARGIN`` standard
-  deviations more, sd ≤ √(expected count), so one step exceeds it with
-  probability below 1e-9.
+* ``reserved_l`` is what the layer's sketch may keep on its 2-D view in one step
+  (:meth:`radvar.sketch.Sketch.reserve_bytes`: the kept bytes for fixed-size
+  sketches; for random sizes ``Z_MARGIN`` standard deviations of the kept count
+  on top, so one step exceeds it with probability below 1e-9; exact: the full input).
 
+Each family gives its own candidates on the keep grid (:meth:`radvar.sketch.Family.sweep`).
 Variance of each candidate is the closed form of
 :func:`radvar.variance.layer_variance` on statistics from one exact pass.
 """
@@ -32,39 +31,37 @@ from torch import nn
 from ..convert import convert
 from ..layers import twin_for
 from ..memory import saved_bytes
-from ..sketch import Bernoulli, Importance, Projection, Sketch, Subsample, kept_count
-from ..sketch.base import itemsize
+from ..sketch import Family, Importance, Projection, Sketch, Subsample, as_family, kept_count
+from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
 from ..variance.capture import split_batch
 
-Z_MARGIN = 6.0
-PAPER_FAMILIES: tuple[Sketch, ...] = (Subsample(1.0), Subsample(1.0, per_example=True), Projection(1.0))
-"""The paper's estimators: same sample, different sample, Rademacher projection (keep ignored)."""
-DEFAULT_FAMILIES: tuple[Sketch, ...] = PAPER_FAMILIES + (Importance(1.0),)
+PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
+"""The paper's estimators: same sample, different sample, Rademacher projection."""
+DEFAULT_FAMILIES: tuple[Family, ...] = PAPER_FAMILIES + (Importance.family(),)
 DEFAULT_KEEPS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                                     0.6, 0.7, 0.8, 0.9)
 EXACT = "exact"
 COLUMNS = ["layer", "type", "family", "keep", "k", "sketch", "bytes", "variance", "se", "method"]
 
 
-def family_name(template: Sketch) -> str:
-    """A family's label: the sketch's label without its keep, e.g. ``Subsample(shared)``."""
-    return template.label().replace(f"{template.keep:g}, ", "", 1)
+def family_name(template: Family | Sketch) -> str:
+    """A family's label, e.g. ``Subsample(shared)`` (a Sketch is read as its family)."""
+    return as_family(template).label()
 
 
-def with_keep(template: Sketch, keep: float) -> Sketch:
-    """``template`` with its keep fraction replaced."""
-    return dataclasses.replace(template, keep=keep)
+def with_keep(template: Family | Sketch, keep: float) -> Sketch:
+    """The family of ``template`` at ``keep``."""
+    return as_family(template).at(keep)
 
 
-def check_families(families: Any) -> tuple[Sketch, ...]:
-    """Sketch templates (keep is ignored); names the bad entry."""
-    if isinstance(families, Sketch) or not isinstance(families, Sequence) or len(families) == 0:
-        raise TypeError(f"families must be a non-empty sequence of radvar.sketch.Sketch templates, got {families!r}")
-    for f in families:
-        if not isinstance(f, Sketch):
-            raise TypeError(f"families: every entry must be a radvar.sketch.Sketch, got {f!r} ({type(f).__name__})")
-    return tuple(families)
+def check_families(families: Any) -> tuple[Family, ...]:
+    """Families (:meth:`radvar.sketch.Sketch.family`; a Sketch is read as its family, its keep ignored);
+    names the bad entry."""
+    if isinstance(families, (Sketch, Family)) or not isinstance(families, Sequence) or len(families) == 0:
+        raise TypeError(f"families must be a non-empty sequence of families such as "
+                        f"radvar.sketch.Subsample.family(), got {families!r}")
+    return tuple(as_family(f) for f in families)
 
 
 def check_keeps(keeps: Any) -> tuple[float, ...]:
@@ -80,24 +77,16 @@ def check_keeps(keeps: Any) -> tuple[float, ...]:
 
 
 def reserved_bytes(sketch: Sketch | None, shape: tuple[int, int], dtype: torch.dtype) -> int:
-    """Bytes to reserve for one call: ``saved_bytes`` plus Z_MARGIN sd of a random kept count."""
+    """Bytes to reserve for one call (the family's :meth:`~radvar.sketch.Sketch.reserve_bytes`; exact: the input)."""
     rows, n = shape
-    if sketch is None or sketch.keep == 1.0:
+    if sketch is None or sketch.exact:
         return rows * n * itemsize(dtype)
-    base = sketch.saved_bytes(shape, dtype)
-    if isinstance(sketch, Importance):  # values + int16 column index per kept entry
-        return base + math.ceil(Z_MARGIN * math.sqrt(sketch.keep * rows * n)) * (itemsize(dtype) + 2)
-    if isinstance(sketch, Bernoulli):
-        p = sketch.keep
-        if sketch.per_example:
-            return base + math.ceil(Z_MARGIN * math.sqrt(rows * n * p * (1 - p))) * itemsize(dtype)
-        return base + math.ceil(Z_MARGIN * math.sqrt(n * p * (1 - p))) * rows * itemsize(dtype)
-    return base
+    return sketch.reserve_bytes(shape, dtype)
 
 
 def layer_reserved(stats: LayerStats, sketch: Sketch | None) -> int:
     """:func:`reserved_bytes` summed over the layer's calls, on the view the sketch uses."""
-    if sketch is None or sketch.keep == 1.0:
+    if sketch is None or sketch.exact:
         return stats.saved_bytes(None)
     return sum(reserved_bytes(sketch, shape, stats.dtype) for shape in stats.view_shapes(sketch))
 
@@ -141,7 +130,7 @@ class Candidates:
         picked = [groups.get_group(name).iloc[c] for name, c in zip(self.layers, choice)]
         return pd.DataFrame(picked).reset_index(drop=True)
 
-    def uniform(self, template: Sketch | None, keep: float) -> pd.DataFrame:
+    def uniform(self, template: Family | Sketch | None, keep: float) -> pd.DataFrame:
         """Each layer's row for the uniform plan ``template`` at ``keep`` (None: exact).
 
         A layer whose view has ``k = kept_count(keep, n) = n`` runs exact (keep = 1 is exact).
@@ -171,15 +160,16 @@ def _option(stats: LayerStats, sketch: Sketch | None, family: str) -> dict[str, 
             "se": layer_variance_se(stats, sketch), "method": method}
 
 
-def layer_options(stats: LayerStats, families: Sequence[Sketch], keeps: Sequence[float]) -> list[dict[str, Any]]:
-    """Exact plus every family at every keep whose view the layer allows; duplicate (bytes, variance) dropped."""
+def layer_options(stats: LayerStats, families: Sequence[Family | Sketch],
+                  keeps: Sequence[float]) -> list[dict[str, Any]]:
+    """Exact plus every family's candidates (its :meth:`~radvar.sketch.Family.sweep` of ``keeps``) on the
+    views the layer allows; duplicate (bytes, variance) dropped."""
     rows = [_option(stats, None, EXACT)]
     allowed = {None, *stats.axes}
-    for template in families:
-        if template.axis not in allowed:
+    for fam in map(as_family, families):
+        if fam.view not in allowed:
             continue
-        for keep in keeps:
-            rows.append(_option(stats, with_keep(template, keep), family_name(template)))
+        rows += [_option(stats, sketch, fam.label()) for sketch in fam.sweep(keeps)]
     seen: set[tuple[str, int, float]] = set()
     unique = []
     for r in rows:
@@ -191,19 +181,19 @@ def layer_options(stats: LayerStats, families: Sequence[Sketch], keeps: Sequence
 
 
 def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
-               families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
+               families: Sequence[Family | Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
                *, stats: Capture | None = None) -> Candidates:
     """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
 
     One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and
     one ledger pass (:func:`fixed_bytes`). Rows per layer: exact, then each
-    family (a Sketch template whose keep is ignored) at each keep.
+    family's candidates on the keep grid.
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
     inputs, targets = split_batch(batch, "candidates")
     if stats is None:
-        stats = capture(model, batch, loss_fn, importance=any(isinstance(f, Importance) for f in families))
+        stats = capture(model, batch, loss_fn, importance=any(f.needs_entries for f in families))
     if not stats.layers:
         raise ValueError(f"candidates: the model has no module radvar can randomize "
                          f"(types: {sorted({type(m).__name__ for m in model.modules()})})")

@@ -64,13 +64,13 @@ class LayerStats:
     calls: list[dict[str, ViewStats]]
 
     def axis(self, sketch: Sketch) -> str:
-        """The view ``sketch`` acts on (``axis=None`` is the layer's default)."""
-        if sketch.axis is None:
+        """The view ``sketch`` acts on (``view=None`` is the layer's default)."""
+        if sketch.view is None:
             return self.axes[0]
-        if sketch.axis not in self.axes:
-            raise ValueError(f"layer {self.name!r} ({self.type}): sketch axis {sketch.axis!r} is not allowed; "
+        if sketch.view not in self.axes:
+            raise ValueError(f"layer {self.name!r} ({self.type}): sketch view {sketch.view!r} is not allowed; "
                              f"allowed: {[None, *self.axes]}")
-        return sketch.axis
+        return sketch.view
 
     def view_shapes(self, sketch: Sketch) -> list[tuple[int, int]]:
         """(rows, features) of the view ``sketch`` sees, one per call."""
@@ -79,7 +79,7 @@ class LayerStats:
 
     def saved_bytes(self, sketch: Sketch | None) -> int:
         """What the sketch promises to keep (``Sketch.saved_bytes``), summed over calls; exact: the input."""
-        if sketch is None or sketch.keep == 1.0:
+        if sketch is None or sketch.exact:
             first = self.axes[0]
             return sum(c[first].rows * c[first].n for c in self.calls) * _itemsize(self.dtype)
         return sum(sketch.saved_bytes(shape, self.dtype) for shape in self.view_shapes(sketch))

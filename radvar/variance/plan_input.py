@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..plan import Plan
-from ..sketch import Importance, Sketch
+from ..sketch import Sketch
 
 
 def as_plan(model: nn.Module, plan: Any, owner: str) -> Plan:
@@ -20,6 +20,10 @@ def as_plan(model: nn.Module, plan: Any, owner: str) -> Plan:
     raise TypeError(f"{owner}: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, got {type(plan).__name__}")
 
 
-def needs_importance(plan: Plan) -> bool:
-    """Whether any entry of ``plan`` is an Importance sketch (capture then keeps sorted |x|)."""
-    return any(isinstance(s, Importance) for s in plan.values())
+def needs_entries(plan: Plan) -> bool:
+    """Whether any entry of ``plan`` is of a family whose variance reads per-entry statistics
+    (``needs_entries``; capture then keeps each view with its per-entry weights)."""
+    return any(s is not None and s.needs_entries for s in plan.values())
+
+
+needs_importance = needs_entries  # the name before families other than Importance could need entries

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...layers import twin_for
-from ..forms import ViewStats
+from ...sketch.moments import ViewStats
 
 
 class Kind(Protocol):
@@ -22,7 +22,7 @@ class Kind(Protocol):
     axes: tuple[str, ...]
 
     def view_stats(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator,
-                   projection_pairs: int, importance: bool) -> dict[str, ViewStats]: ...
+                   projection_pairs: int, entries: bool) -> dict[str, ViewStats]: ...
 
     def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
                              g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...

@@ -13,7 +13,7 @@ channel c, so different channels never share entries). Hence
   per-channel weight gradient), equal to Σ_b ‖A_b‖² for the examples view;
 * shared col = Σ_p ‖C_p‖² = Σ_κ Σ_q ‖Σ_b g[b,:,q] P[b,:,q,κ]ᵀ‖², tot = ‖G‖².
 
-Projection (Rademacher, Var = V/k; see ``forms``): with D_pq the contribution of
+Mixing moment (Projection's Var = V/k; see :mod:`radvar.sketch.moments`): with D_pq the contribution of
 feature p's values placed at feature q, V = Σ_{p≠q} ‖D_pq‖² + ⟨D_pq, D_qp⟩, where
 
 * Σ_{p,q} ‖D_pq‖² = Σ_c Σ_{b,b'} X_c[b,b'] Γ_c[b,b'] with the example Gram matrices
@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...layers import RADConv1d, RADConv2d, RADConv3d
-from ..forms import CLOSED, ImportanceStats, ViewStats
+from ...sketch.base import CLOSED
+from ...sketch.moments import ViewStats
 from . import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -96,7 +97,7 @@ class ConvKind:
     axes = ("positions", "examples")
 
     def view_stats(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator,
-                   projection_pairs: int, importance: bool) -> dict[str, ViewStats]:
+                   projection_pairs: int, entries: bool) -> dict[str, ViewStats]:
         gs = g.double()
         x, g, p, conv = _prepare(module, x, g)
         b, c = x.shape[:2]
@@ -126,7 +127,7 @@ class ConvKind:
             shared_all, row_all = moved[axis]
             out[axis] = ViewStats(v.shape[0], v.shape[1], shared_col, tot, row_col, row_tot,
                                   shared_all - 2 * shared_col + cross, row_all - 2 * row_col + row_tot, method,
-                                  ImportanceStats.build(v, weights[axis]) if importance else None, cross_se, 0.0)
+                                  *((v, weights[axis]) if entries else (None, None)), cross_se, 0.0)
         return out
 
     @staticmethod

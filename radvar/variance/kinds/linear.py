@@ -2,12 +2,13 @@
 
 ``features``: rows i are all leading dims, ``C_ij = g_i x_ij`` in column j, so
 shared col = tot = ‖G‖², per row col = tot = Σ_i ‖g_i‖²‖x_i‖²; Rademacher
-V = (n − 1)·tot (../../../shared/DESIGN.md §2). ``rows``: the view is xᵀ
+V = (n − 1)·tot. ``rows``: the view is xᵀ
 (n features as rows, N sample rows as features), ``C_ji = x_ij g_i`` in
 column j of Gᵀ: shared col = Σ_i ‖g_i‖²‖x_i‖², tot = ‖G‖²; per feature row the
-same totals. Projection on rows: Ĝᵀ = xᵀ R Rᵀ g, whose Rademacher V is
-Σ_{i≠i'} (‖x_i‖²‖g_i'‖² + ⟨x_i, x_i'⟩⟨g_i, g_i'⟩) = ‖X‖²‖Γ‖² + ‖G‖² − 2 Σ_i ‖x_i‖²‖g_i‖²
-for one R and for one R per feature alike (features never share a column).
+same totals. Mixing moment: on features V = (n − 1)·tot (moving feature f to f'
+scales nothing, and ⟨D_ff', D_f'f⟩ sums to the off-diagonal of ‖G‖²); on rows
+V = Σ_{i≠i'} (‖x_i‖²‖g_i'‖² + ⟨x_i, x_i'⟩⟨g_i, g_i'⟩) = ‖X‖²‖Γ‖² + ‖G‖² − 2 Σ_i ‖x_i‖²‖g_i‖²
+for one draw and for one draw per feature alike (features never share a column).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from ...layers import RADLinear
-from ..forms import CLOSED, ImportanceStats, ViewStats
+from ...sketch.base import CLOSED
+from ...sketch.moments import ViewStats
 from . import register
 
 
@@ -26,7 +28,7 @@ class LinearKind:
     axes = ("features", "rows")
 
     def view_stats(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator,
-                   projection_pairs: int, importance: bool) -> dict[str, ViewStats]:
+                   projection_pairs: int, entries: bool) -> dict[str, ViewStats]:
         x = x.reshape(-1, x.shape[-1]).double()
         g = g.reshape(-1, g.shape[-1]).double()
         rows, n = x.shape
@@ -35,9 +37,9 @@ class LinearKind:
         per_row = float((xn * gn).sum())
         cross = float(xn.sum() * gn.sum()) + tot - 2.0 * per_row
         features = ViewStats(rows, n, tot, tot, per_row, per_row, (n - 1) * tot, (n - 1) * per_row, CLOSED,
-                             ImportanceStats.build(x, gn[:, None]) if importance else None)
+                             *((x, gn[:, None]) if entries else ()))
         by_rows = ViewStats(n, rows, per_row, tot, per_row, tot, cross, cross, CLOSED,
-                            ImportanceStats.build(x.t(), gn[None, :]) if importance else None)
+                            *((x.t(), gn[None, :]) if entries else ()))
         return {"features": features, "rows": by_rows}
 
     def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
