@@ -43,8 +43,8 @@ def _view(kind: str, axis: str | None, x: torch.Tensor) -> torch.Tensor:
 
 def _entry_variance(kind: str, sketch: Quantize, x: torch.Tensor) -> torch.Tensor:
     """Var(x̂) per entry of x (in x's layout)."""
-    v = sketch.entry_variance(_view(kind, sketch.axis, x))
-    return v.t().reshape(x.shape) if kind.startswith("linear") and sketch.axis == "rows" else v.reshape(x.shape)
+    v = sketch.entry_variance(_view(kind, sketch.view, x))
+    return v.t().reshape(x.shape) if kind.startswith("linear") and sketch.view == "rows" else v.reshape(x.shape)
 
 
 def _weight_grad(module: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
@@ -81,16 +81,16 @@ def test_group_that_does_not_divide_the_features_is_refused_where_the_view_is_kn
         radvar.convert(nn.Linear(16, 2), sketch)(torch.randn(3, 16)).sum().backward()
 
 
-def test_bad_axis_and_json_fields():
-    with pytest.raises(ValueError, match="axis must be one of"):
-        Quantize(2, axis="channels")
+def test_bad_view_and_json_fields():
+    with pytest.raises(ValueError, match="view must be one of"):
+        Quantize(2, view="channels")
     with pytest.raises(ValueError, match=r"bits must be one of \(1, 2, 4, 8\), got 3"):
         Sketch.from_dict({"kind": "quantize", "bits": 3})
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['scale'\]"):
         Sketch.from_dict({"kind": "quantize", "bits": 2, "scale": 1})
 
 
-@pytest.mark.parametrize("sketch", [Quantize(1), Quantize(2), Quantize(4, group=8), Quantize(8, axis="rows")],
+@pytest.mark.parametrize("sketch", [Quantize(1), Quantize(2), Quantize(4, group=8), Quantize(8, view="rows")],
                          ids=repr)
 def test_json_round_trip_and_plan_file(sketch, tmp_path):
     assert Sketch.from_dict(json.loads(json.dumps(sketch.to_dict()))) == sketch
@@ -101,10 +101,10 @@ def test_json_round_trip_and_plan_file(sketch, tmp_path):
 
 
 def test_label_and_derived_fields():
-    assert Quantize(2).label() == "Quantize(2 bits)"
-    assert Quantize(1, group=64, axis="rows").label() == "Quantize(1 bit, group=64, axis=rows)"
+    assert Quantize(2).label() == "Quantize(2 bits, per-row)"
+    assert Quantize(1, group=64, view="rows").label() == "Quantize(1 bit, group=64, view=rows)"
     assert Quantize(8).keep == 0.25 and Quantize(2).per_example is True
-    assert repr(Quantize(4, group=8)) == "Quantize(bits=4, group=8, axis=None)"
+    assert repr(Quantize(4, group=8)) == "Quantize(bits=4, group=8, view=None)"
 
 
 # ---- packing, contract, bytes -------------------------------------------------------------------------------
@@ -163,16 +163,16 @@ def test_values_on_the_grid_and_constant_rows_are_kept_exactly():
 
 
 @pytest.mark.parametrize("kind", ["linear3d", "conv2d"])
-@pytest.mark.parametrize("sketch", [Quantize(1), Quantize(2), Quantize(4, group=2), Quantize(8, axis="rows"),
-                                    Quantize(2, axis="examples")], ids=repr)
+@pytest.mark.parametrize("sketch", [Quantize(1), Quantize(2), Quantize(4, group=2), Quantize(8, view="rows"),
+                                    Quantize(2, view="examples")], ids=repr)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ledger_measures_what_saved_bytes_promises(kind, sketch, dtype):
-    if sketch.axis == "rows" and kind != "linear3d" or sketch.axis == "examples" and kind != "conv2d":
+    if sketch.view == "rows" and kind != "linear3d" or sketch.view == "examples" and kind != "conv2d":
         pytest.skip("view not offered by this layer kind")
     module, x = _layer(kind)
     module, x = module.to(dtype), x.to(dtype)
     report = saved_bytes(radvar.convert(module, sketch), x)
-    view = _view(kind, sketch.axis, x)
+    view = _view(kind, sketch.view, x)
     assert report.total == sketch.saved_bytes(tuple(view.shape), dtype)
     if sketch.group is None:
         assert report.total < saved_bytes(radvar.convert(module, None), x).total
@@ -227,7 +227,7 @@ LAYER_CASES = [("linear2d", None), ("linear3d", None), ("linear3d", "rows"), ("c
 def test_weight_gradient_unbiased(kind, axis, bits):
     module, x = _layer(kind)
     module, x = module.double(), x.double()
-    rad = radvar.convert(module, Quantize(bits, axis=axis))
+    rad = radvar.convert(module, Quantize(bits, view=axis))
     gy = torch.randn_like(module(x))
     assert_unbiased(_draws(rad, x, gy, 200), _weight_grad(module, x, gy))
 
@@ -252,7 +252,7 @@ def test_weight_gradient_variance_closed_form_inside_monte_carlo_interval(kind, 
     """E‖Ĝ − G‖² = Σ_e Var(x̂_e)·‖∂G/∂x_e‖² (independent entries) vs 500 draws, 99% t-interval."""
     module, x = _layer(kind)
     n = _view(kind, axis, x).shape[1]
-    sketch = Quantize(bits, group=(n // 2 if n % 2 == 0 else n // 3) if grouped else None, axis=axis)
+    sketch = Quantize(bits, group=(n // 2 if n % 2 == 0 else n // 3) if grouped else None, view=axis)
     module, x = module.double(), x.double()
     gy = torch.randn_like(module(x))
     exact = _weight_grad(module, x, gy)
@@ -260,3 +260,64 @@ def test_weight_gradient_variance_closed_form_inside_monte_carlo_interval(kind, 
     sq = (_draws(radvar.convert(module, sketch), x, gy, 500) - exact).square().flatten(1).sum(1)
     low, high = mean_ci(float(sq.mean()), float(sq.var()), len(sq), 0.99)
     assert low <= predicted <= high, (low, predicted, high)
+
+
+# ---- the family: registry, tuner candidates, CLI, variance.analytic ------------------------------------------
+
+def _parse(text: str):
+    from cli.specs import parse_sketch
+    return parse_sketch(text)
+
+
+def test_registered_family_sweeps_bit_widths_and_the_cli_reads_bits():
+    from cli.specs.errors import SpecError
+    from radvar.sketch import families
+
+    assert families()["quantize"] is Quantize
+    fam = Quantize.family(group=4)
+    assert fam.label() == "Quantize(group=4)"
+    assert fam.sweep([0.1, 0.5]) == [Quantize(b, group=4) for b in BITS]
+    assert fam.at(0.07) == Quantize(2, group=4) and fam.at(0.01) == Quantize(1, group=4)
+    assert _parse("quantize:4:group=64:view=rows") == Quantize(4, group=64, view="rows")
+    with pytest.raises(SpecError, match=r"bits must be one of \(1, 2, 4, 8\), got 3"):
+        _parse("quantize:3")
+    with pytest.raises(SpecError, match=r"group='x'"):
+        _parse("quantize:2:group=x")
+
+
+MLP_SKETCHES = [Quantize(2), Quantize(4, group=5), Quantize(1, view="rows")]
+
+
+@pytest.mark.parametrize("sketch", MLP_SKETCHES, ids=repr)
+def test_analytic_inside_the_monte_carlo_interval_of_empirical(sketch):
+    """radvar.variance.analytic (closed form from one capture) vs variance.empirical (500 draws, 99% interval),
+    per layer, on a small MLP and a small CNN."""
+    from radvar import variance
+
+    g = torch.Generator().manual_seed(4)
+    mlp = nn.Sequential(nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 4))
+    x, y = torch.randn(30, 20, generator=g), torch.randint(0, 4, (30,), generator=g)
+    cases = [(mlp, x, y)]
+    if sketch.group is None and sketch.view is None:
+        cnn = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 25, 4))
+        cases.append((cnn, torch.randn(6, 2, 5, 5, generator=g), torch.randint(0, 4, (6,), generator=g)))
+    for model, inputs, targets in cases:
+        ana = variance.analytic(model, (inputs, targets), nn.functional.cross_entropy, sketch).per_layer
+        emp = variance.empirical(model, (inputs, targets), nn.functional.cross_entropy, sketch, draws=500).per_layer
+        merged = ana.merge(emp, on="layer", suffixes=("_a", "_e"))
+        assert (merged["method_a"] == "closed form").all()
+        inside = (merged["ci_low_e"] <= merged["rad_variance_a"]) & (merged["rad_variance_a"] <= merged["ci_high_e"])
+        assert inside.all(), merged[["layer", "rad_variance_a", "ci_low_e", "ci_high_e"]]
+        assert (merged["bytes_plan_a"] == [sketch.saved_bytes(s) for s in _view_shapes(model, inputs, sketch)]).all()
+
+
+def _view_shapes(model: nn.Module, inputs: torch.Tensor, sketch: Quantize) -> list[tuple[int, int]]:
+    """(rows, features) of each randomized layer's view, from a forward pass."""
+    shapes = []
+    h = inputs
+    for m in model:
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            kind = "linear2d" if isinstance(m, nn.Linear) else "conv2d"
+            shapes.append(tuple(_view(kind, sketch.view, h).shape))
+        h = m(h)
+    return shapes

@@ -16,13 +16,17 @@ Saved: the levels packed at 8/b per byte (:func:`radvar._bits.pack_codes`),
 and (lo, Δ) per group in the input's dtype, so a (rows, n) view in groups of
 size g keeps ``ceil(rows·n·b/8) + 2·rows·(n/g)·itemsize`` bytes, whatever
 the data. For float32 input, b bits an entry is b/32 of the input, which is
-what ``keep`` reports (it is derived, not a knob).
+what ``keep`` reports: it is derived from ``bits``, not set. The family's
+candidates for the tuner are the four bit widths (:meth:`Quantize.sweep`), and
+the family "at keep p" is the widest b with b/32 ≤ p (:meth:`Quantize.at`).
 
 A weight gradient that contracts x̂ with the output gradient,
 Ĝ = Σ_rf C_rf(x̂_rf) with C_rf linear in entry (r, f) of the view, has
 E‖Ĝ − G‖² = Σ_rf Var(x̂_rf)·‖C_rf‖²/x_rf² because the entries are
 independent (Linear: ‖C_rf‖²/x_rf² = ‖g_r‖²): :meth:`Quantize.entry_variance`
-gives the first factor with the same arithmetic as :meth:`Quantize.compress`.
+gives the first factor with the same arithmetic as :meth:`Quantize.compress`,
+and :meth:`Quantize.variance` the sum from the view and weights a capture keeps
+(:meth:`radvar.sketch.ViewStats.entries`).
 
 16-bit inputs are rounded in float32; their step is stored rounded up so that
 lo + L·Δ still covers hi. The estimate is then unbiased up to the 16-bit
@@ -32,16 +36,30 @@ rounding of x̂ itself.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .. import _bits
-from .base import Meta, Saved, Sketch, itemsize
+from .base import CLOSED, Meta, Saved, Sketch, itemsize, uniform, work_dtype
+from .moments import ViewStats
+from .registry import family
+
+if TYPE_CHECKING:
+    from .registry import Family
 
 BITS = _bits.CODE_BITS
 
 
+@dataclasses.dataclass
+class QuantizeEntries:
+    """A view (rows, n) in float64 and its per-entry weights w_rf = ‖C_rf‖²/x_rf² (broadcastable)."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+
+
+@family
 @dataclasses.dataclass(frozen=True)
 class Quantize(Sketch):
     """Stochastic rounding to ``bits`` ∈ {1, 2, 4, 8} per entry; offset and step per row
@@ -49,20 +67,24 @@ class Quantize(Sketch):
 
     keep: float = dataclasses.field(init=False, default=1.0, repr=False)
     per_example: bool = dataclasses.field(init=False, default=True, repr=False)
-    axis: str | None = dataclasses.field(default=None, kw_only=True)
+    view: str | None = dataclasses.field(default=None, kw_only=True)
     bits: int = 2
-    group: int | None = None
+    group: int | None = dataclasses.field(default=None, metadata={"type": int})
     kind = "quantize"
+    leading = "bits"
+    needs_entries = True
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in BITS:
             raise ValueError(f"Quantize: bits must be one of {BITS}, got {self.bits!r}")
+        object.__setattr__(self, "keep", self.bits / 32)
+        super().__post_init__()
+
+    def check(self) -> None:
         if self.group is not None and (isinstance(self.group, bool) or not isinstance(self.group, int)
                                        or self.group < 1):
             raise ValueError(f"Quantize: group must be a positive int (features per offset/step pair) "
                              f"or None (one pair per row), got {self.group!r}")
-        object.__setattr__(self, "keep", self.bits / 32)
-        super().__post_init__()
 
     @property
     def levels(self) -> int:
@@ -82,7 +104,7 @@ class Quantize(Sketch):
         """(lo, Δ as stored, Δ for arithmetic, u) for a (rows, n) view; u is (rows, groups, g) in [0, L]."""
         rows, n = x.shape
         g = self.group_size(n)
-        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        work = x.to(work_dtype(x.dtype))
         xg = work.reshape(rows, n // g, g)
         lo, hi = xg.aminmax(dim=-1, keepdim=True)
         delta = (hi - lo) / self.levels
@@ -96,7 +118,7 @@ class Quantize(Sketch):
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         lo, step, _, u = self._grid(x)
         level = u.floor()
-        level += torch.rand(u.shape, generator=gen, device=u.device, dtype=u.dtype) < (u - level)
+        level += uniform(u.shape, gen, u) < (u - level)
         codes = _bits.pack_codes(level.to(torch.uint8), self.bits)
         return (codes, torch.stack([lo.to(x.dtype), step])), {"shape": tuple(x.shape)}
 
@@ -104,7 +126,7 @@ class Quantize(Sketch):
         codes, bounds = saved
         rows, n = meta["shape"]
         groups = bounds.shape[2]  # bounds: (2, rows, groups, 1)
-        work = bounds.dtype if bounds.dtype in (torch.float32, torch.float64) else torch.float32
+        work = work_dtype(bounds.dtype)
         levels = _bits.unpack_codes(codes, (rows, groups, n // groups), self.bits, work)
         lo, step = bounds.to(work).unbind(0)
         return torch.addcmul(lo, levels, step).view(rows, n).to(bounds.dtype)
@@ -121,13 +143,41 @@ class Quantize(Sketch):
         return -(-rows * n * self.bits // 8) + 2 * rows * groups * itemsize(dtype)
 
     def __repr__(self) -> str:
-        return f"Quantize(bits={self.bits}, group={self.group}, axis={self.axis!r})"
+        return f"Quantize(bits={self.bits}, group={self.group}, view={self.view!r})"
 
+    def variance(self, view: ViewStats) -> tuple[float, str]:
+        """Σ_rf Δ_rf² f_rf (1 − f_rf) w_rf on the captured view (independent entries)."""
+        entries = view.entries(Quantize)
+        return float((self.entry_variance(entries.x) * entries.weight).sum()), CLOSED
+
+    @classmethod
+    def entry_stats(cls, x: torch.Tensor, weight: torch.Tensor) -> QuantizeEntries:
+        return QuantizeEntries(x, weight)
+
+    # ---- the family ---------------------------------------------------------
+    @classmethod
+    def family(cls, **options: Any) -> "Family":
+        """The family over bit widths, e.g. ``Quantize.family(group=64)``."""
+        from .registry import Family
+        return Family(cls(**options))
+
+    def at(self, keep: float) -> "Quantize":
+        """The widest bit width b with b/32 ≤ keep (1 bit below 1/32), other options kept."""
+        return dataclasses.replace(self, bits=max([b for b in BITS if b / 32 <= keep + 1e-12] or [1]))
+
+    def sweep(self, keeps: Sequence[float]) -> list[Sketch]:
+        """The tuner's candidates: every bit width (the keep grid does not apply)."""
+        return [dataclasses.replace(self, bits=b) for b in BITS]
+
+    # ---- serialisation and labels -------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "bits": self.bits, "group": self.group, "axis": self.axis}
+        return {"kind": self.kind, "bits": self.bits, "group": self.group, "view": self.view}
+
+    def option_labels(self) -> list[str]:
+        """``per-row`` or ``group=G``, then the view if set."""
+        parts = ["per-row" if self.group is None else f"group={self.group}"]
+        return parts + ([f"view={self.view}"] if self.view is not None else [])
 
     def label(self) -> str:
-        """E.g. ``Quantize(2 bits)``, ``Quantize(4 bits, group=64)``."""
-        parts = [f"{self.bits} bit" + ("s" if self.bits > 1 else "")]
-        parts += [f"{name}={getattr(self, name)}" for name in ("group", "axis") if getattr(self, name) is not None]
-        return f"Quantize({', '.join(parts)})"
+        """E.g. ``Quantize(2 bits, per-row)``, ``Quantize(1 bit, group=64)``."""
+        return f"Quantize({self.bits} bit{'s' if self.bits > 1 else ''}, {', '.join(self.option_labels())})"

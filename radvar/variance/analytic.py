@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -43,7 +42,7 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     for keep in grid:
         for name, sketch in plan.items():
             stats = cap[name]
-            sk = sketch if sketch is None or keep is None else dataclasses.replace(sketch, keep=keep)
+            sk = sketch if sketch is None or keep is None else sketch.at(keep)
             value, method = layer_variance(stats, sk)
             rows.append({"layer": name, "type": stats.type, "sketch": sk.label() if sk else "exact",
                          "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
