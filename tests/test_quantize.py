@@ -14,7 +14,7 @@ from torch import nn
 import radvar
 from radvar import _bits, rng
 from radvar.memory import saved_bytes
-from radvar.sketch import Quantize, Sketch
+from radvar.sketch import Importance, Projection, Quantize, Sketch, Subsample
 from radvar.variance.statistics import mean_ci
 
 from .stats import assert_unbiased
@@ -321,3 +321,32 @@ def _view_shapes(model: nn.Module, inputs: torch.Tensor, sketch: Quantize) -> li
             shapes.append(tuple(_view(kind, sketch.view, h).shape))
         h = m(h)
     return shapes
+
+
+# ---- composition: round what a sampling sketch keeps ---------------------------------------------------------
+
+COMPOSED = [Quantize(2, sample=Subsample(0.25)), Quantize(2, sample=Subsample(0.5, per_example=True)),
+            Quantize(4, sample=Projection(0.5))]
+
+
+def test_composition_options_and_json():
+    q = Quantize(2, sample=Subsample(0.25, per_example=True))
+    assert Sketch.from_dict(json.loads(json.dumps(q.to_dict()))) == q
+    assert q.label() == "Quantize(2 bits, per-row, after Subsample(0.25, per-example))"
+    assert q.keep == 2 / 32 * 0.25
+    with pytest.raises(ValueError, match=r"sample must be None or a sketch of kind \('subsample', 'projection'\)"):
+        Quantize(2, sample=Importance(0.5))
+    with pytest.raises(ValueError, match="no closed-form variance.*variance.empirical"):
+        from radvar.sketch import ViewStats
+        q.variance(ViewStats(2, 3, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, "closed form"))
+
+
+@pytest.mark.parametrize("kind", ["linear3d", "conv2d"])
+@pytest.mark.parametrize("sketch", COMPOSED, ids=repr)
+def test_composition_unbiased_and_its_bytes_measured(kind, sketch):
+    module, x = _layer(kind)
+    module, x = module.double(), x.double()
+    rad = radvar.convert(module, sketch)
+    gy = torch.randn_like(module(x))
+    assert_unbiased(_draws(rad, x, gy, 300), _weight_grad(module, x, gy))
+    assert saved_bytes(rad, x).total == sketch.saved_bytes(tuple(_view(kind, None, x).shape), torch.float64)

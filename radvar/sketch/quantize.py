@@ -28,6 +28,15 @@ gives the first factor with the same arithmetic as :meth:`Quantize.compress`,
 and :meth:`Quantize.variance` the sum from the view and weights a capture keeps
 (:meth:`radvar.sketch.ViewStats.entries`).
 
+Composition: ``Quantize(b, sample=Subsample(p))`` (or a ``Projection``) first
+draws the sampling sketch, then rounds the (rows, k) values it keeps. The
+sampler's reconstruction is linear in those values, so conditioning on its
+draw, E[restore(v̂)] = restore(v), and the composite stays unbiased; its
+variance is the sampler's plus the expected rounding variance passed through
+the sampler's scaling, which depends on which entries are kept (the bounds are
+taken over the kept ones), so it has no closed form here: measure it with
+:func:`radvar.variance.empirical`.
+
 16-bit inputs are rounded in float32; their step is stored rounded up so that
 lo + L·Δ still covers hi. The estimate is then unbiased up to the 16-bit
 rounding of x̂ itself.
@@ -41,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from .. import _bits
-from .base import CLOSED, Meta, Saved, Sketch, itemsize, uniform, work_dtype
+from .base import CLOSED, Meta, Saved, Sketch, itemsize, kept_count, uniform, work_dtype
 from .moments import ViewStats
 from .registry import family
 
@@ -49,6 +58,7 @@ if TYPE_CHECKING:
     from .registry import Family
 
 BITS = _bits.CODE_BITS
+SAMPLERS = ("subsample", "projection")  # families whose kept values are one (rows, k) tensor
 
 
 @dataclasses.dataclass
@@ -70,6 +80,7 @@ class Quantize(Sketch):
     view: str | None = dataclasses.field(default=None, kw_only=True)
     bits: int = 2
     group: int | None = dataclasses.field(default=None, metadata={"type": int})
+    sample: Sketch | None = None
     kind = "quantize"
     leading = "bits"
     needs_entries = True
@@ -77,7 +88,12 @@ class Quantize(Sketch):
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in BITS:
             raise ValueError(f"Quantize: bits must be one of {BITS}, got {self.bits!r}")
-        object.__setattr__(self, "keep", self.bits / 32)
+        if isinstance(self.sample, dict):
+            object.__setattr__(self, "sample", Sketch.from_dict(self.sample))
+        if self.sample is not None and (not isinstance(self.sample, Sketch) or self.sample.kind not in SAMPLERS):
+            raise ValueError(f"Quantize: sample must be None or a sketch of kind {SAMPLERS} (its kept values are "
+                             f"then rounded), got {self.sample!r}")
+        object.__setattr__(self, "keep", self.bits / 32 * (1.0 if self.sample is None else self.sample.keep))
         super().__post_init__()
 
     def check(self) -> None:
@@ -115,21 +131,43 @@ class Quantize(Sketch):
         u = ((xg - lo) / torch.where(delta > 0, delta, 1.0)).clamp_(0.0, float(self.levels))
         return lo, step, delta, u
 
-    def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
+    def _round(self, x: torch.Tensor, gen: torch.Generator) -> Saved:
+        """(packed levels, stacked (lo, Δ)) of a (rows, n) tensor."""
         lo, step, _, u = self._grid(x)
         level = u.floor()
         level += uniform(u.shape, gen, u) < (u - level)
-        codes = _bits.pack_codes(level.to(torch.uint8), self.bits)
-        return (codes, torch.stack([lo.to(x.dtype), step])), {"shape": tuple(x.shape)}
+        return _bits.pack_codes(level.to(torch.uint8), self.bits), torch.stack([lo.to(x.dtype), step])
 
-    def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
-        codes, bounds = saved
+    def _values(self, saved: Saved, meta: Meta) -> torch.Tensor:
+        """lo + level·Δ, shaped as the rounded tensor."""
+        codes, bounds = saved[:2]
         rows, n = meta["shape"]
         groups = bounds.shape[2]  # bounds: (2, rows, groups, 1)
         work = work_dtype(bounds.dtype)
         levels = _bits.unpack_codes(codes, (rows, groups, n // groups), self.bits, work)
         lo, step = bounds.to(work).unbind(0)
         return torch.addcmul(lo, levels, step).view(rows, n).to(bounds.dtype)
+
+    def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
+        if self.sample is None:
+            return self._round(x, gen), {"shape": tuple(x.shape)}
+        (kept, *rest), inner = self.sample.compress(x, gen)
+        return (*self._round(kept, gen), *rest), {"shape": tuple(kept.shape), "inner": inner}
+
+    def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
+        if self.sample is None:
+            return self._values(saved, meta)
+        return self.sample.restore((self._values(saved, meta), *saved[2:]), meta["inner"], gen)
+
+    def left_matmul(self, a: torch.Tensor, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
+        if self.sample is None:
+            return super().left_matmul(a, saved, meta, gen)
+        return self.sample.left_matmul(a, (self._values(saved, meta), *saved[2:]), meta["inner"], gen)
+
+    def right_matmul(self, saved: Saved, meta: Meta, gen: torch.Generator, b: torch.Tensor) -> torch.Tensor:
+        if self.sample is None:
+            return super().right_matmul(saved, meta, gen, b)
+        return self.sample.right_matmul((self._values(saved, meta), *saved[2:]), meta["inner"], gen, b)
 
     def entry_variance(self, x: torch.Tensor) -> torch.Tensor:
         """Var(x̂) = Δ² f (1 − f) for every entry of the (rows, n) view ``x``, as compress would round it."""
@@ -139,14 +177,20 @@ class Quantize(Sketch):
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape
+        if self.sample is not None:  # the sampler keeps only its (rows, k) values, rounded here
+            n = kept_count(self.sample.keep, n)
         groups = n // self.group_size(n)
         return -(-rows * n * self.bits // 8) + 2 * rows * groups * itemsize(dtype)
 
     def __repr__(self) -> str:
-        return f"Quantize(bits={self.bits}, group={self.group}, view={self.view!r})"
+        after = "" if self.sample is None else f", sample={self.sample!r}"
+        return f"Quantize(bits={self.bits}, group={self.group}, view={self.view!r}{after})"
 
     def variance(self, view: ViewStats) -> tuple[float, str]:
         """Σ_rf Δ_rf² f_rf (1 − f_rf) w_rf on the captured view (independent entries)."""
+        if self.sample is not None:
+            raise ValueError(f"{self.label()}: rounding after sampling has no closed-form variance (the bounds "
+                             f"depend on the kept entries); measure it with radvar.variance.empirical")
         entries = view.entries(Quantize)
         return float((self.entry_variance(entries.x) * entries.weight).sum()), CLOSED
 
@@ -171,12 +215,14 @@ class Quantize(Sketch):
 
     # ---- serialisation and labels -------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "bits": self.bits, "group": self.group, "view": self.view}
+        return {"kind": self.kind, "bits": self.bits, "group": self.group, "view": self.view,
+                "sample": None if self.sample is None else self.sample.to_dict()}
 
     def option_labels(self) -> list[str]:
         """``per-row`` or ``group=G``, then the view if set."""
         parts = ["per-row" if self.group is None else f"group={self.group}"]
-        return parts + ([f"view={self.view}"] if self.view is not None else [])
+        parts += [f"view={self.view}"] if self.view is not None else []
+        return parts + ([f"after {self.sample.label()}"] if self.sample is not None else [])
 
     def label(self) -> str:
         """E.g. ``Quantize(2 bits, per-row)``, ``Quantize(1 bit, group=64)``."""
