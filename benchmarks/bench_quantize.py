@@ -3,7 +3,8 @@
 1. Speed, side by side in one process (``radvar.bench.compare``, steps interleaved):
    forward+backward of a RAD Linear with ``Quantize(b)`` against plain ``nn.Linear``,
    as ratios, plus the time of one ``compress`` and one ``restore`` of its input
-   as a fraction of the plain step; saved bytes measured by the ledger.
+   as a fraction of the plain step; the bytes the Linear keeps, measured by the
+   ledger, against its float32 input.
 2. Variance on the digits MLP 64-300-300-300-10 (scikit-learn's 8x8 digits,
    batch 150, after 40 SGD steps): the total weight-gradient RAD variance
    (``radvar.variance.analytic``, closed forms) of ``Quantize(b)`` against
@@ -48,20 +49,24 @@ def _median_seconds(fn, reps: int) -> float:
 
 
 def speed(reps: int) -> pd.DataFrame:
-    """Per Linear shape and bits: ledger bytes and step time vs plain, compress/restore vs the plain step."""
+    """Per Linear shape and sketch: the Linear's ledger bytes and the model's step time vs plain (MSE loss),
+    compress/restore time vs the plain step. Subsample(1/16, per-example) is a reference RAD sketch."""
     rows = []
     for name, (n_in, n_out, batch) in LINEARS.items():
         torch.manual_seed(SEED)
         model = nn.Sequential(nn.Linear(n_in, n_out))
         x, y = torch.randn(batch, n_in), torch.randn(batch, n_out)
-        frame = bench.compare(model, x, y, F.mse_loss, [Quantize(b) for b in BITS], reps=reps)
+        sketches = {s.label(): s for s in [*(Quantize(b) for b in BITS), Subsample(1 / 16, per_example=True)]}
+        frame = bench.compare(model, x, y, F.mse_loss, list(sketches.values()), reps=reps)
         plain_ms = float(frame.loc[0, "step_ms"])
         for _, r in frame.iterrows():
-            row = {"layer": name, "config": r["config"], "saved_bytes": int(r["saved_bytes"]),
-                   "bytes_vs_plain": 1 / r["memory_ratio"], "step_vs_plain": r["time_ratio"],
+            sketch = sketches.get(r["config"])
+            ledger = saved_bytes(radvar.convert(model, sketch), x, F.mse_loss, y).per_module
+            layer = int(ledger.loc[ledger["module"] == "0", "bytes"].sum())
+            row = {"layer": name, "config": r["config"], "linear_bytes": layer,
+                   "linear_bytes_vs_plain": layer / (x.numel() * x.element_size()), "step_vs_plain": r["time_ratio"],
                    "compress_vs_step": float("nan"), "restore_vs_step": float("nan")}
-            if r["config"] != bench.PLAIN:
-                sketch = Quantize(int(r["config"].split("(")[1].split()[0]))
+            if sketch is not None:
                 gen = rng.generator(1, "cpu")
                 saved, meta = sketch.compress(x, gen)
                 row["compress_vs_step"] = _median_seconds(lambda: sketch.compress(x, gen), reps) * 1e3 / plain_ms
@@ -108,7 +113,7 @@ def variances(draws: int) -> tuple[pd.DataFrame, dict]:
     extra = {"exact_bytes": exact_bytes,
              "data_noise_total": float(noise.total["data_variance"].iloc[0]),
              "data_noise_weights": float(weights["data_variance"].sum()),
-             "quantize2_analytic": float(frame.loc[frame["sketch"] == "Quantize(2 bits)", "rad_variance"].iloc[0]),
+             "quantize2_analytic": float(frame.loc[frame["sketch"] == Quantize(2).label(), "rad_variance"].iloc[0]),
              "quantize2_empirical": float(mc.total["rad_variance"].iloc[0]),
              "quantize2_ci": (float(mc.total["ci_low"].iloc[0]), float(mc.total["ci_high"].iloc[0])),
              "draws": draws}
