@@ -199,7 +199,8 @@ def test_reproducible_under_radvar_seed_and_global_rng_untouched():
 @pytest.mark.parametrize("sketch", [Quantize(b, group=g) for b in BITS for g in (None, 3)], ids=repr)
 def test_rounds_up_with_probability_equal_to_the_fraction(sketch):
     """Per entry the number of round-ups in D draws is Binomial(D, f) (exact two-sided test, Bonferroni
-    over entries at 1e-4): then E[x̂] = lo + (⌊u⌋ + f)Δ = x. And Σ_e (x̂_e − x_e)² has mean Σ_e Δ²f(1 − f),
+    over entries at 1e-4): then E[x̂] = lo + (⌊u⌋ + f)Δ = x. And Σ_e (x̂_e − x_e)² has mean
+    Σ_e Δ²f(1 − f),
     inside its 99% t-interval over the draws."""
     x = torch.randn(6, 12, dtype=torch.float64)
     d = 400
@@ -212,7 +213,8 @@ def test_rounds_up_with_probability_equal_to_the_fraction(sketch):
     assert set(ups.unique().tolist()) <= {0.0, 1.0}
     count, f = ups.sum(0).flatten().numpy(), (u - u.floor()).flatten().numpy()
     p = np.minimum(1.0, 2 * np.minimum(binom.cdf(count, d, f), binom.sf(count - 1, d, f)))
-    assert p.min() * p.size > 1e-4, f"entry {p.argmin()}: {count[p.argmin()]} round-ups in {d} draws at f={f[p.argmin()]}"
+    worst = p.argmin()
+    assert p[worst] * p.size > 1e-4, f"entry {worst}: {count[worst]} round-ups in {d} draws at f={f[worst]}"
     sq = (draws - x).square().sum((1, 2))
     low, high = mean_ci(float(sq.mean()), float(sq.var()), d, 0.99)
     assert low <= float(sketch.entry_variance(x).sum()) <= high
@@ -233,7 +235,8 @@ def test_weight_gradient_unbiased(kind, axis, bits):
 
 
 def _entry_weights(module: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
-    """‖∂G/∂x_e‖² per entry e of x: G = weight gradient is linear in x (an exact Jacobian, independent of radvar)."""
+    """‖∂G/∂x_e‖² per entry e of x: the weight gradient G is linear in x (an exact Jacobian, independent
+    of radvar)."""
     w = module.weight.detach()
 
     def grad_w(inp: torch.Tensor) -> torch.Tensor:
