@@ -21,14 +21,7 @@ def convert(model: nn.Module, plan_or_sketch: Plan | Sketch | None, inplace: boo
     Parameters and state_dict keys are unchanged. With ``inplace=False`` the
     model is deep-copied first.
     """
-    if isinstance(plan_or_sketch, Plan):
-        plan = plan_or_sketch
-        plan.validate(model)
-    elif plan_or_sketch is None or isinstance(plan_or_sketch, Sketch):
-        plan = Plan.uniform(model, plan_or_sketch)
-    else:
-        raise TypeError(f"convert: expected a radvar.Plan, a radvar.sketch.Sketch or None, "
-                        f"got {type(plan_or_sketch).__name__}")
+    plan = Plan.coerce(model, plan_or_sketch, "convert")
     if not inplace:
         model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):

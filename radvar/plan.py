@@ -53,6 +53,19 @@ class Plan(Mapping[str, "Sketch | None"]):
         plan.validate(model)
         return plan
 
+    @classmethod
+    def coerce(cls, model: nn.Module, plan_or_sketch: "Plan | Sketch | None", owner: str = "plan") -> "Plan":
+        """A validated plan for ``model``: a Plan as it is, a Sketch as :meth:`uniform`, None as all exact.
+
+        ``owner`` names the caller in errors (e.g. ``convert``)."""
+        if isinstance(plan_or_sketch, Plan):
+            plan_or_sketch.validate(model)
+            return plan_or_sketch
+        if plan_or_sketch is None or isinstance(plan_or_sketch, Sketch):
+            return cls.uniform(model, plan_or_sketch)
+        raise TypeError(f"{owner}: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, "
+                        f"got {type(plan_or_sketch).__name__}")
+
     # ---- mapping ----------------------------------------------------------
     def __getitem__(self, name: str) -> Sketch | None:
         return self._entries[name]
@@ -83,9 +96,9 @@ class Plan(Mapping[str, "Sketch | None"]):
             if twin is None or not twin.randomized:
                 raise TypeError(f"Plan entry {name!r} is a {type(modules[name]).__name__}, which radvar cannot "
                                 f"randomize; supported types: {randomizable_types()}")
-            if sketch is not None and sketch.view not in twin.axes:
+            if sketch is not None and sketch.view not in (None, *twin.views):
                 raise ValueError(f"Plan entry {name!r} ({type(modules[name]).__name__}): view {sketch.view!r} "
-                                 f"is not allowed; allowed: {list(twin.axes)}")
+                                 f"is not allowed; allowed: {[None, *twin.views]}")
 
     # ---- serialisation ----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def test_plan_validation_errors():
         radvar.convert(model, Plan({"0": Subsample(0.1, view="positions")}))
     with pytest.raises(TypeError, match="must be a radvar.sketch.Sketch or None"):
         Plan({"0": 0.1})
-    with pytest.raises(TypeError, match="convert: expected a radvar.Plan"):
+    with pytest.raises(TypeError, match="convert: plan must be a radvar.Plan, a radvar.sketch.Sketch or None"):
         radvar.convert(model, 0.1)
 
 
@@ -132,3 +132,62 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
             open(tmp, "w").write("half")
             raise RuntimeError("writer failed")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_every_randomized_twin_has_variance_statistics_on_every_view():
+    """capture and minibatch find statistics for every randomized layer kind, one ViewStats per declared view."""
+    from radvar.layers import kind_for, randomized_twins
+
+    twins = randomized_twins()
+    assert {t.__name__ for t in twins} >= {"RADLinear", "RADConv1d", "RADConv2d", "RADConv3d"}
+    for twin in twins:
+        assert twin.views and twin.kind is not None, twin
+        assert callable(twin.kind.view_stats) and callable(twin.kind.per_example_sq_norms), twin
+        assert twin.kind.views == twin.views
+
+
+@pytest.mark.parametrize("module,x", [(nn.Linear(5, 3), (4, 5)), (nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5))],
+                         ids=["linear", "conv2d"])
+def test_statistics_cover_exactly_the_declared_views(module, x):
+    from radvar.layers import kind_for
+
+    x = torch.randn(x, dtype=torch.float64)
+    module = module.double()
+    g = torch.randn_like(module(x))
+    kind = kind_for(module)
+    stats = kind.view_stats(module, x, g, torch.Generator().manual_seed(0), 16, False)
+    assert tuple(stats) == type(radvar.convert(module, Subsample(0.5))).views
+    w, b = kind.per_example_sq_norms(module, x, g)
+    assert w.shape == b.shape == (x.shape[0],)
+
+
+def test_a_randomized_twin_without_statistics_or_with_unknown_views_is_refused():
+    from radvar.layers import Twin, register
+
+    class Lone(nn.Linear, Twin):
+        randomized = True
+        views = ("features",)
+
+    with pytest.raises(TypeError, match="randomized twin Lone has no variance statistics"):
+        register(nn.Linear)(Lone)
+
+    class Odd(nn.Linear, Twin):
+        randomized = True
+        views = ("channels",)
+
+    with pytest.raises(ValueError, match=r"Odd.views must be a non-empty tuple of view names"):
+        register(nn.Linear, stats=object)(Odd)
+    assert radvar.layers.twin_for(nn.Linear(2, 2)) is RADLinear  # neither registration took effect
+
+
+def test_plan_coerce_reads_a_plan_a_sketch_or_none():
+    model = zoo.cnn()
+    plan = Plan.uniform(model, Subsample(0.1))
+    assert Plan.coerce(model, plan) is plan
+    assert Plan.coerce(model, Subsample(0.1)) == plan
+    assert all(v is None for v in Plan.coerce(model, None).values()) and len(Plan.coerce(model, None)) == len(plan)
+    with pytest.raises(TypeError, match=r"analytic: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, "
+                                        r"got float"):
+        Plan.coerce(model, 0.1, "analytic")
+    with pytest.raises(ValueError, match="Plan names module 'nope'"):
+        Plan.coerce(model, Plan({"nope": None}))

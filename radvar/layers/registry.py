@@ -1,36 +1,68 @@
-"""The registry from ``nn.Module`` types to their RAD twins.
+"""The layer-kind registry: from ``nn.Module`` types to their RAD twins and variance statistics.
 
 A twin is a subclass of the original module type that computes the same
 forward and keeps less for backward. Converting a module swaps its class in
 place (parameters, buffers, hooks and state_dict keys stay as they are), so a
-converted model is still an instance of every class it was before.
+converted model is still an instance of every class it was before. Matching is
+on the exact type: a user's subclass of ``nn.Linear`` with its own ``forward``
+is never replaced.
 
 Two kinds of twins:
 
-* *randomized* twins (Linear, Conv) take a sketch, or ``None`` for exact;
-* *compact* twins (ReLU, pooling, Dropout) are exact and keep compact state.
+* *compact* twins (ReLU, pooling, Dropout) are exact and keep compact state;
+  ``@register(nn.ReLU)`` is all they need;
+* *randomized* twins (Linear, Conv, ConvTranspose) take a sketch, or ``None``
+  for exact. A randomized layer kind is one module in ``radvar/layers`` that
+  defines, registered together by ``@register(Source, stats=Statistics)`` (as
+  opacus registers one grad sampler per module type):
 
-Adding a layer kind is one small file that defines the twin class and
-decorates it with :func:`register`. Matching is on the exact type: a user's
-subclass of ``nn.Linear`` with its own ``forward`` is never replaced.
+  - the twin: ``randomized = True``, ``views`` (the 2-D views a sketch may act
+    on, declared here only; the first is the default for ``view=None``), and a
+    ``forward`` that calls its op in :mod:`radvar.ops` (its own, or a shared one
+    such as :func:`radvar.ops.rad_convolution`) when :meth:`Twin._randomizes`;
+  - its variance statistics: a class with ``name`` and two methods,
+    ``view_stats(module, x, g, gen, projection_pairs, entries)`` returning a
+    :class:`~radvar.sketch.moments.ViewStats` per view for one call (input x,
+    output gradient g), and ``per_example_sq_norms(module, x, g)`` returning
+    ‖∂W_b‖² and ‖∂b_b‖² (or None without bias) per example b.
+
+  Registering a randomized twin without statistics, or with a view name that
+  :data:`radvar.sketch.base.VIEWS` does not know, is an error.
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from .. import rng
 from ..sketch import Sketch
+from ..sketch.base import VIEWS
+from ..sketch.moments import ViewStats
+
+
+class Statistics(Protocol):
+    """What a randomized layer kind measures for the closed forms (see the module docstring)."""
+
+    name: str
+    views: tuple[str, ...]
+
+    def view_stats(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator,
+                   projection_pairs: int, entries: bool) -> dict[str, ViewStats]: ...
+
+    def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
+                             g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class Twin(nn.Module):
-    """Mixin for twins: ``randomized`` twins carry a ``sketch`` attribute."""
+    """Mixin for twins: ``randomized`` twins carry a ``sketch`` attribute and a ``kind`` (their statistics)."""
 
-    randomized: bool = False
-    axes: tuple[str | None, ...] = ()
+    randomized: ClassVar[bool] = False
+    views: ClassVar[tuple[str, ...]] = ()
+    kind: ClassVar[Any] = None
+    axes: ClassVar[tuple[str | None, ...]] = ()  # deprecated: (None, *views)
 
     def adopt(self, sketch: Sketch | None) -> None:
         """Set per-instance state after the class swap."""
@@ -54,10 +86,23 @@ _REGISTRY: dict[type[nn.Module], type[Twin]] = {}
 T = TypeVar("T", bound=type[Twin])
 
 
-def register(*sources: type[nn.Module]) -> Callable[[T], T]:
-    """Class decorator: ``twin`` replaces modules whose exact type is in ``sources``."""
+def register(*sources: type[nn.Module], stats: type | None = None) -> Callable[[T], T]:
+    """Class decorator: ``twin`` replaces modules whose exact type is in ``sources``; a randomized twin
+    also registers its variance ``stats`` class (required)."""
 
     def deco(twin: T) -> T:
+        if twin.randomized:
+            if stats is None:
+                raise TypeError(f"register: randomized twin {twin.__name__} has no variance statistics; "
+                                f"pass stats=... (see radvar.layers.registry)")
+            unknown = [v for v in twin.views if v not in VIEWS or v is None]
+            if not twin.views or unknown:
+                raise ValueError(f"register: {twin.__name__}.views must be a non-empty tuple of view names from "
+                                 f"{[v for v in VIEWS if v]}, got {twin.views!r}")
+            kind = stats()
+            kind.views = twin.views
+            kind.axes = twin.views  # the name radvar.variance.capture reads
+            twin.kind, twin.axes = kind, (None, *twin.views)
         for source in sources:
             _REGISTRY[source] = twin
         _REGISTRY[twin] = twin
@@ -69,6 +114,17 @@ def register(*sources: type[nn.Module]) -> Callable[[T], T]:
 def twin_for(module: nn.Module) -> type[Twin] | None:
     """The twin class for ``module``'s exact type, or None."""
     return _REGISTRY.get(type(module))
+
+
+def kind_for(module: nn.Module) -> Statistics | None:
+    """The variance statistics of ``module``'s randomized layer kind (plain or converted), or None."""
+    twin = twin_for(module)
+    return twin.kind if twin is not None and twin.randomized else None
+
+
+def randomized_twins() -> list[type[Twin]]:
+    """Every registered randomized twin class."""
+    return sorted({t for t in _REGISTRY.values() if t.randomized}, key=lambda t: t.__name__)
 
 
 def randomizable_types() -> list[str]:

@@ -4,9 +4,9 @@ Saved for backward: W and a sketch of x (never x itself). Gradients:
 ``∂x = g W`` and ``∂b = Σ_rows g`` exactly; ``∂W = gᵀ x̂`` with E[x̂] = x, so
 E[∂W] = gᵀ x, the exact weight gradient (Oktay et al., ICLR 2021, §4).
 
-Views (``sketch.view``): ``None``/``"features"`` — rows are all leading dims,
-the sketch samples the n input features; ``"rows"`` — the sketch samples rows
-(tokens / examples) of the (rows, n) view: ∂W = (Ŷ g)ᵀ with Y = xᵀ.
+Views: ``"features"`` (the default) — rows are all leading dims, the sketch
+samples the n input features; ``"rows"`` — the sketch samples rows (tokens /
+examples) of the (rows, n) view: ∂W = (Ŷ g)ᵀ with Y = xᵀ.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from .. import rng
 from ..sketch import Sketch
 from ._autocast import autocast_dtype, autocast_off, cast
 
-AXES = (None, "features", "rows")
+VIEWS = ("features", "rows")
+
+
+def linear_view(x: torch.Tensor, view: str | None) -> torch.Tensor:
+    """The 2-D view of an input (..., n) that a sketch sees: (rows, n), or its transpose for ``"rows"``."""
+    flat = x.reshape(-1, x.shape[-1])
+    return flat.t() if view == "rows" else flat
 
 
 class RADLinearFunction(torch.autograd.Function):
@@ -30,10 +36,7 @@ class RADLinearFunction(torch.autograd.Function):
         x, weight, bias = cast(dtype, x, weight, bias)
         with autocast_off(x, dtype):
             y = F.linear(x, weight, bias)
-        view = x.reshape(-1, x.shape[-1])
-        if sketch.view == "rows":
-            view = view.t()
-        saved, meta = sketch.compress(view, rng.generator(key, x.device))
+        saved, meta = sketch.compress(linear_view(x, sketch.view), rng.generator(key, x.device))
         ctx.save_for_backward(weight, *saved)
         ctx.sketch, ctx.meta, ctx.key = sketch, meta, key
         ctx.x_shape, ctx.has_bias = x.shape, bias is not None

@@ -3,7 +3,7 @@
 A randomized layer contracts a sketch of a (rows, features) view of its input
 with the output gradient. Its weight gradient is a sum of *contributions*
 ``C_rf`` of the entries of that view: ``G = Σ_rf C_rf`` and ``A_r = Σ_f C_rf``
-(the row's part). A layer kind (``radvar/variance/kinds``) reduces one call to
+(the row's part). A layer kind (its module in ``radvar/layers``) reduces one call to
 these family-independent numbers; each family's :meth:`~radvar.sketch.Sketch.variance`
 reads the ones its closed form needs:
 

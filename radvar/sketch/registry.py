@@ -4,28 +4,35 @@ A *family* is a frozen dataclass subclass of :class:`~radvar.sketch.Sketch`
 defined in one module of ``radvar/sketch`` and decorated with ``@family``
 (above ``@dataclasses.dataclass(frozen=True)``). Everything radvar does with a
 family goes through that class; nothing else in radvar names a family.
+The new module needs no import elsewhere: ``radvar/sketch/__init__.py`` imports
+every module of the package and exports every registered family by class name.
 
-What a family module defines (``kind`` and the first four are required):
+What a family module defines. Required:
 
 * ``kind`` (ClassVar str): its JSON/CLI name, unique;
-* fields: its options as dataclass fields with defaults. The CLI derives its
-  ``--sketch KIND:KEEP[:OPTION...]`` options from them: ``NAME=VALUE`` for any
-  field, a bare ``NAME`` (``_`` as ``-``) sets a bool field to True, and a bare
-  value sets a field that lists it in ``field(metadata={"choices": (...)})``;
 * ``compress(x, gen)`` / ``restore(saved, meta, gen)``: the estimator on a
-  (rows, features) view, with E[restore] = x; optionally the cheaper
-  ``left_matmul``/``right_matmul`` contractions;
+  (rows, features) view, with E[restore] = x;
 * ``saved_bytes(shape, dtype)``: bytes kept (random sizes: an upper bound on the mean);
 * ``variance(view)``: the closed form of E‖Ĝ − G‖²_F for one call, from the
   layer's :class:`~radvar.sketch.moments.ViewStats` of the view it acts on,
   returned with a method label (:data:`~radvar.sketch.base.CLOSED` or an
-  estimate's description);
-* optional: ``check()`` (validate its fields), ``variance_se(view)`` (when the
-  variance is estimated), ``reserve_bytes(shape, dtype)`` (a per-draw bound for
-  the tuner when the kept size is random), ``needs_entries = True`` with
-  ``entry_stats(x, weight)`` (per-entry statistics kept from a capture),
-  ``sweep(keeps)`` (the tuner's candidates of the family; default one per keep),
-  ``exact`` (when the sketch is the identity; default keep = 1).
+  estimate's description).
+
+Optional:
+
+* options as dataclass fields with defaults, validated in ``check()``. The CLI
+  derives its ``--sketch KIND:KEEP[:OPTION...]`` options from them:
+  ``NAME=VALUE`` for any field, a bare ``NAME`` (``_`` as ``-``) sets a bool
+  field to True, and a bare value sets a field that lists it in
+  ``field(metadata={"choices": (...)})``;
+* ``left_matmul``/``right_matmul``: cheaper contractions than the dense default;
+* ``variance_se(view)``: the standard error when the variance is estimated;
+* ``reserve_bytes(shape, dtype)``: a per-draw bound for the tuner when the kept
+  size is random (default: ``saved_bytes``);
+* ``needs_entries = True`` with the classmethod ``entry_stats(x, weight)``:
+  per-entry statistics built once per captured view, read with ``view.entries(cls)``;
+* ``sweep(keeps)``: the tuner's candidates of the family (default: one per keep);
+* ``exact``: when the sketch is the identity (default: keep = 1).
 
 Families are named as families, without a placeholder keep:
 ``Subsample.family(per_example=True)`` is a :class:`Family`.

@@ -2,7 +2,7 @@
 
 A randomized layer contracts a sketch of a (rows, features) view of its input
 with the output gradient. Its weight gradient is a sum of *contributions*
-``C_rf`` of the entries of that view. A layer kind (:mod:`radvar.variance.kinds`)
+``C_rf`` of the entries of that view. A layer kind (its module in :mod:`radvar.layers`)
 reduces one call to the family-independent numbers of
 :class:`~radvar.sketch.moments.ViewStats` (col, tot, the mixing moment V, and
 optionally the view itself with per-entry weights), and each sketch family

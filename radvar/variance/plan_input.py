@@ -1,4 +1,4 @@
-"""Coerce the ``plan`` argument of the variance functions: a Plan, a Sketch (uniform) or None (all exact)."""
+"""The ``plan`` argument of the variance functions (a Plan, a Sketch (uniform) or None (all exact)), and what capture must keep for it."""
 
 from __future__ import annotations
 
@@ -7,17 +7,11 @@ from typing import Any
 from torch import nn
 
 from ..plan import Plan
-from ..sketch import Sketch
 
 
 def as_plan(model: nn.Module, plan: Any, owner: str) -> Plan:
-    """A validated :class:`~radvar.Plan` (``Plan.validate`` names a missing layer)."""
-    if isinstance(plan, Plan):
-        plan.validate(model)
-        return plan
-    if plan is None or isinstance(plan, Sketch):
-        return Plan.uniform(model, plan)
-    raise TypeError(f"{owner}: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, got {type(plan).__name__}")
+    """A validated :class:`~radvar.Plan` (:meth:`radvar.Plan.coerce`)."""
+    return Plan.coerce(model, plan, owner)
 
 
 def needs_entries(plan: Plan) -> bool:
