@@ -294,7 +294,7 @@ MLP_SKETCHES = [Quantize(2), Quantize(4, group=5), Quantize(1, view="rows")]
 @pytest.mark.parametrize("sketch", MLP_SKETCHES, ids=repr)
 def test_analytic_inside_the_monte_carlo_interval_of_empirical(sketch):
     """radvar.variance.analytic (closed form from one capture) vs variance.empirical (500 draws, 99% interval),
-    per layer, on a small MLP and a small CNN."""
+    per layer, on a small MLP and a small CNN with a transposed convolution."""
     from radvar import variance
 
     g = torch.Generator().manual_seed(4)
@@ -302,7 +302,8 @@ def test_analytic_inside_the_monte_carlo_interval_of_empirical(sketch):
     x, y = torch.randn(30, 20, generator=g), torch.randint(0, 4, (30,), generator=g)
     cases = [(mlp, x, y)]
     if sketch.group is None and sketch.view is None:
-        cnn = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 25, 4))
+        cnn = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(3, 2, 2, stride=2),
+                            nn.Flatten(), nn.Linear(2 * 100, 4))
         cases.append((cnn, torch.randn(6, 2, 5, 5, generator=g), torch.randint(0, 4, (6,), generator=g)))
     for model, inputs, targets in cases:
         ana = variance.analytic(model, (inputs, targets), nn.functional.cross_entropy, sketch).per_layer
@@ -319,8 +320,8 @@ def _view_shapes(model: nn.Module, inputs: torch.Tensor, sketch: Quantize) -> li
     shapes = []
     h = inputs
     for m in model:
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            kind = "linear2d" if isinstance(m, nn.Linear) else "conv2d"
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            kind = "linear2d" if isinstance(m, nn.Linear) else "conv2d"  # the same default views
             shapes.append(tuple(_view(kind, sketch.view, h).shape))
         h = m(h)
     return shapes
@@ -353,3 +354,13 @@ def test_composition_unbiased_and_its_bytes_measured(kind, sketch):
     gy = torch.randn_like(module(x))
     assert_unbiased(_draws(rad, x, gy, 300), _weight_grad(module, x, gy))
     assert saved_bytes(rad, x).total == sketch.saved_bytes(tuple(_view(kind, None, x).shape), torch.float64)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_transposed_convolution_weight_gradient_unbiased(bits):
+    g = torch.Generator().manual_seed(2)
+    module, x = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1).double(), torch.randn(2, 4, 5, 5, generator=g).double()
+    rad = radvar.convert(module, Quantize(bits))
+    gy = torch.randn_like(module(x))
+    assert_unbiased(_draws(rad, x, gy, 200), _weight_grad(module, x, gy))
+    assert saved_bytes(rad, x).total == Quantize(bits).saved_bytes((8, 25), torch.float64)
