@@ -18,8 +18,8 @@ from .options import check_batch_size, load_problem, log, output_option, problem
               help="A fraction in (0, 1] of the exact (compact) saved bytes, or bytes (2000000, 2MB, 1.5MiB).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=150, show_default=True)
 @click.option("--sketch", "sketch_specs", multiple=True, metavar="KIND:KEEP[:OPT]",
-              help="Sketch families to choose from (repeatable; keep ignored) [default: same sample, "
-                   "different sample, projection, importance].")
+              help="Sketch families to choose from (repeatable; keep ignored; quantize:BITS) [default: same "
+                   "sample, different sample, projection, importance, quantize].")
 @click.option("-o", "--output", "output", required=True, metavar="PLAN.json", help="Where to save the plan.")
 @runtime_options
 def tune(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],

@@ -1,4 +1,5 @@
-"""Bit packing for boolean masks: 1 bit per element, in a uint8 tensor.
+"""Bit packing: boolean masks at 1 bit per element, and unsigned b-bit codes
+(b in {1, 2, 4, 8}) at 8/b codes per byte, in a uint8 tensor.
 
 Eight mask bytes are handled as one int64 word, so both directions cost a
 few passes over numel / 8 words (SWAR, "SIMD within a register"):
@@ -12,6 +13,11 @@ product is much faster on CPU than a float x bool one).
 On CPU (outside ``torch.compile``) the same bytes are produced by numpy's
 ``packbits``/``take`` on shared memory: one C call instead of a handful of
 tensor ops, which dominates for activations of a few thousand elements.
+
+b-bit codes (:func:`pack_codes`) put code 8i/b + j in bits [b·j, b·(j+1)) of
+byte i (little-endian lanes, as for masks); :func:`unpack_codes` decodes them
+with the same one-lookup table scheme, row β of the table holding the 8/b codes
+of byte β.
 """
 
 from __future__ import annotations
@@ -32,6 +38,16 @@ def _table(device: torch.device, dtype: torch.dtype, on: float, off: float) -> t
         bits = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()
         table = torch.where(bits, torch.tensor(on, dtype=torch.float64), torch.tensor(off, dtype=torch.float64))
         _TABLES[key] = table.to(device=device, dtype=dtype)
+    return _TABLES[key]
+
+
+def _code_table(device: torch.device, dtype: torch.dtype, bits: int) -> torch.Tensor:
+    """(256, 8 / bits) table: row b, column j is the code in bits [bits·j, bits·(j+1)) of b."""
+    key = (device, dtype, "codes", bits)
+    if key not in _TABLES:
+        lanes = torch.arange(0, 8, bits)
+        codes = (torch.arange(256).unsqueeze(1) >> lanes) & ((1 << bits) - 1)
+        _TABLES[key] = codes.to(device=device, dtype=dtype)
     return _TABLES[key]
 
 
@@ -70,3 +86,36 @@ def select(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], on: float,
            dtype: torch.dtype) -> torch.Tensor:
     """``where(unpack(packed, shape), on, off)`` in ``dtype``, decoded in one lookup."""
     return _decode(packed, shape, _table(packed.device, dtype, float(on), float(off)))
+
+
+CODE_BITS = (1, 2, 4, 8)
+
+
+def _check_code_bits(bits: int) -> None:
+    if bits not in CODE_BITS:
+        raise ValueError(f"bits must be one of {CODE_BITS}, got {bits!r}")
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack uint8 codes below 2**bits (any shape, C order) into ceil(numel · bits / 8) bytes."""
+    _check_code_bits(bits)
+    if bits == 1:
+        return pack(codes.bool())
+    flat = codes.reshape(-1)
+    if bits == 8:  # one code a byte; own exactly these bytes (the ledger counts whole storages)
+        return flat if flat.untyped_storage().nbytes() == flat.numel() else flat.clone()
+    per = 8 // bits
+    if flat.numel() % per:
+        flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % per)])
+    lanes = flat.view(-1, per)
+    out = lanes[:, 0].clone()
+    for j in range(1, per):  # at most 3 passes over numel / per bytes
+        out.bitwise_or_(lanes[:, j] << (bits * j))
+    return out
+
+
+def unpack_codes(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], bits: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: the codes of ``shape`` as values of ``dtype``, in one lookup."""
+    _check_code_bits(bits)
+    return _decode(packed, shape, _code_table(packed.device, dtype, bits))

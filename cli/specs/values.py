@@ -63,11 +63,12 @@ def sketch_options(cls: type[Sketch]) -> dict[str, tuple[str, Any]]:
 
 
 def _field_value(cls: type[Sketch], name: str, text: str, spec: str) -> Any:
-    """``NAME=VALUE``: VALUE read as the type of the field's default (str when it defaults to None)."""
+    """``NAME=VALUE``: VALUE read as the type of the field's default, or ``metadata["type"]`` (str when it
+    defaults to None and names no type)."""
     field = {f.name: f for f in dataclasses.fields(cls) if f.name != "keep"}.get(name)
     if field is None:
         raise SpecError(f"--sketch: {cls.kind} has no field {name!r} in {spec!r}; fields: {sorted(_names(cls))}")
-    default = field.default
+    default = field.metadata["type"](0) if "type" in field.metadata else field.default
     if isinstance(default, bool):
         if text.lower() not in ("true", "false"):
             raise SpecError(f"--sketch: {name}={text!r} in {spec!r} must be true or false")
@@ -85,7 +86,8 @@ def _names(cls: type[Sketch]) -> list[str]:
 
 
 def parse_sketch(text: str) -> Sketch:
-    """``KIND:KEEP[:OPTION...]``, KIND a registered family, e.g. ``subsample:0.1:per-example``.
+    """``KIND:KEEP[:OPTION...]``, KIND a registered family, e.g. ``subsample:0.1:per-example``
+    (a family whose knob is another field reads that field there, e.g. ``quantize:2`` for bits).
 
     OPTION is one of the family's bare options (:func:`sketch_options`) or ``FIELD=VALUE``
     (``axis=NAME`` is read as the deprecated spelling of ``view=NAME``).
@@ -95,11 +97,14 @@ def parse_sketch(text: str) -> Sketch:
     if len(parts) < 2 or parts[0] not in kinds:
         raise SpecError(f"--sketch: {text!r} must be KIND:KEEP[:OPTION...] with KIND in {sorted(kinds)}")
     cls = kinds[parts[0]]
-    try:
-        keep = float(parts[1])
-    except ValueError:
-        raise SpecError(f"--sketch: keep {parts[1]!r} in {text!r} is not a number in (0, 1]") from None
-    fields: dict[str, Any] = {"kind": parts[0], "keep": keep}
+    if cls.leading == "keep":
+        try:
+            leading: Any = float(parts[1])
+        except ValueError:
+            raise SpecError(f"--sketch: keep {parts[1]!r} in {text!r} is not a number in (0, 1]") from None
+    else:
+        leading = _field_value(cls, cls.leading, parts[1], text)
+    fields: dict[str, Any] = {"kind": parts[0], cls.leading: leading}
     bare = sketch_options(cls)
     for opt in parts[2:]:
         if opt in bare:

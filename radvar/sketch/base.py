@@ -83,6 +83,7 @@ class Sketch(abc.ABC):
 
     kind: ClassVar[str] = "sketch"
     registry: ClassVar[dict[str, type["Sketch"]]] = {}  # filled by radvar.sketch.registry.family
+    leading: ClassVar[str] = "keep"  # the field the CLI's KIND:VALUE sets
     needs_entries: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -156,6 +157,10 @@ class Sketch(abc.ABC):
         """This family with ``options`` fixed and keep left open, e.g. ``Subsample.family(per_example=True)``."""
         from .registry import Family
         return Family(cls(1.0, **options))
+
+    def at(self, keep: float) -> "Sketch":
+        """This sketch's family at ``keep`` (a family whose knob is not keep maps keep onto it)."""
+        return dataclasses.replace(self, keep=keep)
 
     def sweep(self, keeps: Sequence[float]) -> list["Sketch"]:
         """The tuner's candidates of this sketch's family on a keep grid (default: one per keep)."""

@@ -97,7 +97,7 @@ class Family:
 
     def at(self, keep: float) -> Sketch:
         """The family's sketch at ``keep``."""
-        return dataclasses.replace(self.template, keep=keep)
+        return self.template.at(keep)
 
     def sweep(self, keeps: Sequence[float]) -> list[Sketch]:
         """The tuner's candidates: the family's own rule (:meth:`Sketch.sweep`) on the keep grid."""
@@ -130,6 +130,6 @@ def as_family(value: Any, owner: str = "families") -> Family:
     if isinstance(value, Family):
         return value
     if isinstance(value, Sketch):
-        return Family(dataclasses.replace(value, keep=1.0))
+        return Family(value.at(1.0))
     raise TypeError(f"{owner}: every entry must be a family such as radvar.sketch.Subsample.family() "
                     f"(or a Sketch, whose keep is ignored), got {value!r} ({type(value).__name__})")

@@ -32,13 +32,13 @@ from .._data import split_batch
 from ..convert import convert
 from ..layers import twin_for
 from ..memory import saved_bytes
-from ..sketch import Family, Importance, Projection, Sketch, Subsample, as_family, kept_count
+from ..sketch import Family, Importance, Projection, Quantize, Sketch, Subsample, as_family, kept_count
 from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
 
 PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
 """The paper's estimators: same sample, different sample, Rademacher projection."""
-DEFAULT_FAMILIES: tuple[Family, ...] = PAPER_FAMILIES + (Importance.family(),)
+DEFAULT_FAMILIES: tuple[Family, ...] = PAPER_FAMILIES + (Importance.family(), Quantize.family())
 DEFAULT_KEEPS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                                     0.6, 0.7, 0.8, 0.9)
 EXACT = "exact"

@@ -82,11 +82,10 @@ def frontier(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], 
     b = cands.batch_size
     noise = trace_sigma / b
     rows = []
-    keeps = sorted(set(cands.table.loc[cands.table["family"] != "exact", "keep"]))
     exact = uniform(cands, None)
     rows.append({"curve": "exact", "plan": "exact", "batch_size": b, "bytes": exact.bytes, "rad_variance": 0.0})
-    for template in families:
-        for keep in keeps:
+    for template in families:  # each family at its own candidates' keeps (Quantize: b/32 per bit width)
+        for keep in sorted(set(cands.table.loc[cands.table["family"] == family_name(template), "keep"])):
             alloc = uniform(cands, template, keep)
             rows.append({"curve": f"uniform {family_name(template)}", "plan": alloc.label, "batch_size": b,
                          "bytes": alloc.bytes, "rad_variance": alloc.variance})

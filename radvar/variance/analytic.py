@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -47,7 +46,7 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     for keep in grid:
         for name, sketch in plan.items():
             stats = cap[name]
-            sk = sketch if sketch is None or keep is None else dataclasses.replace(sketch, keep=keep)
+            sk = sketch if sketch is None or keep is None else sketch.at(keep)
             value, method = layer_variance(stats, sk)
             if not math.isfinite(value):
                 raise ValueError(f"analytic: the RAD variance of layer {name!r} under {sk.label()} is {value} "

@@ -47,6 +47,6 @@ def measure(model: nn.Module, inputs: tuple, targets: torch.Tensor, loss_fn: Cal
     for keep in keeps:
         for name, sketch in plan.items():
             if sketch is not None:
-                modules[name].adopt(sketch if keep is None else dataclasses.replace(sketch, keep=keep))
+                modules[name].adopt(sketch if keep is None else sketch.at(keep))
         per_keep[keep] = saved_bytes(converted, inputs, loss_fn, targets)
     return Ledger(exact, per_keep)
