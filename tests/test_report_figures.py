@@ -189,6 +189,21 @@ def _overlaps(fig) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("keeps", [[0.02, 0.05, 0.1, 0.2, 0.5],
+                                   [0.02, 0.03125, 0.05, 0.0625, 0.1, 0.125, 0.2, 0.25, 0.5],  # + Quantize bits/32
+                                   [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]])
+def test_keep_axis_labels_never_collide_on_dense_grids(keeps):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    for ax in axes:
+        ax.plot(keeps, keeps)
+        figures._keep_axis(ax, keeps)
+    labelled = [t.get_text() for t in axes[0].xaxis.get_ticklabels() if t.get_text()]
+    assert _overlaps(fig) == [] and labelled[-1] == f"{keeps[-1]:g}" and len(labelled) >= 3
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("make", [deep, lambda: analysis_of(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)))],
                          ids=["deep", "small"])
 def test_figures_are_bounded_labelled_and_ticks_do_not_collide(make):

@@ -44,9 +44,17 @@ def _labels(analysis: "Analysis") -> dict[str, str]:
 
 
 def _keep_axis(ax: Axes, keeps: list[float]) -> None:
-    """Log keep axis labelled at the scanned keeps only (no minor labels to collide)."""
+    """Log keep axis with ticks at the scanned keeps, labelled where the text fits: a label needs a
+    gap to its labelled neighbour (in decades) of at least 0.036 x the axis span (decades) x the
+    mean label length (characters), so dense grids never collide."""
     ax.set_xscale("log")
-    ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+    text = {k: f"{k:g}" for k in keeps}
+    span = math.log10(keeps[-1] / keeps[0]) if len(keeps) > 1 else 1.0
+    shown: list[float] = []
+    for k in reversed(keeps):  # from the largest keep, so the top of the grid is always labelled
+        if not shown or math.log10(shown[-1] / k) >= 0.036 * span * (len(text[k]) + len(text[shown[-1]])) / 2:
+            shown.append(k)
+    ax.set_xticks(keeps, [text[k] if k in shown else "" for k in keeps])
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
