@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 from .. import rng
 from ..sketch import Sketch
 from ._autocast import autocast_dtype, autocast_off, cast
+from .linear import load_sketch, save_sketch
 
 VIEWS = ("positions", "examples")
 
@@ -42,22 +43,19 @@ class RADConvFunction(torch.autograd.Function):
         conv = (list(stride), list(padding), list(dilation), transposed, list(output_padding), groups)
         with autocast_off(x, dtype):
             y = torch.ops.aten.convolution(x, weight, bias, *conv)
-        saved, meta = sketch.compress(conv_view(x, sketch.view), rng.generator(key, x.device))
-        ctx.save_for_backward(weight, *saved)
-        ctx.sketch, ctx.meta, ctx.key, ctx.conv = sketch, meta, key, conv
-        ctx.x_shape, ctx.has_bias = x.shape, bias is not None
+        save_sketch(ctx, conv_view(x, sketch.view), x.shape, weight, bias, sketch, key)
+        ctx.conv = conv
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
-        weight, *saved = ctx.saved_tensors
-        gy = gy.to(weight.dtype)
+        weight, saved, gy = load_sketch(ctx, gy)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
         if need_w:
             gen = rng.generator(ctx.key, gy.device)
-            x_hat = ctx.sketch.restore(tuple(saved), ctx.meta, gen).view(ctx.x_shape)
+            x_hat = ctx.sketch.restore(saved, ctx.meta, gen).view(ctx.x_shape)
         else:  # the input gradient reads only the input's shape
             x_hat = gy.new_zeros(()).expand(ctx.x_shape)
         bias_sizes = [weight.shape[1] * ctx.conv[-1] if ctx.conv[3] else weight.shape[0]] if ctx.has_bias else None

@@ -11,6 +11,8 @@ examples) of the (rows, n) view: ∂W = (Ŷ g)ᵀ with Y = xᵀ.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -28,6 +30,22 @@ def linear_view(x: torch.Tensor, view: str | None) -> torch.Tensor:
     return flat.t() if view == "rows" else flat
 
 
+def save_sketch(ctx: Any, view: torch.Tensor, x_shape: torch.Size, weight: torch.Tensor,
+                bias: torch.Tensor | None, sketch: Sketch, key: int) -> None:
+    """Compress ``view`` (the input as the sketch sees it) with draw ``key`` and save, on ``ctx``,
+    what a RAD weight-gradient backward needs: the weight, the sketch's tensors and its metadata."""
+    saved, meta = sketch.compress(view, rng.generator(key, view.device))
+    ctx.save_for_backward(weight, *saved)
+    ctx.sketch, ctx.meta, ctx.key = sketch, meta, key
+    ctx.x_shape, ctx.has_bias = x_shape, bias is not None
+
+
+def load_sketch(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+    """What :func:`save_sketch` saved: the weight, the sketch's tensors, and ``gy`` in the weight's dtype."""
+    weight, *saved = ctx.saved_tensors
+    return weight, tuple(saved), gy.to(weight.dtype)
+
+
 class RADLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -36,17 +54,13 @@ class RADLinearFunction(torch.autograd.Function):
         x, weight, bias = cast(dtype, x, weight, bias)
         with autocast_off(x, dtype):
             y = F.linear(x, weight, bias)
-        saved, meta = sketch.compress(linear_view(x, sketch.view), rng.generator(key, x.device))
-        ctx.save_for_backward(weight, *saved)
-        ctx.sketch, ctx.meta, ctx.key = sketch, meta, key
-        ctx.x_shape, ctx.has_bias = x.shape, bias is not None
+        save_sketch(ctx, linear_view(x, sketch.view), x.shape, weight, bias, sketch, key)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
-        weight, *saved = ctx.saved_tensors
-        gy = gy.to(weight.dtype)
+        weight, saved, gy = load_sketch(ctx, gy)
         g2d = gy.reshape(-1, gy.shape[-1])
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
@@ -54,9 +68,9 @@ class RADLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gen = rng.generator(ctx.key, gy.device)
             if ctx.sketch.view == "rows":
-                gw = ctx.sketch.right_matmul(tuple(saved), ctx.meta, gen, g2d).t()
+                gw = ctx.sketch.right_matmul(saved, ctx.meta, gen, g2d).t()
             else:
-                gw = ctx.sketch.left_matmul(g2d.t(), tuple(saved), ctx.meta, gen)
+                gw = ctx.sketch.left_matmul(g2d.t(), saved, ctx.meta, gen)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2d.sum(0)
         return gx, gw, gb, None, None

@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import memory, variance
 from .._data import take_batch
+from .._hooks import run_with_pre_hooks
 from ..convert import convert
 from ..layers import twin_for
 from ..plan import Plan
@@ -49,13 +50,7 @@ def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
                 shapes[name] = "x".join(map(str, args[0].shape))
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_pre_hooks(model, x, [(m, hook(n)) for n, m in model.named_modules() if n])
     return shapes
 
 

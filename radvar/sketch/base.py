@@ -200,6 +200,31 @@ class Sketch(abc.ABC):
         return f"{type(self).__name__}({', '.join([f'{self.keep:g}', *self.option_labels()])})"
 
 
+class ColumnSketch(Sketch):
+    """A sketch that, shared over rows, keeps the columns ``idx`` of x scaled by ``scale``
+    (x̂ = scale · x[:, idx] scattered back, repeated indices adding up); per example it falls
+    back to :meth:`restore`. Its products touch only the kept columns."""
+
+    @abc.abstractmethod
+    def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The kept column indices (the draw of :meth:`compress`) and their scale."""
+
+    def left_matmul(self, a: torch.Tensor, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
+        if self.per_example:
+            return super().left_matmul(a, saved, meta, gen)
+        (kept,) = saved
+        idx, scale = self.shared_columns(meta["shape"][1], gen, kept)
+        cols = (a @ kept).mul_(scale)
+        return cols.new_zeros(a.shape[0], meta["shape"][1]).index_add_(1, idx, cols)
+
+    def right_matmul(self, saved: Saved, meta: Meta, gen: torch.Generator, b: torch.Tensor) -> torch.Tensor:
+        if self.per_example:
+            return super().right_matmul(saved, meta, gen, b)
+        (kept,) = saved
+        idx, scale = self.shared_columns(meta["shape"][1], gen, kept)
+        return (kept @ b.index_select(0, idx)).mul_(scale)
+
+
 def itemsize(dtype: torch.dtype) -> int:
     """Bytes per element of ``dtype``."""
     return torch.empty((), dtype=dtype).element_size()

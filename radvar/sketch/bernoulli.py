@@ -16,14 +16,14 @@ import dataclasses
 
 import torch
 
-from .base import CLOSED, Meta, Saved, Sketch, count_margin, itemsize, uniform
+from .base import CLOSED, ColumnSketch, Meta, Saved, count_margin, itemsize, uniform
 from .moments import ViewStats
 from .registry import family
 
 
 @family
 @dataclasses.dataclass(frozen=True)
-class Bernoulli(Sketch):
+class Bernoulli(ColumnSketch):
     """Independent keep with probability ``keep``, scaled by 1/keep."""
 
     per_example: bool = True
@@ -50,23 +50,8 @@ class Bernoulli(Sketch):
             out[:, mask] = kept / self.keep
         return out
 
-    def left_matmul(self, a: torch.Tensor, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
-        if self.per_example:
-            return super().left_matmul(a, saved, meta, gen)
-        (kept,) = saved
-        rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept)
-        out = kept.new_zeros(a.shape[0], n)
-        out[:, mask] = (a @ kept) / self.keep
-        return out
-
-    def right_matmul(self, saved: Saved, meta: Meta, gen: torch.Generator, b: torch.Tensor) -> torch.Tensor:
-        if self.per_example:
-            return super().right_matmul(saved, meta, gen, b)
-        (kept,) = saved
-        rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept)
-        return (kept @ b[mask]) / self.keep
+    def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return self._mask(1, n, gen, like).nonzero().squeeze(1), 1.0 / self.keep
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape

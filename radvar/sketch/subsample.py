@@ -19,14 +19,14 @@ import dataclasses
 
 import torch
 
-from .base import CLOSED, Meta, Saved, Sketch, itemsize, kept_count, uniform
+from .base import CLOSED, ColumnSketch, Meta, Saved, itemsize, kept_count, uniform
 from .moments import ViewStats
 from .registry import family
 
 
 @family
 @dataclasses.dataclass(frozen=True)
-class Subsample(Sketch):
+class Subsample(ColumnSketch):
     """k of n features, one set for all rows or one per row, scaled by n/k."""
 
     replace: bool = False
@@ -66,23 +66,8 @@ class Subsample(Sketch):
             return out.scatter_add_(1, idx, scaled) if self.replace else out.scatter_(1, idx, scaled)
         return out.index_add_(1, idx, scaled) if self.replace else out.index_copy_(1, idx, scaled)
 
-    def left_matmul(self, a: torch.Tensor, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
-        if self.per_example:
-            return super().left_matmul(a, saved, meta, gen)
-        (kept,) = saved
-        rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept)
-        cols = (a @ kept).mul_(self._scale(n))
-        out = cols.new_zeros(a.shape[0], n)
-        return out.index_add_(1, idx, cols) if self.replace else out.index_copy_(1, idx, cols)
-
-    def right_matmul(self, saved: Saved, meta: Meta, gen: torch.Generator, b: torch.Tensor) -> torch.Tensor:
-        if self.per_example:
-            return super().right_matmul(saved, meta, gen, b)
-        (kept,) = saved
-        rows, n = meta["shape"]
-        idx = self._indices(rows, n, gen, kept)
-        return (kept @ b.index_select(0, idx)).mul_(self._scale(n))
+    def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return self._indices(1, n, gen, like), self._scale(n)
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape

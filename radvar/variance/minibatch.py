@@ -31,6 +31,7 @@ from torch.func import functional_call, grad, vmap
 
 from .. import rng
 from .._data import examples, validate
+from .._hooks import run_with_pre_hooks
 from ..convert import convert
 from ..memory import saved_bytes
 from ..outputs import take
@@ -74,13 +75,7 @@ def batch_stats_frozen(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
         dims = [0, *range(2, args[0].dim())]
         stats[module] = (args[0].mean(dims), args[0].var(dims, unbiased=False))
 
-    handles = [m.register_forward_pre_hook(record) for m in norms]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_pre_hooks(model, x, [(m, record) for m in norms])
     norms = [m for m in norms if m in stats]  # a BatchNorm the forward did not call stays as it is
     running = [(m.running_mean, m.running_var) for m in norms]
     try:
