@@ -59,7 +59,7 @@ def _maybe_retune(run: Run, loss_fn: Callable[..., torch.Tensor], x: torch.Tenso
     """Re-tune an adaptive run's plan on the step's batch when due; after a switch, measure the new plan's ledger."""
     if run.auto is None or run.step % run.settings.retune_every:
         return
-    if retune(run.auto, x, y, run.step) is not None:
+    if retune(run.auto, x, y, run.step, run.settings) is not None:
         run.ledger = ledger_bytes(run.model, (x.clone(), y.clone()), loss_fn, run.settings)
 
 

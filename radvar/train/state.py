@@ -144,15 +144,20 @@ def _auto_state(auto: AutoPlan) -> dict[str, Any]:
 
 def _new_auto(model: nn.Module, loss_fn: Callable[..., torch.Tensor], settings: Settings) -> AutoPlan:
     """An AutoPlan (and its monitor, measuring every ``retune_every`` steps on batches the loop hands it)."""
-    monitor = NoiseMonitor(model, loss_fn, every=settings.retune_every, out=settings.log_dir)
+    monitor = NoiseMonitor(model, loss_fn, every=settings.retune_every)
     monitor.close()  # the loop passes each batch to measure(); the batch-recording hook is not needed
-    return AutoPlan(monitor, settings.budget, every=settings.retune_every, out=settings.log_dir)
+    return AutoPlan(monitor, settings.budget, every=settings.retune_every)
 
 
-def retune(auto: AutoPlan, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, Any] | None:
-    """Measure the batch (x, y) at the current parameters and re-tune the plan; the switch made, or None."""
+def retune(auto: AutoPlan, x: torch.Tensor, y: torch.Tensor, step: int, settings: Settings) -> dict[str, Any] | None:
+    """Measure the batch (x, y) at the current parameters and re-tune the plan; the switch made, or None.
+    Then, with ``settings.log_dir``, rewrite the noise and switch logs there (nothing when tuning failed)."""
     rows = auto.monitor.measure(x, y, step=step)
-    return auto.retune(step, float(rows[-1]["data_variance"]))
+    switch = auto.retune(step, float(rows[-1]["data_variance"]))
+    if settings.log_dir is not None:
+        auto.monitor.save(settings.log_dir)
+        auto.save(settings.log_dir)
+    return switch
 
 
 def _fresh_seed(settings: Settings) -> int:
@@ -198,7 +203,7 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | str | None, lo
         rng.seed(seed)
         auto = _new_auto(model, loss_fn, settings) if settings.auto else None
         if auto is not None:
-            retune(auto, first[0].to(dev), first[1].to(dev), step=0)
+            retune(auto, first[0].to(dev), first[1].to(dev), 0, settings)
         return Run(model, opt, scaler, settings, seed, ledger_bytes(model, first, loss_fn, settings), rank, world,
                    auto=auto)
     problems = _mismatches(saved, model, opt, scaler, settings)
