@@ -84,7 +84,7 @@ def check_auto(plan: Any, budget: Any, retune_every: Any) -> tuple[int | float |
     """(budget, retune_every) of an adaptive run (``plan="auto"``; ``retune_every`` defaults to 200),
     or (None, None) when neither is given with another plan."""
     if isinstance(plan, str) and plan != "auto":
-        raise ValueError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch, 'auto' or None, got {plan!r}")
+        raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch, 'auto' or None, got {plan!r}")
     if plan != "auto":
         given = [f"{k}={v!r}" for k, v in (("budget", budget), ("retune_every", retune_every)) if v is not None]
         if given:
