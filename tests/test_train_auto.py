@@ -152,6 +152,8 @@ def test_resume_refuses_another_kind_of_plan(train_data, tmp_path):
     (dict(retune_every=10), ValueError, "retune_every=10 apply only to plan='auto'"),
     (dict(plan="adaptive"), TypeError, "plan must be a radvar.Plan, a radvar.sketch.Sketch, 'auto' or None, "
                                         "got 'adaptive'"),
+    (dict(plan="auto", budget=0.2, amp="bf16"), ValueError, "plan='auto' solves its budget on the full-precision "
+                                                             "ledger, so it runs without amp; got amp='bf16'"),
     (dict(plan=sketch.Subsample(0.2), log_dir="logs"), ValueError, "log_dir is the folder of an adaptive run"),
 ])
 def test_bad_adaptive_arguments(train_data, tmp_path, kwargs, error, message):

@@ -121,6 +121,9 @@ def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callabl
         raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch, 'auto' or None, "
                         f"got {type(plan).__name__}")
     budget, retune_every = check_auto(plan, budget, retune_every)
+    if budget is not None and amp is not None:
+        raise ValueError(f"fit: plan='auto' solves its budget on the full-precision ledger, so it runs without amp; "
+                         f"got amp={amp!r} (autocast keeps extra low-precision copies the budget does not count)")
     if log_dir is not None and (budget is None or not isinstance(log_dir, (str, os.PathLike))):
         raise ValueError(f"fit: log_dir is the folder of an adaptive run's logs: a path, with plan='auto'; got "
                          f"log_dir={log_dir!r}, plan={plan!r}")
