@@ -7,7 +7,7 @@ with the evaluation columns every ``eval_every`` steps and at the end; every
 ``checkpoint_every`` steps and at the end the run is saved. In an adaptive
 run, every ``retune_every`` steps (after the row and callbacks, before the
 checkpoint, not after the last step) the step's batch is measured and the plan
-re-tuned (:func:`~radvar.train.state.retune`): a switch converts the model
+re-tuned (:func:`~radvar.train.state.retune`; not on a partial last batch): a switch converts the model
 between two steps, so each step's forward and backward use one plan.
 """
 
@@ -56,8 +56,10 @@ def _step(run: Run, net: nn.Module, loss_fn: Callable[..., torch.Tensor], x: tor
 
 
 def _maybe_retune(run: Run, loss_fn: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
-    """Re-tune an adaptive run's plan on the step's batch when due; after a switch, measure the new plan's ledger."""
-    if run.auto is None or run.step % run.settings.retune_every:
+    """Re-tune an adaptive run's plan on the step's batch when due; after a switch, measure the new plan's ledger.
+    A partial last batch of an epoch is skipped: a plan within a byte budget there may not be at the full batch."""
+    s = run.settings
+    if run.auto is None or run.step % s.retune_every or (s.batch_size is not None and len(x) < s.batch_size):
         return
     if retune(run.auto, x, y, run.step, run.settings) is not None:
         run.ledger = ledger_bytes(run.model, (x.clone(), y.clone()), loss_fn, run.settings)
