@@ -193,3 +193,10 @@ def test_cli_bad_budget_or_interval(tmp_path, args, message):
     res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "out"), "-q", *args])
     assert res.exit_code == 2 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_no_retune_on_a_partial_batch(train_data, tmp_path):
+    """600 examples in batches of 70: steps 9 and 18 end the epochs with 40 examples, and are not re-tuned on."""
+    _, _, log, _ = _auto_run(train_data, tmp_path, steps=None, epochs=2, batch_size=70, retune_every=3)
+    assert len(log) == 2 * 18
+    assert sorted(set(pd.read_csv(tmp_path / "noise.csv")["step"])) == [0, 3, 6, 12, 15]
