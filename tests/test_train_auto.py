@@ -200,3 +200,18 @@ def test_no_retune_on_a_partial_batch(train_data, tmp_path):
     _, _, log, _ = _auto_run(train_data, tmp_path, steps=None, epochs=2, batch_size=70, retune_every=3)
     assert len(log) == 2 * 18
     assert sorted(set(pd.read_csv(tmp_path / "noise.csv")["step"])) == [0, 3, 6, 12, 15]
+
+
+def test_resumed_to_more_steps_equals_the_longer_run(train_data, tmp_path):
+    """6 steps, then resumed to 12, equals 12 straight: the re-tune due at step 6 also runs when 6 is the last step."""
+    kwargs = dict(plan="auto", budget=0.15, retune_every=3, batch_size=50, log_every=3)
+    long, _, h_long = _run(mlp, kwargs | dict(steps=12), train_data, log_dir=tmp_path / "a")
+    _run(mlp, kwargs | dict(steps=6), train_data, checkpoint=tmp_path / "c.ckpt", log_dir=tmp_path / "b")
+    resumed, _, h_resumed = _run(mlp, kwargs | dict(steps=12), train_data, init=1, checkpoint=tmp_path / "c.ckpt",
+                                 resume=True, log_dir=tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(long.state_dict().values(), resumed.state_dict().values()))
+    assert h_long.drop(columns="step_time_s").equals(h_resumed.drop(columns="step_time_s"))
+    logs = [json.loads((tmp_path / d / "retune.json").read_text())["switches"] for d in ("a", "b")]
+    assert logs[0] == logs[1]
+    noise = [pd.read_csv(tmp_path / d / "noise.csv").drop(columns=["seconds", "cpu_seconds"]) for d in ("a", "b")]
+    assert noise[0].equals(noise[1]) and sorted(set(noise[0]["step"])) == [0, 3, 6, 9, 12]

@@ -6,7 +6,7 @@ every ``log_every`` steps (and at the end) the window becomes a history row,
 with the evaluation columns every ``eval_every`` steps and at the end; every
 ``checkpoint_every`` steps and at the end the run is saved. In an adaptive
 run, every ``retune_every`` steps (after the row and callbacks, before the
-checkpoint, not after the last step) the step's batch is measured and the plan
+checkpoint) the step's batch is measured and the plan
 re-tuned (:func:`~radvar.train.state.retune`; not on a partial last batch): a switch converts the model
 between two steps, so each step's forward and backward use one plan.
 """
@@ -119,8 +119,7 @@ def train(run: Run, net: nn.Module, epochs: Iterator[tuple[int, Iterator[Batch]]
             done = s.steps is not None and run.step >= s.steps
             if run.step % s.log_every == 0 or done:
                 log(epoch)
-            if not (done or stop):
-                _maybe_retune(run, loss_fn, x, y)
+            _maybe_retune(run, loss_fn, x, y)  # also after the last step: a run resumed to more steps goes on alike
             if s.checkpoint_every is not None and run.step % s.checkpoint_every == 0:
                 run.save()
             if done or stop:
