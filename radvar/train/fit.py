@@ -122,8 +122,8 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     epoch from ``seed``, sharded over ranks; a batch larger than the data is an
     error), or any iterable of batches.
     ``plan`` (a Plan or a Sketch for all layers) converts ``model`` in place
-    first; None trains it as it is; ``"auto"`` re-tunes it while training (below). ``optimizer``: an optimizer over the model's
-    parameters, or a callable ``params -> optimizer``. ``amp``: None, "bf16"
+    first; None trains it as it is; ``"auto"`` re-tunes it while training (below).
+    ``optimizer``: an optimizer over the model's parameters, or a callable ``params -> optimizer``. ``amp``: None, "bf16"
     (CPU or GPU) or "fp16" (GPU, with a GradScaler). ``compile``: True (inductor)
     or a backend name. ``seed`` seeds radvar's RAD stream (each rank its own).
     Every ``log_every`` steps a row is added (see :mod:`radvar.train.history`),
@@ -166,8 +166,9 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     with compiler as train_net:
         loop.train(run, train_net, _epochs(data, settings.batch_size, run.seed), loss_fn, evaluate_all, callbacks)
     history = History(run.rows)
-    history.attrs.update({"plan": plan if isinstance(plan, str) else repr(plan) if plan is not None else "as given", "amp": amp,
-                          "compile": compile, "device": str(dev), "world_size": run.world, "seed": run.seed})
+    label = plan if isinstance(plan, str) else repr(plan) if plan is not None else "as given"
+    history.attrs.update({"plan": label, "amp": amp, "compile": compile, "device": str(dev),
+                          "world_size": run.world, "seed": run.seed})
     if run.auto is not None:
         history.attrs.update({"budget": budget, "retune_every": settings.retune_every,
                               "switches": len(run.auto.switches)})

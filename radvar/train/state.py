@@ -189,7 +189,7 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | str | None, lo
     """
     saved = _existing(settings)
     dev = settings.device
-    if plan is not None and plan != "auto":
+    if plan is not None and not isinstance(plan, str):  # "auto": the first plan is tuned below
         convert(model, plan, inplace=True)
     model.to(dev)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(model.parameters())
