@@ -1,7 +1,10 @@
 """``radvar train``: train a model with a plan (or a uniform sketch) and write its learning curve.
 
 Parses options only; the loop is :func:`radvar.train.fit`. Writes
-``history.csv`` and ``learning_curve.png`` into ``--out``.
+``history.csv`` and ``learning_curve.png`` into ``--out``. With ``--budget`` the
+plan re-tunes itself every ``--retune-every`` steps (``fit(plan="auto")``), and
+``noise.csv/json``, ``retune.csv/json`` (each plan switch with its reason) and
+``noise.png`` go into ``--out`` too (the first two as training goes).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 
 import radvar
 from radvar.train import fit, save_figure
+from radvar.train.monitor import load as load_noise
+from radvar.train.monitor import plot_noise
 
 from . import specs
 from .options import load_problem, log, output_option, problem_options, quiet, runtime_options
@@ -28,6 +33,20 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _auto(budget_spec: str | None, retune_every: str | None, fixed: bool) -> tuple[float | int | None, int | None]:
+    """(budget, retune interval) of an adaptive run from --budget F|BYTES and --retune-every N, or (None, None)."""
+    if budget_spec is None:
+        if retune_every is not None:
+            raise specs.SpecError(f"--retune-every {retune_every} needs --budget (the plan re-tunes within it)")
+        return None, None
+    if fixed:
+        raise specs.SpecError("--budget re-tunes the plan during training; it cannot be combined with --plan or --keep")
+    every = 200 if retune_every is None else retune_every.strip()
+    if not (isinstance(every, int) or every.isdigit()) or int(every) < 1:
+        raise specs.SpecError(f"--retune-every: {retune_every!r} is not a whole number of steps >= 1")
+    return specs.parse_budget(budget_spec).value, int(every)
 
 
 def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar.Plan | radvar.sketch.Sketch | None:
@@ -63,14 +82,21 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
 @click.option("--checkpoint", type=str, metavar="FILE",
               help="Save a weights-only checkpoint here (every --log-every steps and at the end).")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint if it exists (bitwise the uninterrupted run).")
+@click.option("--budget", "budget_spec", metavar="F|BYTES",
+              help="Adaptive plan: re-tune it within this memory budget, a fraction in (0, 1] of the exact saved "
+                   "bytes or bytes (2000000, 2MB, 1.5MiB).")
+@click.option("--retune-every", "retune_every", metavar="N",
+              help="With --budget: re-tune the plan every N steps [default: 200].")
 @click.option("--out", type=click.Path(file_okay=False), default="radvar-train", show_default=True)
 @runtime_options
 def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...], weights: str | None,
           seed: int, device: str, output_key: str | None, plan_path: str | None, keep: float | None, sketch_spec: str,
           steps: int, batch_size: int, opt_name: str, lr: float, eval_split: float, log_every: int, amp: str | None,
-          compile_: bool, checkpoint: str | None, resume: bool, out: str) -> None:
+          compile_: bool, checkpoint: str | None, resume: bool, budget_spec: str | None, retune_every: str | None,
+          out: str) -> None:
     """Train MODEL (default: the paper MLP on digits) exactly or with RAD; write history.csv and a plot."""
-    plan = _plan(plan_path, keep, sketch_spec)
+    budget, every = _auto(budget_spec, retune_every, fixed=plan_path is not None or keep is not None)
+    plan = "auto" if budget is not None else _plan(plan_path, keep, sketch_spec)
     if resume and checkpoint is None:
         raise specs.SpecError("--resume needs --checkpoint FILE")
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device, output_key)
@@ -79,16 +105,22 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
     train_data = (problem.x[:n_train], problem.y[:n_train])
     eval_data = (problem.x[n_train:], problem.y[n_train:]) if n_eval else None
     log(f"train: {problem.meta['model']} on {problem.meta['data']} ({n_train} train, {n_eval} eval), "
-        f"plan {plan!r}, {steps} steps of {batch_size}")
+        f"plan {plan!r}{f' (budget {budget}, re-tuned every {every} steps)' if every else ''}, "
+        f"{steps} steps of {batch_size}")
+    out_dir = Path(out)
     history = fit(problem.model, train_data, loss_fn=problem.loss_fn, optimizer=OPTIMIZERS[opt_name](lr), plan=plan,
                   steps=steps, batch_size=batch_size, eval_data=eval_data, amp=amp, compile=compile_,
                   device=problem.meta["device"], seed=seed,
                   log_every=log_every, checkpoint=checkpoint, checkpoint_every=log_every if checkpoint else None,
-                  resume=resume, progress=not quiet())
-    out_dir = Path(out)  # made only once training succeeded: a failed run leaves no folder behind
-    out_dir.mkdir(parents=True, exist_ok=True)
+                  resume=resume, progress=not quiet(), budget=budget, retune_every=every,
+                  log_dir=out_dir if budget is not None else None)
+    out_dir.mkdir(parents=True, exist_ok=True)  # made once training succeeded (an adaptive run's logs: as it goes)
     history.save_csv(out_dir / "history.csv")
     matplotlib.use("Agg")  # files only, no display
     save_figure(history.plot().figure, out_dir / "learning_curve.png")
     click.echo(history.summary())
     click.echo(f"wrote {out_dir / 'history.csv'} and {out_dir / 'learning_curve.png'}")
+    if budget is not None:
+        save_figure(plot_noise(load_noise(out_dir / "noise.csv")), out_dir / "noise.png")
+        click.echo(f"{history.attrs['switches']} plan switches logged with their reasons in "
+                   f"{out_dir / 'retune.csv'}; noise log {out_dir / 'noise.csv'} and {out_dir / 'noise.png'}")

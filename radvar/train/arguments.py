@@ -38,6 +38,14 @@ class Settings:
     checkpoint: Path | None
     resume: bool
     progress: bool
+    budget: int | float | None = None
+    retune_every: int | None = None
+    log_dir: Path | None = None
+
+    @property
+    def auto(self) -> bool:
+        """Whether the plan re-tunes itself (``plan="auto"``)."""
+        return self.budget is not None
 
 
 def positive_int(value: Any, name: str, allow_none: bool = True) -> int | None:
@@ -63,10 +71,39 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def check_budget(budget: Any) -> int | float:
+    """``budget`` if it is bytes (an int > 0) or a fraction in (0, 1] of the exact saved bytes; ValueError otherwise."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0 \
+            or (isinstance(budget, float) and budget > 1.0):
+        raise ValueError(f"fit: budget must be a fraction in (0, 1] of the exact saved bytes (float) or a number of "
+                         f"bytes > 0 (int), got {budget!r}")
+    return budget
+
+
+def check_auto(plan: Any, budget: Any, retune_every: Any) -> tuple[int | float | None, int | None]:
+    """(budget, retune_every) of an adaptive run (``plan="auto"``; ``retune_every`` defaults to 200),
+    or (None, None) when neither is given with another plan."""
+    if isinstance(plan, str) and plan != "auto":
+        raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch, 'auto' or None, got {plan!r}")
+    if plan != "auto":
+        given = [f"{k}={v!r}" for k, v in (("budget", budget), ("retune_every", retune_every)) if v is not None]
+        if given:
+            raise ValueError(f"fit: {' and '.join(given)} apply only to plan='auto' (the plan that re-tunes "
+                             f"itself); got plan={plan!r}")
+        return None, None
+    if budget is None:
+        raise ValueError("fit: plan='auto' needs budget=, a fraction in (0, 1] of the exact saved bytes (float) or "
+                         "a number of bytes > 0 (int)")
+    if distributed.size() > 1:
+        raise ValueError(f"fit: plan='auto' runs in one process (each rank would re-tune on its own batch); "
+                         f"got a world of {distributed.size()} ranks")
+    return check_budget(budget), positive_int(200 if retune_every is None else retune_every, "retune_every")
+
+
 def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callable[..., Any]], *,
           steps: Any, epochs: Any, batch_size: Any, log_every: Any, eval_every: Any, checkpoint_every: Any,
           seed: Any, compile: Any, device: Any, amp: Any, checkpoint: Any, resume: Any,
-          progress: Any) -> Settings:
+          progress: Any, budget: Any = None, retune_every: Any = None, log_dir: Any = None) -> Settings:
     """Check every argument of fit except the data; return the settings."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -80,8 +117,16 @@ def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callabl
         raise TypeError(f"fit: compile must be a bool or a torch.compile backend name, got {compile!r}")
     if not all(callable(cb) for cb in callbacks):
         raise TypeError("fit: callbacks must be callables taking one row dict")
-    if plan is not None and not isinstance(plan, (Plan, Sketch)):
-        raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch or None, got {type(plan).__name__}")
+    if plan is not None and not isinstance(plan, (Plan, Sketch, str)):
+        raise TypeError(f"fit: plan must be a radvar.Plan, a radvar.sketch.Sketch, 'auto' or None, "
+                        f"got {type(plan).__name__}")
+    budget, retune_every = check_auto(plan, budget, retune_every)
+    if budget is not None and amp is not None:
+        raise ValueError(f"fit: plan='auto' solves its budget on the full-precision ledger, so it runs without amp; "
+                         f"got amp={amp!r} (autocast keeps extra low-precision copies the budget does not count)")
+    if log_dir is not None and (budget is None or not isinstance(log_dir, (str, os.PathLike))):
+        raise ValueError(f"fit: log_dir is the folder of an adaptive run's logs: a path, with plan='auto'; got "
+                         f"log_dir={log_dir!r}, plan={plan!r}")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"fit: checkpoint must be a path or None, got {checkpoint!r}")
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
@@ -96,4 +141,5 @@ def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callabl
         eval_every=positive_int(eval_every, "eval_every") or log_every,
         checkpoint_every=checkpoint_every, seed=seed, compile=compile,
         device=dev, precision=resolve_amp(amp, dev), checkpoint=None if checkpoint is None else Path(checkpoint),
-        resume=bool(resume), progress=bool(progress))
+        resume=bool(resume), progress=bool(progress), budget=budget, retune_every=retune_every,
+        log_dir=None if log_dir is None else Path(log_dir))

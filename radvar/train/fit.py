@@ -108,20 +108,22 @@ def _eval_sets(eval_data: Any) -> dict[str, Any]:
 
 def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..., torch.Tensor],
         optimizer: torch.optim.Optimizer | Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer],
-        plan: Plan | Sketch | None = None, steps: int | None = None, epochs: int | None = None,
+        plan: Plan | Sketch | str | None = None, steps: int | None = None, epochs: int | None = None,
         batch_size: int | None = None, eval_data: Batch | Iterable[Batch] | Mapping[str, Any] | None = None,
         eval_every: int | None = None, amp: str | None = None, compile: bool | str = False,
         device: str | torch.device = "auto", seed: int | None = None, log_every: int = 10,
         callbacks: Sequence[Callback] = (), checkpoint: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None, resume: bool = False, progress: bool = True) -> History:
+        checkpoint_every: int | None = None, resume: bool = False, progress: bool = True,
+        budget: int | float | None = None, retune_every: int | None = None,
+        log_dir: str | os.PathLike | None = None) -> History:
     """Train ``model`` in place on ``data`` for ``steps`` optimizer steps or ``epochs`` passes.
 
     ``data``: an (inputs, targets) tensor pair with ``batch_size`` (shuffled each
     epoch from ``seed``, sharded over ranks; a batch larger than the data is an
     error), or any iterable of batches.
     ``plan`` (a Plan or a Sketch for all layers) converts ``model`` in place
-    first; None trains it as it is. ``optimizer``: an optimizer over the model's
-    parameters, or a callable ``params -> optimizer``. ``amp``: None, "bf16"
+    first; None trains it as it is; ``"auto"`` re-tunes it while training (below).
+    ``optimizer``: an optimizer over the model's parameters, or a callable ``params -> optimizer``. ``amp``: None, "bf16"
     (CPU or GPU) or "fp16" (GPU, with a GradScaler). ``compile``: True (inductor)
     or a backend name. ``seed`` seeds radvar's RAD stream (each rank its own).
     Every ``log_every`` steps a row is added (see :mod:`radvar.train.history`),
@@ -131,11 +133,20 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     ``checkpoint``, state is saved every ``checkpoint_every`` steps and at the
     end (:mod:`radvar.train.checkpoint`, a weights-only file); ``resume=True``
     continues from the file if it exists, bitwise the uninterrupted run on the same device.
+
+    ``plan="auto"`` with ``budget`` (bytes autograd may keep, an int > 0, or a fraction in
+    (0, 1] of the exact model's ledger bytes): before step 1 and then every ``retune_every``
+    steps (default 200) the plan is re-solved on the step's batch within the budget
+    (:class:`~radvar.train.retune.AutoPlan` after a :class:`~radvar.train.monitor.NoiseMonitor`
+    measurement), switching between steps only. With ``log_dir``, ``noise.csv/json`` and
+    ``retune.csv/json`` (each switch with its reason) are rewritten there as training goes.
+    One process only.
     """
     settings = arguments.check(model, loss_fn, plan, callbacks, steps=steps, epochs=epochs, batch_size=batch_size,
                                log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                                seed=seed, compile=compile, device=device, amp=amp, checkpoint=checkpoint,
-                               resume=resume, progress=progress)
+                               resume=resume, progress=progress, budget=budget, retune_every=retune_every,
+                               log_dir=log_dir)
     _check_data(data, settings.batch_size)
     evals = _eval_sets(eval_data)
 
@@ -155,6 +166,10 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     with compiler as train_net:
         loop.train(run, train_net, _epochs(data, settings.batch_size, run.seed), loss_fn, evaluate_all, callbacks)
     history = History(run.rows)
-    history.attrs.update({"plan": repr(plan) if plan is not None else "as given", "amp": amp,
-                          "compile": compile, "device": str(dev), "world_size": run.world, "seed": run.seed})
+    label = plan if isinstance(plan, str) else repr(plan) if plan is not None else "as given"
+    history.attrs.update({"plan": label, "amp": amp, "compile": compile, "device": str(dev),
+                          "world_size": run.world, "seed": run.seed})
+    if run.auto is not None:
+        history.attrs.update({"budget": budget, "retune_every": settings.retune_every,
+                              "switches": len(run.auto.switches)})
     return history

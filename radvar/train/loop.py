@@ -4,7 +4,11 @@ It continues a :class:`~radvar.train.state.Run` from its (epoch, batch)
 position. Each step appends (loss, wall time, CUDA peak) to the run's window;
 every ``log_every`` steps (and at the end) the window becomes a history row,
 with the evaluation columns every ``eval_every`` steps and at the end; every
-``checkpoint_every`` steps and at the end the run is saved.
+``checkpoint_every`` steps and at the end the run is saved. In an adaptive
+run, every ``retune_every`` steps (after the row and callbacks, before the
+checkpoint) the step's batch is measured and the plan
+re-tuned (:func:`~radvar.train.state.retune`; not on a partial last batch): a switch converts the model
+between two steps, so each step's forward and backward use one plan.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .state import Batch, Run
+from .state import Batch, Run, ledger_bytes, retune
 
 
-def _step(run: Run, net: nn.Module, loss_fn: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
-    """One optimizer step on (x, y); its loss, time and CUDA peak go to the run's window."""
+def _step(run: Run, net: nn.Module, loss_fn: Callable[..., torch.Tensor], x: torch.Tensor,
+          y: torch.Tensor) -> Batch:
+    """One optimizer step on (x, y); its loss, time and CUDA peak go to the run's window. (x, y) on the device."""
     dev, scaler, opt = run.settings.device, run.scaler, run.optimizer
     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
     cuda = dev.type == "cuda"
@@ -47,6 +52,17 @@ def _step(run: Run, net: nn.Module, loss_fn: Callable[..., torch.Tensor], x: tor
         raise FloatingPointError(f"fit: loss became {value} at step {run.step + 1}")
     run.window.append([value, time.perf_counter() - start, torch.cuda.max_memory_allocated(dev) if cuda else 0])
     run.step += 1
+    return x, y
+
+
+def _maybe_retune(run: Run, loss_fn: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
+    """Re-tune an adaptive run's plan on the step's batch when due; after a switch, measure the new plan's ledger.
+    A partial last batch of an epoch is skipped: a plan within a byte budget there may not be at the full batch."""
+    s = run.settings
+    if run.auto is None or run.step % s.retune_every or (s.batch_size is not None and len(x) < s.batch_size):
+        return
+    if retune(run.auto, x, y, run.step, run.settings) is not None:
+        run.ledger = ledger_bytes(run.model, (x.clone(), y.clone()), loss_fn, run.settings)
 
 
 def _finished(run: Run, epoch: int) -> bool:
@@ -97,12 +113,13 @@ def train(run: Run, net: nn.Module, epochs: Iterator[tuple[int, Iterator[Batch]]
         for b, (x, y) in enumerate(batches):
             if epoch == start[0] and b < start[1]:
                 continue
-            _step(run, net, loss_fn, x, y)
+            x, y = _step(run, net, loss_fn, x, y)
             run.epoch, run.batch = epoch, b + 1
             bar.update(1)
             done = s.steps is not None and run.step >= s.steps
             if run.step % s.log_every == 0 or done:
                 log(epoch)
+            _maybe_retune(run, loss_fn, x, y)  # also after the last step: a run resumed to more steps goes on alike
             if s.checkpoint_every is not None and run.step % s.checkpoint_every == 0:
                 run.save()
             if done or stop:

@@ -294,6 +294,17 @@ class NoiseMonitor:
             self._ledgers[key] = (kept.by_module, kept.total, exact.by_module, exact.total)
         return self._ledgers[key]
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the log (JSON-able): rows, EMA sums, count, next due step."""
+        return {"rows": self.rows, "ema": {k: list(v) for k, v in self._ema.items()},
+                "measurements": self._measurements, "due": self._due}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.rows = [dict(r) for r in state["rows"]]
+        self._ema = {k: (float(t), float(g)) for k, (t, g) in state["ema"].items()}
+        self._measurements, self._due = int(state["measurements"]), int(state["due"])
+
     def save(self, out: str | os.PathLike) -> None:
         """Write ``noise.csv`` and ``noise.json`` (settings and rows; non-finite numbers as null) into ``out``."""
         settings = {"every": self.every, "ema": self.ema, "seed": self.seed, "projection_pairs": self.projection_pairs}

@@ -6,6 +6,12 @@ seeds a fresh run (data-order seed, RAD stream, the saved-bytes ledger of one
 training forward) or restores everything a checkpoint holds, after checking
 that the checkpoint fits this model, optimizer and precision. :meth:`Run.save`
 writes the checkpoint that :func:`start` reads back.
+
+With ``plan="auto"`` the run holds an :class:`~radvar.train.retune.AutoPlan`
+(and its :class:`~radvar.train.monitor.NoiseMonitor`): a fresh run measures the
+first batch and tunes its first plan within the budget before step 1 (logged
+as a switch at step 0); the checkpoint keeps the plan in force, the switches
+and the monitor's log, and a resumed run converts the model back to that plan.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from ..sketch import Sketch
 from . import checkpoint as ckpt
 from . import distributed
 from .arguments import Settings
+from .monitor import NoiseMonitor
+from .retune import AutoPlan, current_plan
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -48,6 +56,7 @@ class Run:
     batch: int = 0
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     window: list[list[float]] = dataclasses.field(default_factory=list)
+    auto: AutoPlan | None = None
 
     def save(self) -> None:
         """Write the checkpoint: rank 0 writes the shared replica and every rank's RNG states and window."""
@@ -61,7 +70,8 @@ class Run:
                 "rng": rng.get_state(), "ledger": self.ledger, "rows": self.rows,
                 "windows": [r.pop("window") for r in every], "world_size": self.world,
                 "model_class": type(self.model).__name__, "optimizer_class": type(self.optimizer).__name__,
-                "amp": str(self.settings.precision.dtype), "batch_size": self.settings.batch_size}
+                "amp": str(self.settings.precision.dtype), "batch_size": self.settings.batch_size,
+                "auto": None if self.auto is None else _auto_state(self.auto)}
         ckpt.save(path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                   scaler=self.scaler.state_dict() if self.scaler is not None else None, ranks=every, meta=meta)
 
@@ -116,7 +126,38 @@ def _mismatches(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Optimi
         problems.append(f"world size {meta['world_size']} in the checkpoint vs {distributed.world()[1]}")
     if meta["batch_size"] != settings.batch_size:
         problems.append(f"batch_size {meta['batch_size']} in the checkpoint vs {settings.batch_size}")
+    auto = meta.get("auto")
+    if (auto is None) == settings.auto:
+        problems.append("an adaptive run (plan='auto') in the checkpoint vs a fixed plan" if auto is not None
+                        else "a fixed plan in the checkpoint vs an adaptive run (plan='auto')")
+    elif auto is not None and (auto["budget"], auto["every"]) != (settings.budget, settings.retune_every):
+        problems.append(f"budget {auto['budget']!r}, retune_every {auto['every']} in the checkpoint vs "
+                        f"{settings.budget!r}, {settings.retune_every}")
     return problems
+
+
+def _auto_state(auto: AutoPlan) -> dict[str, Any]:
+    """An adaptive run's state for the checkpoint (JSON-able): settings, plan in force, switches, monitor log."""
+    return {"budget": auto.budget, "every": auto.every, "plan": current_plan(auto.monitor.model).to_dict(),
+            "switches": auto.switches, "monitor": auto.monitor.state_dict()}
+
+
+def _new_auto(model: nn.Module, loss_fn: Callable[..., torch.Tensor], settings: Settings) -> AutoPlan:
+    """An AutoPlan (and its monitor, measuring every ``retune_every`` steps on batches the loop hands it)."""
+    monitor = NoiseMonitor(model, loss_fn, every=settings.retune_every)
+    monitor.close()  # the loop passes each batch to measure(); the batch-recording hook is not needed
+    return AutoPlan(monitor, settings.budget, every=settings.retune_every)
+
+
+def retune(auto: AutoPlan, x: torch.Tensor, y: torch.Tensor, step: int, settings: Settings) -> dict[str, Any] | None:
+    """Measure the batch (x, y) at the current parameters and re-tune the plan; the switch made, or None.
+    Then, with ``settings.log_dir``, rewrite the noise and switch logs there (nothing when tuning failed)."""
+    rows = auto.monitor.measure(x, y, step=step)
+    switch = auto.retune(step, float(rows[-1]["data_variance"]))
+    if settings.log_dir is not None:
+        auto.monitor.save(settings.log_dir)
+        auto.save(settings.log_dir)
+    return switch
 
 
 def _fresh_seed(settings: Settings) -> int:
@@ -127,7 +168,7 @@ def _fresh_seed(settings: Settings) -> int:
     return distributed.broadcast(int.from_bytes(os.urandom(8), "little") >> 2, settings.device)
 
 
-def _ledger(model: nn.Module, first: Batch, loss_fn: Callable[..., torch.Tensor], settings: Settings) -> int:
+def ledger_bytes(model: nn.Module, first: Batch, loss_fn: Callable[..., torch.Tensor], settings: Settings) -> int:
     """Saved bytes of one training forward on ``first``, on a copy of the model (a training forward may
     update buffers), leaving radvar's stream and torch's global RNG (e.g. dropout draws) where they were."""
     dev = settings.device
@@ -139,7 +180,7 @@ def _ledger(model: nn.Module, first: Batch, loss_fn: Callable[..., torch.Tensor]
     return total
 
 
-def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | None, loss_fn: Callable[..., torch.Tensor],
+def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | str | None, loss_fn: Callable[..., torch.Tensor],
           first: Batch, settings: Settings) -> Run:
     """A fresh run, or the run in ``settings.checkpoint`` when ``settings.resume`` and the file exists.
 
@@ -148,7 +189,7 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | None, loss_fn:
     """
     saved = _existing(settings)
     dev = settings.device
-    if plan is not None:
+    if plan is not None and not isinstance(plan, str):  # "auto": the first plan is tuned below
         convert(model, plan, inplace=True)
     model.to(dev)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(model.parameters())
@@ -160,7 +201,11 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | None, loss_fn:
     if saved is None or not settings.resume:
         seed = _fresh_seed(settings)
         rng.seed(seed)
-        return Run(model, opt, scaler, settings, seed, _ledger(model, first, loss_fn, settings), rank, world)
+        auto = _new_auto(model, loss_fn, settings) if settings.auto else None
+        if auto is not None:
+            retune(auto, first[0].to(dev), first[1].to(dev), 0, settings)
+        return Run(model, opt, scaler, settings, seed, ledger_bytes(model, first, loss_fn, settings), rank, world,
+                   auto=auto)
     problems = _mismatches(saved, model, opt, scaler, settings)
     if problems:
         raise ValueError(f"fit: checkpoint {str(settings.checkpoint)!r} does not fit this run: {'; '.join(problems)}")
@@ -172,7 +217,13 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | None, loss_fn:
         raise ValueError(f"fit: checkpoint {str(settings.checkpoint)!r} does not fit the optimizer: {e}") from None
     if scaler is not None:
         scaler.load_state_dict(saved["scaler"])
+    auto = None
+    if settings.auto:
+        auto = _new_auto(model, loss_fn, settings)
+        convert(model, Plan.from_dict(meta["auto"]["plan"]), inplace=True)
+        auto.switches = list(meta["auto"]["switches"])
+        auto.monitor.load_state_dict(meta["auto"]["monitor"])
     rng.set_state(meta["rng"])
     ckpt.set_rng_states(saved["ranks"][rank])
     return Run(model, opt, scaler, settings, meta["seed"], meta["ledger"], rank, world, step=meta["step"],
-               epoch=meta["epoch"], batch=meta["batch"], rows=meta["rows"], window=meta["windows"][rank])
+               epoch=meta["epoch"], batch=meta["batch"], rows=meta["rows"], window=meta["windows"][rank], auto=auto)

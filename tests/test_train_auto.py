@@ -1,0 +1,237 @@
+"""``fit(plan="auto")`` and ``radvar train --budget``: the plan re-tunes itself between steps, within the budget.
+
+Checked: each step's forward and backward use one plan, and the plan in force at
+every step is the one the switch log says; every plan used is within the budget
+as the ledger measures it; checkpoint and resume stay bitwise with the plan and
+the re-tuner's state in the checkpoint; bad arguments are refused with the value named.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+import radvar
+from cli.main import cli
+from radvar import sketch, zoo
+from radvar.memory import saved_bytes
+from radvar.train import checkpoint, fit
+from radvar.train.retune import current_plan
+from tests.stats import assert_unbiased
+from tests.test_train_resume import Interrupt, _equal, _global_rng, _interrupt_at, _run, mlp
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add contention
+
+AUTO = dict(plan="auto", budget=0.15, retune_every=5, steps=16, batch_size=50, log_every=4)
+
+
+@pytest.fixture(scope="module")
+def train_data():
+    x, y = zoo.digits()
+    return x[:600], y[:600]
+
+
+def _labels(model: torch.nn.Module) -> str:
+    """The plan in force, as the switch log writes it."""
+    return "; ".join(f"{n}: {s.label() if s is not None else 'exact'}" for n, s in current_plan(model).items())
+
+
+class PlanRecordingSGD(torch.optim.SGD):
+    """SGD that records the model's plan when a step starts (zero_grad, before the forward) and ends (step)."""
+
+    def __init__(self, params, model: torch.nn.Module, log: list[tuple[str, str]]) -> None:
+        super().__init__(params, lr=0.05, momentum=0.9)
+        self.model, self.log = model, log
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.log.append(("start", _labels(self.model)))
+        super().zero_grad(set_to_none)
+
+    def step(self, closure=None):
+        self.log.append(("end", _labels(self.model)))
+        return super().step(closure)
+
+
+def _auto_run(data, tmp_path, **kwargs):
+    torch.manual_seed(0)
+    model, log = mlp(), []
+    args = dict(AUTO, loss_fn=F.cross_entropy, seed=3, progress=False, log_dir=tmp_path) | kwargs
+    hist = fit(model, data, optimizer=lambda p: PlanRecordingSGD(p, model, log), **args)
+    switches = json.loads((tmp_path / "retune.json").read_text())["switches"]
+    return model, hist, log, switches
+
+
+def test_each_step_uses_one_plan_the_logged_one(train_data, tmp_path):
+    """Switches happen only between steps: a step starts and ends under the same plan, and the plan in force
+    at step t is plan_after of the last switch at a step < t (the first switch is at step 0, before step 1)."""
+    _, hist, log, switches = _auto_run(train_data, tmp_path)
+    assert len(log) == 2 * AUTO["steps"] and [k for k, _ in log] == ["start", "end"] * AUTO["steps"]
+    assert switches[0]["step"] == 0 and "over the budget" in switches[0]["reason"]
+    assert any(s["step"] > 0 for s in switches), "no re-tune switched mid-run; the test would not cross a switch"
+    assert all(s["step"] % AUTO["retune_every"] == 0 and s["plan_after"] != s["plan_before"] for s in switches)
+    assert hist.attrs["switches"] == len(switches)
+    for t in range(1, AUTO["steps"] + 1):
+        start, end = log[2 * t - 2][1], log[2 * t - 1][1]
+        in_force = [s for s in switches if s["step"] < t][-1]["plan_after"]
+        assert start == end == in_force, f"step {t}"
+    for before, after in zip(switches, switches[1:]):
+        assert after["plan_before"] == before["plan_after"]  # nothing changed the plan outside the log
+
+
+def test_gradient_after_a_switch_is_unbiased(train_data, tmp_path):
+    """The model as a re-tune left it (converted in place from the plan before) gives unbiased weight gradients:
+    the mean of 400 RAD gradients on a batch matches the exact gradient (z-test, Bonferroni, alpha 1e-4)."""
+    model, _, _, switches = _auto_run(train_data, tmp_path)
+    assert len(switches) >= 2 and _labels(model) == switches[-1]["plan_after"]
+    x, y = (t[100:150] for t in train_data)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def gradient() -> torch.Tensor:
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.cross_entropy(model(x), y), weights)])
+
+    with radvar.exact():
+        exact = gradient()
+    radvar.seed(7)
+    draws = torch.stack([gradient() for _ in range(400)])
+    assert not torch.allclose(draws[0], exact)  # the plan is randomized
+    assert_unbiased(draws, exact)
+
+
+@pytest.mark.parametrize("budget", [0.15, 6000])
+def test_retuned_plans_are_within_the_budget(train_data, tmp_path, budget):
+    """The ledger of every plan used (fit's own saved_bytes column, re-measured after each switch) and of the
+    final plan, measured here on a batch of the monitored shape, are within the budget."""
+    model, hist, _, switches = _auto_run(train_data, tmp_path, budget=budget)
+    x, y = (t[:AUTO["batch_size"]].clone() for t in train_data)
+    exact = saved_bytes(radvar.convert(copy.deepcopy(model), None), x, F.cross_entropy, y).total
+    limit = int(budget * exact) if isinstance(budget, float) else budget
+    assert {s["budget_bytes"] for s in switches} == {limit}
+    assert all(s["bytes_after"] <= limit < s["bytes_before"] or s["step"] > 0 for s in switches)
+    assert all(s["bytes_after"] <= limit for s in switches)
+    assert (hist["saved_bytes"] <= limit).all(), hist["saved_bytes"].tolist()
+    final = saved_bytes(copy.deepcopy(model), x, F.cross_entropy, y).total
+    assert final <= limit and _labels(model) == switches[-1]["plan_after"]
+
+
+def test_resume_of_an_adaptive_run_is_bitwise(train_data, tmp_path):
+    """The resume harness with plan='auto': the plan in force, the switches and the noise log come back from the
+    checkpoint, so the resumed run switches as the straight one did, bitwise."""
+    kwargs = dict(plan="auto", budget=0.15, retune_every=3, steps=14, batch_size=50, log_every=4,
+                  checkpoint_every=2)
+    straight, straight_opt, h_straight = _run(mlp, kwargs, train_data, checkpoint=tmp_path / "s.ckpt",
+                                              log_dir=tmp_path / "s")
+    rng_after = _global_rng()
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(Interrupt):
+        _run(mlp, kwargs, train_data, checkpoint=path, callbacks=[_interrupt_at(8)], log_dir=tmp_path / "r")
+    assert checkpoint.load(path)["meta"]["step"] == 6
+    radvar.seed(12345)
+    resumed, resumed_opt, h_resumed = _run(mlp, kwargs, train_data, init=1, then=99, checkpoint=path, resume=True,
+                                           log_dir=tmp_path / "r")
+
+    switches = [json.loads((tmp_path / d / "retune.json").read_text())["switches"] for d in ("s", "r")]
+    assert switches[0] == switches[1] and any(s["step"] > 6 for s in switches[0]), switches[0]
+    assert current_plan(straight) == current_plan(resumed)
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    assert _equal(straight_opt.state_dict(), resumed_opt.state_dict())
+    timing = ["step_time_s"]
+    assert h_straight.drop(columns=timing).equals(h_resumed.drop(columns=timing))
+    noise = [pd.read_csv(tmp_path / d / "noise.csv").drop(columns=["seconds", "cpu_seconds"]) for d in ("s", "r")]
+    assert noise[0].equals(noise[1]) and sorted(set(noise[0]["step"])) == [0, 3, 6, 9, 12]
+    assert all(torch.equal(a, b) for a, b in zip(_global_rng(), rng_after))
+
+
+def test_resume_refuses_another_kind_of_plan(train_data, tmp_path):
+    path = tmp_path / "run.ckpt"
+    _run(mlp, dict(plan="auto", budget=0.2, retune_every=2, steps=2, batch_size=50, log_every=2), train_data,
+         checkpoint=path)
+    with pytest.raises(ValueError, match=r"an adaptive run \(plan='auto'\) in the checkpoint vs a fixed plan"):
+        _run(mlp, dict(plan=sketch.Subsample(0.2), steps=4, batch_size=50), train_data, checkpoint=path, resume=True)
+    with pytest.raises(ValueError, match=r"budget 0.2, retune_every 2 in the checkpoint vs 0.3, 2"):
+        _run(mlp, dict(plan="auto", budget=0.3, retune_every=2, steps=4, batch_size=50), train_data,
+             checkpoint=path, resume=True)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(plan="auto", budget=1.5), ValueError, "budget must be a fraction in (0, 1] of the exact saved bytes "
+                                                "(float) or a number of bytes > 0 (int), got 1.5"),
+    (dict(plan="auto", budget=0), ValueError, "got 0"),
+    (dict(plan="auto", budget=-0.1), ValueError, "got -0.1"),
+    (dict(plan="auto", budget=True), ValueError, "got True"),
+    (dict(plan="auto", budget="15%"), ValueError, "got '15%'"),
+    (dict(plan="auto", budget=0.2, retune_every=0), ValueError, "retune_every must be a positive int or None, got 0"),
+    (dict(plan="auto", budget=0.2, retune_every=2.5), ValueError, "retune_every must be a positive int or None, got 2.5"),
+    (dict(plan="auto"), ValueError, "plan='auto' needs budget="),
+    (dict(plan=sketch.Subsample(0.2), budget=0.2), ValueError, "budget=0.2 apply only to plan='auto'"),
+    (dict(retune_every=10), ValueError, "retune_every=10 apply only to plan='auto'"),
+    (dict(plan="adaptive"), TypeError, "plan must be a radvar.Plan, a radvar.sketch.Sketch, 'auto' or None, "
+                                        "got 'adaptive'"),
+    (dict(plan="auto", budget=0.2, amp="bf16"), ValueError, "plan='auto' solves its budget on the full-precision "
+                                                             "ledger, so it runs without amp; got amp='bf16'"),
+    (dict(plan=sketch.Subsample(0.2), log_dir="logs"), ValueError, "log_dir is the folder of an adaptive run"),
+])
+def test_bad_adaptive_arguments(train_data, tmp_path, kwargs, error, message):
+    with pytest.raises(error) as info:
+        fit(mlp(), train_data, loss_fn=F.cross_entropy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), steps=2,
+            batch_size=50, progress=False, **kwargs)
+    assert message in str(info.value)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_cli_budget_retune_end_to_end(tmp_path):
+    """radvar train --budget --retune-every: the switch log (with reasons), the noise log and plot are written;
+    the first plan is tuned at step 0 and re-tuned at steps 3 and 6, every plan within the budget."""
+    res = CliRunner().invoke(cli, ["train", "--model-arg", "in_features=64", "--model-arg", "hidden=32", "--budget", "0.15", "--retune-every", "3",
+                                   "--steps", "7", "--batch-size", "50", "--log-every", "3", "--out", str(tmp_path),
+                                   "-q"])
+    assert res.exit_code == 0, res.output
+    switches = pd.read_csv(tmp_path / "retune.csv")
+    assert switches["step"].iloc[0] == 0 and switches["reason"].str.len().gt(0).all()
+    assert (switches["bytes_after"] <= switches["budget_bytes"]).all()
+    assert sorted(set(pd.read_csv(tmp_path / "noise.csv")["step"])) == [0, 3, 6]
+    assert json.loads((tmp_path / "retune.json").read_text())["settings"]["every"] == 3
+    assert (pd.read_csv(tmp_path / "history.csv")["saved_bytes"] <= switches["budget_bytes"].iloc[0]).all()
+    assert (tmp_path / "noise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{len(switches)} plan switches logged with their reasons" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "1.5"], "--budget: '1.5' is neither a fraction in (0, 1] nor a whole number of bytes"),
+    (["--budget", "-0.2"], "--budget: '-0.2' is not a fraction in (0, 1]"),
+    (["--budget", "0.2", "--retune-every", "0"], "--retune-every: '0' is not a whole number of steps >= 1"),
+    (["--budget", "0.2", "--retune-every", "ten"], "--retune-every: 'ten' is not a whole number of steps >= 1"),
+    (["--retune-every", "5"], "--retune-every 5 needs --budget"),
+    (["--budget", "0.2", "--keep", "0.1"], "--budget re-tunes the plan during training; it cannot be combined"),
+])
+def test_cli_bad_budget_or_interval(tmp_path, args, message):
+    res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "out"), "-q", *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_no_retune_on_a_partial_batch(train_data, tmp_path):
+    """600 examples in batches of 70: steps 9 and 18 end the epochs with 40 examples, and are not re-tuned on."""
+    _, _, log, _ = _auto_run(train_data, tmp_path, steps=None, epochs=2, batch_size=70, retune_every=3)
+    assert len(log) == 2 * 18
+    assert sorted(set(pd.read_csv(tmp_path / "noise.csv")["step"])) == [0, 3, 6, 12, 15]
+
+
+def test_resumed_to_more_steps_equals_the_longer_run(train_data, tmp_path):
+    """6 steps, then resumed to 12, equals 12 straight: the re-tune due at step 6 also runs when 6 is the last step."""
+    kwargs = dict(plan="auto", budget=0.15, retune_every=3, batch_size=50, log_every=3)
+    long, _, h_long = _run(mlp, kwargs | dict(steps=12), train_data, log_dir=tmp_path / "a")
+    _run(mlp, kwargs | dict(steps=6), train_data, checkpoint=tmp_path / "c.ckpt", log_dir=tmp_path / "b")
+    resumed, _, h_resumed = _run(mlp, kwargs | dict(steps=12), train_data, init=1, checkpoint=tmp_path / "c.ckpt",
+                                 resume=True, log_dir=tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(long.state_dict().values(), resumed.state_dict().values()))
+    assert h_long.drop(columns="step_time_s").equals(h_resumed.drop(columns="step_time_s"))
+    logs = [json.loads((tmp_path / d / "retune.json").read_text())["switches"] for d in ("a", "b")]
+    assert logs[0] == logs[1]
+    noise = [pd.read_csv(tmp_path / d / "noise.csv").drop(columns=["seconds", "cpu_seconds"]) for d in ("a", "b")]
+    assert noise[0].equals(noise[1]) and sorted(set(noise[0]["step"])) == [0, 3, 6, 9, 12]
