@@ -16,6 +16,7 @@ import matplotlib
 import torch
 
 import radvar
+from radvar.report import atomic_folder
 from radvar.train import fit, save_figure
 from radvar.train.monitor import load as load_noise
 from radvar.train.monitor import plot_noise
@@ -23,6 +24,7 @@ from radvar.train.monitor import plot_noise
 from . import specs
 from .options import load_problem, log, output_option, problem_options, quiet, runtime_options
 
+RUN_FILES = ["history.csv", "learning_curve.png", "noise.csv", "noise.json", "noise.png", "retune.csv", "retune.json"]
 OPTIMIZERS = {"sgd": lambda lr: (lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9)),
               "adam": lambda lr: (lambda p: torch.optim.Adam(p, lr=lr))}
 
@@ -99,6 +101,9 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
     plan = "auto" if budget is not None else _plan(plan_path, keep, sketch_spec)
     if resume and checkpoint is None:
         raise specs.SpecError("--resume needs --checkpoint FILE")
+    if checkpoint is not None and Path(out).absolute() in Path(checkpoint).absolute().parents:
+        raise specs.SpecError(f"--checkpoint {checkpoint!r} is inside --out {out!r}; put it elsewhere "
+                              "(the run folder is written whole when the run ends, so it cannot hold the checkpoint)")
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device, output_key)
     n_eval = int(len(problem.x) * eval_split)
     n_train = len(problem.x) - n_eval
@@ -108,19 +113,23 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
         f"plan {plan!r}{f' (budget {budget}, re-tuned every {every} steps)' if every else ''}, "
         f"{steps} steps of {batch_size}")
     out_dir = Path(out)
-    history = fit(problem.model, train_data, loss_fn=problem.loss_fn, optimizer=OPTIMIZERS[opt_name](lr), plan=plan,
-                  steps=steps, batch_size=batch_size, eval_data=eval_data, amp=amp, compile=compile_,
-                  device=problem.meta["device"], seed=seed,
-                  log_every=log_every, checkpoint=checkpoint, checkpoint_every=log_every if checkpoint else None,
-                  resume=resume, progress=not quiet(), budget=budget, retune_every=every,
-                  log_dir=out_dir if budget is not None else None)
-    out_dir.mkdir(parents=True, exist_ok=True)  # made once training succeeded (an adaptive run's logs: as it goes)
-    history.save_csv(out_dir / "history.csv")
-    matplotlib.use("Agg")  # files only, no display
-    save_figure(history.plot().figure, out_dir / "learning_curve.png")
+    # The run is written into a hidden sibling folder that replaces --out only when everything is
+    # written: a folder holding files radvar did not write is refused before training, and a failed
+    # or interrupted run leaves nothing behind.
+    with atomic_folder(out_dir, "train", RUN_FILES) as tmp:
+        history = fit(problem.model, train_data, loss_fn=problem.loss_fn, optimizer=OPTIMIZERS[opt_name](lr),
+                      plan=plan, steps=steps, batch_size=batch_size, eval_data=eval_data, amp=amp, compile=compile_,
+                      device=problem.meta["device"], seed=seed,
+                      log_every=log_every, checkpoint=checkpoint, checkpoint_every=log_every if checkpoint else None,
+                      resume=resume, progress=not quiet(), budget=budget, retune_every=every,
+                      log_dir=tmp if budget is not None else None)
+        history.save_csv(tmp / "history.csv")
+        matplotlib.use("Agg")  # files only, no display
+        save_figure(history.plot().figure, tmp / "learning_curve.png")
+        if budget is not None:
+            save_figure(plot_noise(load_noise(tmp / "noise.csv")), tmp / "noise.png")
     click.echo(history.summary())
     click.echo(f"wrote {out_dir / 'history.csv'} and {out_dir / 'learning_curve.png'}")
     if budget is not None:
-        save_figure(plot_noise(load_noise(out_dir / "noise.csv")), out_dir / "noise.png")
         click.echo(f"{history.attrs['switches']} plan switches logged with their reasons in "
                    f"{out_dir / 'retune.csv'}; noise log {out_dir / 'noise.csv'} and {out_dir / 'noise.png'}")

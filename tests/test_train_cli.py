@@ -48,3 +48,32 @@ def test_train_plan_for_another_model(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--plan", str(tmp_path / "cnn.json"), "--steps", "2",
                                    "--out", str(tmp_path), "-q"])
     assert res.exit_code == 2 and "radvar: error:" in res.output
+
+
+def test_train_out_never_touches_a_users_files(tmp_path):
+    """--out holding files radvar did not write is refused before training; nothing in it changes."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "history.csv").write_text("mine\n")
+    (out / "notes.txt").write_text("keep me\n")
+    res = CliRunner().invoke(cli, ["train", "--steps", "2", "--log-every", "2", "--out", str(out), "-q"])
+    assert res.exit_code == 2 and "is not a radvar train folder" in res.output and str(out) in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "notes.txt"]
+    assert (out / "history.csv").read_text() == "mine\n" and (out / "notes.txt").read_text() == "keep me\n"
+
+
+def test_train_failure_leaves_no_folder_and_rerun_replaces_its_own(tmp_path):
+    """A run that fails during training leaves no --out folder; a second run may replace the first's."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--steps", "2", "--batch-size", "100000", "--out", str(out), "-q"])
+    assert res.exit_code == 2 and not out.exists() and list(tmp_path.iterdir()) == []
+    for _ in range(2):
+        res = CliRunner().invoke(cli, ["train", "--steps", "2", "--log-every", "2", "--out", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+    assert {"history.csv", "learning_curve.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_train_refuses_a_checkpoint_inside_out(tmp_path):
+    res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "run"),
+                                   "--checkpoint", str(tmp_path / "run" / "ckpt.pt"), "-q"])
+    assert res.exit_code == 2 and "is inside --out" in res.output and not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ draws the seaborn figures (imported on first use: it loads matplotlib).
 """
 
 from .analysis import FAMILIES, analyze
-from .._atomic import atomic_path, check_writable, write_text
+from .._atomic import atomic_folder, atomic_path, check_writable, write_text
 from .coverage import Coverage, coverage
 from .document import check_target, html_document, markdown, write_report
 from .result import Analysis
@@ -16,6 +16,6 @@ from .tables import FORMATS, bench_table, format_bytes, layer_table, render, sum
 
 __all__ = [
     "Analysis", "analyze", "FAMILIES", "Coverage", "coverage",
-    "atomic_path", "check_target", "check_writable", "write_report", "write_text", "markdown", "html_document",
+    "atomic_folder", "atomic_path", "check_target", "check_writable", "write_report", "write_text", "markdown", "html_document",
     "FORMATS", "render", "layer_table", "table_notes", "summary_lines", "bench_table", "format_bytes",
 ]

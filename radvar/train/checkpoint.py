@@ -13,7 +13,9 @@ A checkpoint holds what a resumed run needs to continue the same run bitwise:
   saved-bytes ledger measured at the start, the history rows so far, each
   rank's logging window (per-step losses, times and peaks since the last row),
   the world size, and what the run must match on resume (model and optimizer
-  class names, autocast dtype, batch size).
+  class names, autocast dtype, batch size); for an adaptive run
+  (``plan="auto"``) also ``auto``: the budget, the re-tune interval, the plan
+  in force, the switches so far and the noise monitor's log and smoothing state.
 
 Reading uses ``torch.load(weights_only=True)``: a file that holds anything but
 tensors and plain containers (a pickled object, a payload) is refused with a
