@@ -131,19 +131,21 @@ def test_other_bad_graphs_are_rejected() -> None:
 
 @pytest.mark.parametrize("p", [0, 0.0, -0.5, 1.5, math.nan])
 def test_probability_outside_unit_interval_is_rejected(p: float) -> None:
-    with pytest.raises(ValueError, match=r"EdgeBernoulli: p must be in \(0, 1\], got"):
+    with pytest.raises(ValueError, match=r"EdgeBernoulli: keep must be in \(0, 1\], got"):
         EdgeBernoulli(p)
     with pytest.raises(ValueError, match=r"Injection: keep must be in \(0, 1\], got"):
         Injection(["x1"], p)
 
 
 def test_bad_estimator_arguments_are_rejected() -> None:
-    with pytest.raises(TypeError, match=r"p must be a number in \(0, 1\], got True"):
+    with pytest.raises(TypeError, match=r"keep must be a number in \(0, 1\], got True"):
         EdgeBernoulli(True)
-    with pytest.raises(TypeError, match="p must be a number.*got '0.5'"):
+    with pytest.raises(TypeError, match="keep must be a number.*got '0.5'"):
         EdgeBernoulli("0.5")
     with pytest.raises(ValueError, match="n must be a positive int.*got 0"):
         PathSampling(0)
+    with pytest.warns(DeprecationWarning, match="use keep="):
+        assert EdgeBernoulli(p=0.5).keep == 0.5
     with pytest.raises(ValueError, match=r"weighting must be one of \('uniform', 'weight'\), got 'abs'"):
         PathSampling(1, "abs")
     with pytest.raises(ValueError, match="dist must be one of .*got 'sparse'"):

@@ -23,6 +23,8 @@ probability on small graphs, so :func:`enumerated_moments` checks both exactly.
 
 from __future__ import annotations
 
+import warnings
+
 import abc
 from typing import Any, Sequence
 
@@ -167,33 +169,45 @@ class PathSampling(Estimator):
 
 
 class EdgeBernoulli(Estimator):
-    """Edge sparsification: keep each scalar edge with probability ``p``, scale it by ``1/p`` (Oktay et al. 2021, §3).
+    """Edge sparsification: keep each scalar edge with probability ``keep``, scale it by ``1/keep``
+    (Oktay et al. 2021, §3). ``p=`` is a deprecated alias of ``keep``.
 
-    Variance (two paths share ``|P ∩ P'|`` edges):
+    Variance (two paths share ``|P ∩ P'|`` edges, p = keep):
     ``Var Ĵ[o, i] = Σ_{P, P': i→o} w(P) w(P') (p^{−|P ∩ P'|} − 1)``.
     """
 
-    def __init__(self, p: float) -> None:
-        self.p = check_keep(p, "EdgeBernoulli", "p")
+    def __init__(self, keep: float | None = None, *, p: float | None = None) -> None:
+        if p is not None:
+            if keep is not None:
+                raise TypeError("EdgeBernoulli: give keep only (p is its deprecated alias)")
+            warnings.warn("EdgeBernoulli(p=...) is deprecated; use keep=", DeprecationWarning, stacklevel=2)
+            keep = p
+        self.keep = check_keep(keep, "EdgeBernoulli")
+
+    @property
+    def p(self) -> float:
+        """Deprecated alias of :attr:`keep`."""
+        warnings.warn("EdgeBernoulli.p is deprecated; use .keep", DeprecationWarning, stacklevel=2)
+        return self.keep
 
     def __repr__(self) -> str:
-        return f"EdgeBernoulli(p={self.p})"
+        return f"EdgeBernoulli(keep={self.keep})"
 
     def sample(self, lcg: LCG, draws: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         draws = _check_draws(draws, "EdgeBernoulli.sample")
         gen = _generator(generator)
         kept = set(lcg.order)
         edges = {
-            e: m * (torch.rand((draws, *m.shape), generator=gen, dtype=m.dtype) < self.p).to(m.dtype) / self.p
+            e: m * (torch.rand((draws, *m.shape), generator=gen, dtype=m.dtype) < self.keep).to(m.dtype) / self.keep
             for e, m in lcg.edges.items() if e[0] in kept and e[1] in kept
         }
         return accumulate(lcg, edges).expand(draws, *lcg.shape)
 
     def variance(self, lcg: LCG) -> torch.Tensor:
-        return second_moment(lcg, edge_p=self.p) - jacobian(lcg).square()
+        return second_moment(lcg, edge_p=self.keep) - jacobian(lcg).square()
 
     def total_variance(self, lcg: LCG) -> float:
-        return float(second_moment(lcg, edge_p=self.p, per_entry=False).sum() - jacobian(lcg).square().sum())
+        return float(second_moment(lcg, edge_p=self.keep, per_entry=False).sum() - jacobian(lcg).square().sum())
 
     def outcomes(self, lcg: LCG) -> tuple[torch.Tensor, torch.Tensor]:
         kept = set(lcg.order)
@@ -201,12 +215,12 @@ class EdgeBernoulli(Estimator):
         count = sum(int(idx[0].numel()) for _, idx in live)
         _check_outcomes(2.0 ** count, "EdgeBernoulli")
         bits = _bits(count, lcg.dtype)
-        probs = (self.p ** bits.sum(1)) * ((1 - self.p) ** (count - bits.sum(1)))
+        probs = (self.keep ** bits.sum(1)) * ((1 - self.keep) ** (count - bits.sum(1)))
         edges, col = {}, 0
         for e, (rows, cols) in live:
             mat = lcg.edges[e]
             scaled = torch.zeros(bits.shape[0], *mat.shape, dtype=mat.dtype)
-            scaled[:, rows, cols] = bits[:, col:col + rows.numel()] * mat[rows, cols] / self.p
+            scaled[:, rows, cols] = bits[:, col:col + rows.numel()] * mat[rows, cols] / self.keep
             edges[e] = scaled
             col += rows.numel()
         return probs, accumulate(lcg, edges).expand(bits.shape[0], *lcg.shape)
