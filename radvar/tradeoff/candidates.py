@@ -5,12 +5,24 @@ Memory of a plan (docs/design.md §5):
 
 * ``fixed`` is measured by the saved-tensor ledger (:func:`radvar.memory.saved_bytes`)
   on the model converted with every randomizable layer exact (compact twins on):
-  its total minus the bytes the ledger attributes to the randomizable layers —
-  activation masks, pooling state, loss tensors, whatever the rest keeps;
+  every storage except those kept by one randomizable layer alone — activation
+  masks, pooling state, loss tensors, whatever the rest keeps, and every storage
+  that several modules keep;
 * ``reserved_l`` is what the layer's sketch may keep on its 2-D view in one step
   (:meth:`radvar.sketch.Sketch.reserve_bytes`: the kept bytes for fixed-size
   sketches; for random sizes ``Z_MARGIN`` standard deviations of the kept count
-  on top, so one step exceeds it with probability below 1e-9; exact: the full input).
+  on top, so one step exceeds it with probability below 1e-9); exact: the ledger
+  bytes of the storages that layer alone keeps.
+
+A storage is freed only if every module keeping it drops it. A layer whose
+input another module also keeps (ViT's ``attn.proj``, whose input the fused
+attention keeps as its output) frees nothing by being sketched: its exact
+option costs only what it keeps alone (0 bytes for such an input) and each
+sketch its sketch bytes on top, so the solver never pays bytes it does not free.
+:attr:`Candidates.shared` records these inputs and their other keepers. A storage
+kept by several randomizable layers and nothing else is counted as kept (freed
+only if all of them sketch it, which the per-layer model does not credit), so
+predictions stay upper bounds.
 
 Each family gives its own candidates on the keep grid (:meth:`radvar.sketch.Family.sweep`).
 Variance of each candidate is the closed form of
@@ -91,29 +103,61 @@ def layer_reserved(stats: LayerStats, sketch: Sketch | None) -> int:
     return sum(reserved_bytes(sketch, shape, stats.dtype) for shape in stats.view_shapes(sketch))
 
 
-def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
-    """(fixed, exact total): ledger bytes of the all-exact compact model, and that total
-    minus the bytes the ledger attributes to randomizable modules."""
+@dataclasses.dataclass(frozen=True)
+class LedgerModel:
+    """The all-exact ledger read as a memory model: ``fixed`` (bytes no sketch can free), ``total``,
+    ``alone`` (per randomizable layer: bytes of the storages it alone keeps, what sketching it frees)
+    and ``shared`` (per randomizable layer: bytes of the storages it keeps with other modules, and those
+    modules)."""
+
+    fixed: int
+    total: int
+    alone: dict[str, int]
+    shared: dict[str, dict[str, Any]]
+
+
+def ledger_model(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> LedgerModel:
+    """One ledger pass of the all-exact compact model, split by keepers (see the module docstring)."""
     exact_model = convert(model, None)
     report = saved_bytes(exact_model, inputs, loss_fn, targets)
     modules = dict(exact_model.named_modules())
-    randomized = report.per_module["module"].map(
-        lambda n: n in modules and (t := twin_for(modules[n])) is not None and t.randomized)
-    return report.total - int(report.per_module.loc[randomized, "bytes"].sum()), report.total
+    randomizable = {n for n, m in modules.items() if (t := twin_for(m)) is not None and t.randomized}
+    fixed, alone, shared = 0, {}, {}
+    for nbytes, keepers in report.storages:
+        if len(keepers) == 1 and keepers[0] in randomizable:
+            alone[keepers[0]] = alone.get(keepers[0], 0) + nbytes
+            continue
+        fixed += nbytes
+        for k in keepers:
+            if k in randomizable:
+                entry = shared.setdefault(k, {"bytes": 0, "kept_by": []})
+                entry["bytes"] += nbytes
+                entry["kept_by"] += [o for o in keepers if o != k and o not in entry["kept_by"]]
+    return LedgerModel(fixed, report.total, alone, shared)
+
+
+def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
+    """(fixed, exact total): the ledger total of the all-exact compact model and the part of it
+    that no sketch can free (:func:`ledger_model`)."""
+    ledger = ledger_model(model, inputs, loss_fn, targets)
+    return ledger.fixed, ledger.total
 
 
 @dataclasses.dataclass
 class Candidates:
     """Every layer's options. ``table``: one row per (layer, option) with columns
     layer, type, family, keep, k, sketch (a Sketch or None = exact), bytes (reserved),
-    variance (E‖Ĝ − G‖²_F), se (its standard error: 0 for closed forms), method. ``fixed``: ledger bytes outside the randomizable
-    layers; ``exact_total``: ledger bytes of the all-exact model; ``capture``: the statistics."""
+    variance (E‖Ĝ − G‖²_F), se (its standard error: 0 for closed forms), method. ``fixed``: ledger bytes
+    no sketch can free; ``exact_total``: ledger bytes of the all-exact model; ``capture``: the statistics;
+    ``shared``: per layer whose input other modules also keep, {"bytes": what they keep with it,
+    "kept_by": [their names]} (sketching such a layer does not free those bytes)."""
 
     table: pd.DataFrame
     fixed: int
     exact_total: int
     batch_size: int
     capture: Capture
+    shared: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def layers(self) -> list[str]:
@@ -186,8 +230,8 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
 
     One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and
-    one ledger pass (:func:`fixed_bytes`). Rows per layer: exact, then each
-    family's candidates on the keep grid.
+    one ledger pass (:func:`ledger_model`). Rows per layer: exact (the ledger bytes
+    the layer alone keeps), then each family's candidates on the keep grid.
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
@@ -197,6 +241,10 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     if not stats.layers:
         raise ValueError(f"candidates: the model has no module radvar can randomize "
                          f"(types: {sorted({type(m).__name__ for m in model.modules()})})")
+    ledger = ledger_model(model, inputs, loss_fn, targets)
     rows = [r for s in stats.layers.values() for r in layer_options(s, families, keeps)]
-    fixed, exact_total = fixed_bytes(model, inputs, loss_fn, targets)
-    return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, exact_total, stats.batch_size, stats)
+    for r in rows:
+        if r["sketch"] is None:
+            r["bytes"] = ledger.alone.get(r["layer"], 0)
+    return Candidates(pd.DataFrame(rows, columns=COLUMNS), ledger.fixed, ledger.total, stats.batch_size, stats,
+                      {n: v for n, v in ledger.shared.items() if n in stats.layers})
