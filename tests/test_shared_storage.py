@@ -108,3 +108,54 @@ def test_analyze_shows_no_layer_that_keeps_more_than_exact():
     sketched = layers[layers["sketch"] != "exact"]
     assert len(sketched) >= 6
     assert (sketched["bytes_exact"] > sketched["bytes_plan"]).all(), sketched[["layer", "bytes_exact", "bytes_plan"]]
+
+
+class Fork(nn.Module):
+    """``a`` and ``b`` read the same input and nothing else keeps it: it is freed only if both are sketched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(32, 64)
+        self.a = nn.Linear(64, 32)
+        self.b = nn.Linear(64, 32)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(self.act(self.a(h) + self.b(h)))
+
+
+def test_joint_input_is_one_unit_whose_front_is_the_brute_force_front():
+    import itertools
+
+    import numpy as np
+
+    from radvar.tradeoff.solve import _nondominated
+
+    model, batch = Fork(), _batch((64, 32), 4)
+    cands = candidates(model, batch, F.cross_entropy)
+    h_bytes = 64 * 64 * 4
+    assert cands.joint == [(h_bytes, ("a", "b"))] and cands.shared == {}
+    assert cands.units() == [["inp"], ["a", "b"], ["out"]]
+    assert int(cands.uniform(None, 1.0)["bytes"].sum()) + cands.fixed == cands.exact_total
+    groups = {n: g for n, g in cands.table.groupby("layer", sort=False)}
+    a, b = groups["a"], groups["b"]
+    combos = list(itertools.product(range(len(a)), range(len(b))))
+    m = np.array([a["bytes"].iloc[i] + b["bytes"].iloc[j]
+                  + h_bytes * (a["sketch"].iloc[i] is None or b["sketch"].iloc[j] is None) for i, j in combos])
+    v = np.array([a["variance"].iloc[i] + b["variance"].iloc[j] for i, j in combos])
+    keep = _nondominated(m, v)
+    fm, fv = cands.options()[1]
+    assert sorted(zip(fm.tolist(), fv.tolist())) == sorted(zip(m[keep].tolist(), v[keep].tolist()))
+
+
+@pytest.mark.parametrize("fraction, sketched", [(0.5, True), (0.8, False)])
+def test_tune_sketches_a_jointly_kept_input_in_all_its_readers_or_none(fraction, sketched):
+    """At a tight budget freeing the shared input pays (both readers sketched); at a loose one neither is."""
+    model, batch = Fork(), _batch((64, 32), 4)
+    plan = tune(model, batch, F.cross_entropy, budget=fraction)
+    assert (plan["a"] is not None) == (plan["b"] is not None) == sketched
+    measured = _measured(model, plan, batch)
+    assert measured <= plan.provenance["predicted_bytes"] and measured <= plan.provenance["budget"]["bytes"]
+    _every_sketch_frees_bytes(model, plan, batch)
