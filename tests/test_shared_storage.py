@@ -156,6 +156,7 @@ def test_tune_sketches_a_jointly_kept_input_in_all_its_readers_or_none(fraction,
     model, batch = Fork(), _batch((64, 32), 4)
     plan = tune(model, batch, F.cross_entropy, budget=fraction)
     assert (plan["a"] is not None) == (plan["b"] is not None) == sketched
+    assert plan.provenance["joint_inputs"] == [{"bytes": 64 * 64 * 4, "kept_by": ["a", "b"]}]
     measured = _measured(model, plan, batch)
     assert measured <= plan.provenance["predicted_bytes"] and measured <= plan.provenance["budget"]["bytes"]
     _every_sketch_frees_bytes(model, plan, batch)

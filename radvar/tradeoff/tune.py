@@ -152,6 +152,7 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         "gap": None if alloc.solution is None else alloc.solution.gap,
         "predicted_bytes": alloc.bytes, "measured_bytes": measured,
         "fixed_bytes": cands.fixed, "exact_bytes": cands.exact_total, "shared_inputs": cands.shared,
+        "joint_inputs": [{"bytes": b, "kept_by": list(k)} for b, k in cands.joint],
         "predicted_rad_variance": alloc.variance, "predicted_rad_variance_se": alloc.se,
         "best_uniform": None if best_uni is None else {"plan": best_uni.label, "bytes": best_uni.bytes,
                                                         "rad_variance": best_uni.variance},
