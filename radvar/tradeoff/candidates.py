@@ -5,12 +5,24 @@ Memory of a plan (docs/design.md §5):
 
 * ``fixed`` is measured by the saved-tensor ledger (:func:`radvar.memory.saved_bytes`)
   on the model converted with every randomizable layer exact (compact twins on):
-  its total minus the bytes the ledger attributes to the randomizable layers —
-  activation masks, pooling state, loss tensors, whatever the rest keeps;
+  every storage except those kept by one randomizable layer alone — activation
+  masks, pooling state, loss tensors, whatever the rest keeps, and every storage
+  that several modules keep;
 * ``reserved_l`` is what the layer's sketch may keep on its 2-D view in one step
   (:meth:`radvar.sketch.Sketch.reserve_bytes`: the kept bytes for fixed-size
   sketches; for random sizes ``Z_MARGIN`` standard deviations of the kept count
-  on top, so one step exceeds it with probability below 1e-9; exact: the full input).
+  on top, so one step exceeds it with probability below 1e-9); exact: the ledger
+  bytes of the storages that layer alone keeps.
+
+A storage is freed only if every module keeping it drops it. A layer whose
+input another module also keeps (ViT's ``attn.proj``, whose input the fused
+attention keeps as its output) frees nothing by being sketched: its exact
+option costs only what it keeps alone (0 bytes for such an input) and each
+sketch its sketch bytes on top, so the solver never pays bytes it does not free.
+:attr:`Candidates.shared` records these inputs and their other keepers. A storage
+kept by several randomizable layers and nothing else is counted as kept (freed
+only if all of them sketch it, which the per-layer model does not credit), so
+predictions stay upper bounds.
 
 Each family gives its own candidates on the keep grid (:meth:`radvar.sketch.Family.sweep`).
 Variance of each candidate is the closed form of
@@ -35,6 +47,7 @@ from ..memory import saved_bytes
 from ..sketch import Family, Importance, Projection, Quantize, Sketch, Subsample, as_family, kept_count
 from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
+from .solve import _nondominated
 
 PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
 """The paper's estimators: same sample, different sample, Rademacher projection."""
@@ -91,44 +104,127 @@ def layer_reserved(stats: LayerStats, sketch: Sketch | None) -> int:
     return sum(reserved_bytes(sketch, shape, stats.dtype) for shape in stats.view_shapes(sketch))
 
 
-def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
-    """(fixed, exact total): ledger bytes of the all-exact compact model, and that total
-    minus the bytes the ledger attributes to randomizable modules."""
+@dataclasses.dataclass(frozen=True)
+class LedgerModel:
+    """The all-exact ledger read as a memory model: ``fixed`` (bytes no sketch can free), ``total``,
+    ``alone`` (per randomizable layer: bytes of the storages it alone keeps, what sketching it frees),
+    ``shared`` (per randomizable layer: bytes of the storages it keeps with modules that stay exact, and
+    those modules) and ``joint`` ((bytes, layers) of each storage that only randomizable layers keep,
+    several of them: freed when all of them are sketched)."""
+
+    fixed: int
+    total: int
+    alone: dict[str, int]
+    shared: dict[str, dict[str, Any]]
+    joint: list[tuple[int, tuple[str, ...]]]
+
+
+def ledger_model(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> LedgerModel:
+    """One ledger pass of the all-exact compact model, split by keepers (see the module docstring)."""
     exact_model = convert(model, None)
     report = saved_bytes(exact_model, inputs, loss_fn, targets)
     modules = dict(exact_model.named_modules())
-    randomized = report.per_module["module"].map(
-        lambda n: n in modules and (t := twin_for(modules[n])) is not None and t.randomized)
-    return report.total - int(report.per_module.loc[randomized, "bytes"].sum()), report.total
+    randomizable = {n for n, m in modules.items() if (t := twin_for(m)) is not None and t.randomized}
+    fixed, alone, shared, joint = 0, {}, {}, []
+    for nbytes, keepers in report.storages:
+        if len(keepers) == 1 and keepers[0] in randomizable:
+            alone[keepers[0]] = alone.get(keepers[0], 0) + nbytes
+            continue
+        if all(k in randomizable for k in keepers):
+            joint.append((nbytes, keepers))
+            continue
+        fixed += nbytes
+        for k in keepers:
+            if k in randomizable:
+                entry = shared.setdefault(k, {"bytes": 0, "kept_by": []})
+                entry["bytes"] += nbytes
+                entry["kept_by"] += [o for o in keepers if o != k and o not in entry["kept_by"]]
+    return LedgerModel(fixed, report.total, alone, shared, joint)
+
+
+def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
+    """(fixed, exact total): the ledger total of the all-exact compact model and the part of it
+    that no sketch can free (:func:`ledger_model`; storages kept jointly by randomizable layers
+    count as freeable)."""
+    ledger = ledger_model(model, inputs, loss_fn, targets)
+    return ledger.fixed, ledger.total
 
 
 @dataclasses.dataclass
 class Candidates:
     """Every layer's options. ``table``: one row per (layer, option) with columns
     layer, type, family, keep, k, sketch (a Sketch or None = exact), bytes (reserved),
-    variance (E‖Ĝ − G‖²_F), se (its standard error: 0 for closed forms), method. ``fixed``: ledger bytes outside the randomizable
-    layers; ``exact_total``: ledger bytes of the all-exact model; ``capture``: the statistics."""
+    variance (E‖Ĝ − G‖²_F), se (its standard error: 0 for closed forms), method. ``fixed``: ledger bytes
+    no sketch can free; ``exact_total``: ledger bytes of the all-exact model; ``capture``: the statistics;
+    ``shared``: per layer whose input other modules also keep, {"bytes": what they keep with it,
+    "kept_by": [their names]} (sketching such a layer does not free those bytes)."""
 
     table: pd.DataFrame
     fixed: int
     exact_total: int
     batch_size: int
     capture: Capture
+    shared: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    joint: list[tuple[int, tuple[str, ...]]] = dataclasses.field(default_factory=list)
 
     @property
     def layers(self) -> list[str]:
         return list(dict.fromkeys(self.table["layer"]))
 
+    def units(self) -> list[list[str]]:
+        """The solver's items: single layers, and groups of layers linked by jointly kept storages."""
+        parent = {name: name for name in self.layers}
+
+        def root(name: str) -> str:
+            while parent[name] != name:
+                name = parent[name]
+            return name
+
+        for _, keepers in self.joint:
+            for k in keepers[1:]:
+                parent[root(k)] = root(keepers[0])
+        groups: dict[str, list[str]] = {}
+        for name in self.layers:
+            groups.setdefault(root(name), []).append(name)
+        return list(groups.values())
+
+    def _unit_options(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per unit: (bytes, variance, choice) with choice (options × members) indexing each member's rows.
+        A group's bytes include each joint storage unless all its keepers are sketched."""
+        per = {name: (g["bytes"].to_numpy(np.int64), g["variance"].to_numpy(np.float64),
+                      np.flatnonzero(g["sketch"].isna().to_numpy()))
+               for name, g in self.table.groupby("layer", sort=False)}
+        out = []
+        for unit in self.units():
+            if len(unit) == 1:
+                m, v, _ = per[unit[0]]
+                out.append((m, v, np.arange(m.size)[:, None]))
+                continue
+            storages = [(b, {unit.index(k) for k in keepers}) for b, keepers in self.joint if keepers[0] in unit]
+            out.append(_joint_front([per[name] for name in unit], storages))
+        return out
+
     def options(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per layer, in :attr:`layers` order: (bytes, variance) arrays for the solvers."""
-        groups = self.table.groupby("layer", sort=False)
-        return [(g["bytes"].to_numpy(np.int64), g["variance"].to_numpy(np.float64)) for _, g in groups]
+        """Per unit (:meth:`units`, a single layer or a group sharing storages): (bytes, variance) arrays for
+        the solvers."""
+        return [(m, v) for m, v, _ in self._unit_options()]
 
     def rows(self, choice: Sequence[int]) -> pd.DataFrame:
-        """The chosen option of each layer (``choice`` indexes each layer's options)."""
+        """The chosen option of each layer (``choice`` indexes each unit's options, :meth:`options`)."""
         groups = self.table.groupby("layer", sort=False)
-        picked = [groups.get_group(name).iloc[c] for name, c in zip(self.layers, choice)]
-        return pd.DataFrame(picked).reset_index(drop=True)
+        picked = {}
+        for unit, (_, _, combos), c in zip(self.units(), self._unit_options(), choice):
+            for name, j in zip(unit, combos[c]):
+                picked[name] = groups.get_group(name).iloc[int(j)]
+        return self._charge_joint(pd.DataFrame([picked[n] for n in self.layers]).reset_index(drop=True))
+
+    def _charge_joint(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Add each jointly kept storage to its first keeper's bytes when some keeper stays exact."""
+        exact = dict(zip(rows["layer"], rows["sketch"].isna()))
+        for nbytes, keepers in self.joint:
+            if any(exact.get(k, True) for k in keepers):
+                rows.loc[rows["layer"] == keepers[0], "bytes"] += nbytes
+        return rows
 
     def uniform(self, template: Family | Sketch | None, keep: float) -> pd.DataFrame:
         """Each layer's row for the uniform plan ``template`` at ``keep`` (None: exact).
@@ -144,7 +240,38 @@ class Candidates:
             sketch = with_keep(template, keep)
             row = _option(stats, sketch, family_name(template))
             out.append(pd.Series(row))
-        return pd.DataFrame(out).reset_index(drop=True)
+        return self._charge_joint(pd.DataFrame(out).reset_index(drop=True))
+
+
+def _joint_front(members: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 storages: list[tuple[int, set[int]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pareto front of a group's combined options: Σ member bytes, plus each storage's bytes unless every
+    member keeping it is sketched. Members are merged one at a time, keeping per set of charged storages
+    only the non-dominated partial sums (each member: its exact rows and its non-dominated sketches)."""
+    fronts = {0: (np.zeros(1, np.int64), np.zeros(1), np.zeros((1, 0), np.int64))}
+    for i, (m, v, exact) in enumerate(members):
+        sketches = np.setdiff1d(np.arange(m.size), exact)
+        idx = np.concatenate([exact, sketches[_nondominated(m[sketches], v[sketches])]])
+        bits = sum(1 << s for s, (_, keepers) in enumerate(storages) if i in keepers)
+        merged: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for mask, (fm, fv, fc) in fronts.items():
+            for opts, new_mask in ((idx[:exact.size], mask | bits), (idx[exact.size:], mask)):
+                if opts.size == 0:
+                    continue
+                sm = (fm[:, None] + m[None, opts]).reshape(-1)
+                sv = (fv[:, None] + v[None, opts]).reshape(-1)
+                sc = np.concatenate([np.repeat(fc, opts.size, axis=0), np.tile(opts, fm.size)[:, None]], axis=1)
+                merged.setdefault(new_mask, []).append((sm, sv, sc))
+        fronts = {}
+        for mask, parts in merged.items():
+            sm, sv, sc = (np.concatenate(p) for p in zip(*parts))
+            keep = _nondominated(sm, sv)
+            fronts[mask] = sm[keep], sv[keep], sc[keep]
+    charged = [(fm + sum(b for s, (b, _) in enumerate(storages) if mask >> s & 1), fv, fc)
+               for mask, (fm, fv, fc) in fronts.items()]
+    sm, sv, sc = (np.concatenate(p) for p in zip(*charged))
+    keep = _nondominated(sm, sv)
+    return sm[keep], sv[keep], sc[keep]
 
 
 def _option(stats: LayerStats, sketch: Sketch | None, family: str) -> dict[str, Any]:
@@ -186,8 +313,8 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
 
     One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and
-    one ledger pass (:func:`fixed_bytes`). Rows per layer: exact, then each
-    family's candidates on the keep grid.
+    one ledger pass (:func:`ledger_model`). Rows per layer: exact (the ledger bytes
+    the layer alone keeps), then each family's candidates on the keep grid.
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
@@ -197,6 +324,12 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     if not stats.layers:
         raise ValueError(f"candidates: the model has no module radvar can randomize "
                          f"(types: {sorted({type(m).__name__ for m in model.modules()})})")
+    ledger = ledger_model(model, inputs, loss_fn, targets)
     rows = [r for s in stats.layers.values() for r in layer_options(s, families, keeps)]
-    fixed, exact_total = fixed_bytes(model, inputs, loss_fn, targets)
-    return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, exact_total, stats.batch_size, stats)
+    for r in rows:
+        if r["sketch"] is None:
+            r["bytes"] = ledger.alone.get(r["layer"], 0)
+    joint = [(b, keepers) for b, keepers in ledger.joint if all(k in stats.layers for k in keepers)]
+    fixed = ledger.fixed + sum(b for b, keepers in ledger.joint if (b, keepers) not in joint)
+    return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, ledger.total, stats.batch_size, stats,
+                      {n: v for n, v in ledger.shared.items() if n in stats.layers}, joint)
