@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import radvar
-from cli.specs import parse_sketch
+from radvar_cli.specs import parse_sketch
 from radvar import bench, zoo
 from radvar.report import coverage, format_bytes, write_text
 
