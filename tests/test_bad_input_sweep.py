@@ -1,0 +1,171 @@
+"""Bad input through the CLI, every command: exit 2, one stderr line naming the value and what is allowed,
+no traceback, nothing written, and no code run from a data, weights or plan file."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+
+FILES = {
+    "good.py": '''
+        import torch
+        from torch import nn
+
+
+        def make_model():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+        def not_module():
+            return 42
+
+
+        class Text(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(6, 3)
+
+            def forward(self, x):
+                return {"scores": self.fc(x)}
+
+
+        def dict_out():
+            return Text()
+
+
+        def _data(n=24, features=6):
+            g = torch.Generator().manual_seed(0)
+            return torch.randn(n, features, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+        def data():
+            return _data()
+
+
+        def wrong_features():
+            return _data(features=5)
+
+
+        def float_labels():
+            x, y = _data()
+            return x, y.float()
+
+
+        def empty():
+            return _data(n=0)
+
+
+        def nan_last():
+            x, y = _data()
+            x[-1, 2] = float("nan")
+            return x, y
+    ''',
+    "syntax.py": "def make_model(:\n    pass\n",
+    "importerror.py": "raise ImportError('No module named nowhere_pkg')\n",
+    "malformed.json": '{"plan": [',
+    "unknown_layer.json": json.dumps({"format": "radvar.plan", "version": 1, "entries": {"no_such_layer": "exact"}}),
+}
+
+
+class Payload:
+    """Unpickling this creates the file ``path`` (it must never happen)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    for name, text in FILES.items():
+        (root / name).write_text(textwrap.dedent(text))
+    marker = str(root / "PWNED")
+    torch.save({"0.weight": Payload(marker)}, root / "weights.pt")
+    torch.save((Payload(marker), torch.zeros(3)), root / "data.pt")
+    (root / "pickle_plan.json").write_bytes(pickle.dumps(Payload(marker)))
+    (root / "pickle_analysis.json").write_bytes(pickle.dumps(Payload(marker)))
+    return root
+
+
+GOOD = "{root}/good.py:make_model"
+DATA = "{root}/good.py:data"
+# (case id, model spec, extra options, regex the one stderr line must match); commands fill in the rest
+COMMON = [
+    ("syntax_error", "{root}/syntax.py:make_model", [], r"MODEL: importing '.*syntax\.py' failed: SyntaxError"),
+    ("raises_importerror", "{root}/importerror.py:make_model", [],
+     r"MODEL: importing '.*importerror\.py' failed: ImportError: No module named nowhere_pkg"),
+    ("missing_function", "{root}/good.py:nope", [], r"MODEL: .*'nope'"),
+    ("factory_returns_non_module", "{root}/good.py:not_module", [],
+     r"MODEL: factory '.*not_module' returned a int, not a torch\.nn\.Module"),
+    ("wrong_feature_count", GOOD, ["--data", "{root}/good.py:wrong_features"], r"5"),
+    ("float_labels", GOOD, ["--data", "{root}/good.py:float_labels"], r"--loss: .*target dtype to be Long .* got Float"),
+    ("zero_examples", GOOD, ["--data", "{root}/good.py:empty"], r"\b0 examples|no examples|empty"),
+    ("nan_in_last_example", GOOD, ["--data", "{root}/good.py:nan_last"], r"example 23"),
+    ("weights_pickle_payload", GOOD, ["--data", DATA, "--weights", "{root}/weights.pt"],
+     r"--weights: cannot read '.*weights\.pt' as a weights-only torch file"),
+    ("data_pickle_payload", GOOD, ["--data", "{root}/data.pt"], r"--data: .*data\.pt"),
+    ("bad_output_key", "{root}/good.py:dict_out", ["--data", DATA, "{output}", "logits"],
+     r"--output: output key 'logits' is not in the model output, dict with keys 'scores'"),
+]
+KEEPS = [("keep_0", "0"), ("keep_negative", "-0.1"), ("keep_1.5", "1.5"), ("keep_nan", "nan"), ("keep_abc", "abc")]
+SKETCH = [(case, GOOD, ["--data", DATA, "--sketch", f"subsample:{keep}"], rf"--sketch: .*{re.escape(keep)}")
+          for case, keep in KEEPS] + [
+    ("unknown_family", GOOD, ["--data", DATA, "--sketch", "bogus:0.5"], r"--sketch: 'bogus:0\.5' must be KIND:KEEP.* with KIND in \[.*'subsample'\]")]
+TRAIN = [(case, GOOD, ["--data", DATA, "--keep", keep], rf"keep must be in \(0, 1\], got {re.escape(keep)}")
+         for case, keep in KEEPS[:-1]] + [
+    ("keep_abc", GOOD, ["--data", DATA, "--keep", "abc"], r"Invalid value for '--keep': 'abc' is not a valid float"),
+    ("unknown_family", GOOD, ["--data", DATA, "--sketch", "bogus:0.5"], r"--sketch: 'bogus:0\.5' must be KIND:KEEP.* with KIND in \[.*'subsample'\]"),
+    ("plan_unknown_layer", GOOD, ["--data", DATA, "--plan", "{root}/unknown_layer.json"], r"no_such_layer"),
+    ("plan_malformed_json", GOOD, ["--data", DATA, "--plan", "{root}/malformed.json"], r"malformed\.json"),
+    ("plan_pickle_payload", GOOD, ["--data", DATA, "--plan", "{root}/pickle_plan.json"], r"pickle_plan\.json"),
+]
+COMMANDS = {
+    "analyze": (lambda out: ["--batch-size", "8", "--out", str(out / "report")], COMMON + SKETCH),
+    "tune": (lambda out: ["--batch-size", "8", "--budget", "0.5", "-o", str(out / "plan.json")], COMMON + SKETCH),
+    "bench": (lambda out: ["--batch-size", "8", "--reps", "1"], COMMON + SKETCH),
+    "train": (lambda out: ["--batch-size", "8", "--steps", "1", "--out", str(out / "train")], COMMON + TRAIN),
+}
+CASES = [pytest.param(command, *case[1:], id=f"{command}-{case[0]}")
+         for command, (_, cases) in COMMANDS.items() for case in cases]
+
+
+def _check(result, message: str, root: Path, out: Path) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert list(out.iterdir()) == []
+    assert not (root / "PWNED").exists()
+
+
+@pytest.mark.parametrize("command, model, extra, message", CASES)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, command, model, extra, message):
+    fill = {"root": str(files), "output": "--model-output" if command == "tune" else "--output"}
+    args = [command, model.format(**fill), *(a.format(**fill) for a in extra), *COMMANDS[command][0](tmp_path),
+            "-q"]
+    _check(CliRunner().invoke(cli, args, catch_exceptions=True), message, files, tmp_path)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("malformed.json", r"malformed\.json"),
+    ("pickle_analysis.json", r"pickle_analysis\.json"),
+    ("unknown_layer.json", r"unknown_layer\.json'.*expected format 'radvar\.analysis', got 'radvar\.plan'"),
+    ("missing.json", r"missing\.json"),
+])
+def test_report_bad_analysis_file(files, tmp_path, name, message):
+    result = CliRunner().invoke(cli, ["report", str(files / name), "--out", str(tmp_path / "r"), "-q"],
+                                catch_exceptions=True)
+    _check(result, message, files, tmp_path)
