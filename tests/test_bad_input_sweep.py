@@ -95,6 +95,7 @@ def files(tmp_path_factory) -> Path:
     marker = str(root / "PWNED")
     torch.save({"0.weight": Payload(marker)}, root / "weights.pt")
     torch.save((Payload(marker), torch.zeros(3)), root / "data.pt")
+    torch.save({"0.weight": torch.zeros(2, 2)}, root / "wrong.pt")
     (root / "pickle_plan.json").write_bytes(pickle.dumps(Payload(marker)))
     (root / "pickle_analysis.json").write_bytes(pickle.dumps(Payload(marker)))
     return root
@@ -121,6 +122,21 @@ COMMON = [
     ("bad_output_key", "{root}/good.py:dict_out", ["--data", DATA, "{output}", "logits"],
      r"--output: output key 'logits' is not in the model output, dict with keys 'scores'"),
 ]
+MORE = [
+    ("batch_larger_than_data", GOOD, ["--data", DATA, "--batch-size", "100"], r"100 is larger than the .*\b(24|20) examples"),
+    ("weights_missing_file", GOOD, ["--data", DATA, "--weights", "{root}/nope.pt"], r"--weights: .*nope\.pt"),
+    ("weights_wrong_shapes", GOOD, ["--data", DATA, "--weights", "{root}/wrong.pt"],
+     r"--weights: '.*wrong\.pt' does not match the model .*size mismatch for 0\.weight"),
+    ("unknown_loss", GOOD, ["--data", DATA, "--loss", "hinge"], r"--loss: .*'hinge'"),
+    ("unknown_device", GOOD, ["--data", DATA, "--device", "tpu"], r"--device: .*'tpu'"),
+    ("unknown_data", GOOD, ["--data", "imagenet"], r"--data: .*'imagenet'"),
+    ("bad_synthetic_shape", GOOD, ["--data", "synthetic:x:3"], r"--data: .*'x'"),
+    ("model_arg_without_equals", GOOD, ["--data", DATA, "--model-arg", "width"], r"--model-arg: .*'width'"),
+    ("model_arg_unexpected", GOOD, ["--data", DATA, "--model-arg", "width=3"], r"MODEL: .*width"),
+    ("output_index_out_of_range", "{root}/good.py:dict_out", ["--data", DATA, "{output}", "5"], r"--output: .*5"),
+]
+BUDGETS = [(f"budget_{name}", GOOD, ["--data", DATA, "--budget", value], rf"--budget: .*{re.escape(value)}")
+           for name, value in [("0", "0"), ("negative", "-1"), ("nan", "nan"), ("abc", "abc"), ("1.5", "1.5")]]
 KEEPS = [("keep_0", "0"), ("keep_negative", "-0.1"), ("keep_1.5", "1.5"), ("keep_nan", "nan"), ("keep_abc", "abc")]
 SKETCH = [(case, GOOD, ["--data", DATA, "--sketch", f"subsample:{keep}"], rf"--sketch: .*{re.escape(keep)}")
           for case, keep in KEEPS] + [
@@ -135,10 +151,11 @@ TRAIN = [(case, GOOD, ["--data", DATA, "--keep", keep], rf"keep must be in \(0, 
     ("plan_pickle_payload", GOOD, ["--data", DATA, "--plan", "{root}/pickle_plan.json"], r"pickle_plan\.json"),
 ]
 COMMANDS = {
-    "analyze": (lambda out: ["--batch-size", "8", "--out", str(out / "report")], COMMON + SKETCH),
-    "tune": (lambda out: ["--batch-size", "8", "--budget", "0.5", "-o", str(out / "plan.json")], COMMON + SKETCH),
-    "bench": (lambda out: ["--batch-size", "8", "--reps", "1"], COMMON + SKETCH),
-    "train": (lambda out: ["--batch-size", "8", "--steps", "1", "--out", str(out / "train")], COMMON + TRAIN),
+    "analyze": (lambda out: ["--batch-size", "8", "--out", str(out / "report")], COMMON + MORE + SKETCH + BUDGETS),
+    "tune": (lambda out: ["--batch-size", "8", "--budget", "0.5", "-o", str(out / "plan.json")],
+             COMMON + MORE + SKETCH + BUDGETS),
+    "bench": (lambda out: ["--batch-size", "8", "--reps", "1"], COMMON + MORE + SKETCH),
+    "train": (lambda out: ["--batch-size", "8", "--steps", "1", "--out", str(out / "train")], COMMON + MORE + TRAIN),
 }
 CASES = [pytest.param(command, *case[1:], id=f"{command}-{case[0]}")
          for command, (_, cases) in COMMANDS.items() for case in cases]
@@ -156,8 +173,8 @@ def _check(result, message: str, root: Path, out: Path) -> None:
 @pytest.mark.parametrize("command, model, extra, message", CASES)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, command, model, extra, message):
     fill = {"root": str(files), "output": "--model-output" if command == "tune" else "--output"}
-    args = [command, model.format(**fill), *(a.format(**fill) for a in extra), *COMMANDS[command][0](tmp_path),
-            "-q"]
+    args = [command, model.format(**fill), *COMMANDS[command][0](tmp_path), *(a.format(**fill) for a in extra),
+            "-q"]  # the case's options last: they win over the command's defaults
     _check(CliRunner().invoke(cli, args, catch_exceptions=True), message, files, tmp_path)
 
 
