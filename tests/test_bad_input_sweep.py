@@ -65,6 +65,18 @@ FILES = {
             return _data(n=0)
 
 
+        def label_out_of_range_last():
+            x, y = _data()
+            y[-1] = 7
+            return x, y
+
+
+        def inf_last():
+            x, y = _data()
+            x[-1, 0] = float("inf")
+            return x, y
+
+
         def nan_last():
             x, y = _data()
             x[-1, 2] = float("nan")
@@ -115,6 +127,9 @@ COMMON = [
     ("float_labels", GOOD, ["--data", "{root}/good.py:float_labels"], r"--loss: .*target dtype to be Long .* got Float"),
     ("zero_examples", GOOD, ["--data", "{root}/good.py:empty"], r"\b0 examples|no examples|empty"),
     ("nan_in_last_example", GOOD, ["--data", "{root}/good.py:nan_last"], r"example 23"),
+    ("label_out_of_range_in_last_example", GOOD, ["--data", "{root}/good.py:label_out_of_range_last"],
+     r"example 23.*7"),
+    ("inf_in_last_example", GOOD, ["--data", "{root}/good.py:inf_last"], r"example 23 .*inf"),
     ("weights_pickle_payload", GOOD, ["--data", DATA, "--weights", "{root}/weights.pt"],
      r"--weights: '.*weights\.pt' holds Python objects, not only tensors \(Unsupported global: GLOBAL io\.open\); "
      r"radvar reads tensors only"),
@@ -140,7 +155,8 @@ BUDGETS = [(f"budget_{name}", GOOD, ["--data", DATA, "--budget", value], rf"--bu
 KEEPS = [("keep_0", "0"), ("keep_negative", "-0.1"), ("keep_1.5", "1.5"), ("keep_nan", "nan"), ("keep_abc", "abc")]
 SKETCH = [(case, GOOD, ["--data", DATA, "--sketch", f"subsample:{keep}"], rf"--sketch: .*{re.escape(keep)}")
           for case, keep in KEEPS] + [
-    ("unknown_family", GOOD, ["--data", DATA, "--sketch", "bogus:0.5"], r"--sketch: 'bogus:0\.5' must be KIND:KEEP.* with KIND in \[.*'subsample'\]")]
+    ("unknown_family", GOOD, ["--data", DATA, "--sketch", "bogus:0.5"], r"--sketch: 'bogus:0\.5' must be KIND:KEEP.* with KIND in \[.*'subsample'\]"),
+    ("unknown_sketch_option", GOOD, ["--data", DATA, "--sketch", "subsample:0.5:bogus"], r"--sketch: .*'bogus'")]
 TRAIN = [(case, GOOD, ["--data", DATA, "--keep", keep], rf"keep must be in \(0, 1\], got {re.escape(keep)}")
          for case, keep in KEEPS[:-1]] + [
     ("keep_abc", GOOD, ["--data", DATA, "--keep", "abc"], r"Invalid value for '--keep': 'abc' is not a valid float"),
@@ -151,9 +167,12 @@ TRAIN = [(case, GOOD, ["--data", DATA, "--keep", keep], rf"keep must be in \(0, 
     ("plan_pickle_payload", GOOD, ["--data", DATA, "--plan", "{root}/pickle_plan.json"], r"pickle_plan\.json"),
 ]
 COMMANDS = {
-    "analyze": (lambda out: ["--batch-size", "8", "--out", str(out / "report")], COMMON + MORE + SKETCH + BUDGETS),
+    "analyze": (lambda out: ["--batch-size", "8", "--out", str(out / "report")], COMMON + MORE + SKETCH + BUDGETS + [
+        ("one_draw", GOOD, ["--data", DATA, "--draws", "1"], r"--draws.*1"),
+        ("out_is_a_file", GOOD, ["--data", DATA, "--out", "{root}/good.py"], r"good\.py")]),
     "tune": (lambda out: ["--batch-size", "8", "--budget", "0.5", "-o", str(out / "plan.json")],
-             COMMON + MORE + SKETCH + BUDGETS),
+             COMMON + MORE + SKETCH + BUDGETS + [
+        ("plan_in_a_missing_folder", GOOD, ["--data", DATA, "-o", "{root}/no/such/plan.json"], r"no/such")]),
     "bench": (lambda out: ["--batch-size", "8", "--reps", "1"], COMMON + MORE + SKETCH),
     "train": (lambda out: ["--batch-size", "8", "--steps", "1", "--out", str(out / "train")], COMMON + MORE + TRAIN),
 }
