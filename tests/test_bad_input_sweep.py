@@ -207,3 +207,19 @@ def test_report_bad_analysis_file(files, tmp_path, name, message):
     result = CliRunner().invoke(cli, ["report", str(files / name), "--out", str(tmp_path / "r"), "-q"],
                                 catch_exceptions=True)
     _check(result, message, files, tmp_path)
+
+
+def test_analyze_runs_a_train_mode_batchnorm_at_a_small_batch(tmp_path):
+    """The frontier's smallest exact batch (batch // 16 = 1 here) is raised to 2 for a train-mode BatchNorm."""
+    (tmp_path / "bn.py").write_text(textwrap.dedent('''
+        from torch import nn
+
+
+        def make_model():
+            return nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)).train()
+    '''))
+    result = CliRunner().invoke(cli, ["analyze", f"{tmp_path}/bn.py:make_model", "--batch-size", "16", "--json", "-",
+                                      "-q"], catch_exceptions=True)
+    assert result.exit_code == 0, result.stderr
+    small = [r["label"] for r in json.loads(result.stdout)["frontier"] if r["kind"] == "exact small batch"]
+    assert small == ["exact batch 2", "exact batch 4", "exact batch 8"]
