@@ -26,6 +26,11 @@ FILES = {
             return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
+        def batchnorm():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
+
+
         def not_module():
             return 42
 
@@ -138,6 +143,8 @@ COMMON = [
      r"--output: output key 'logits' is not in the model output, dict with keys 'scores'"),
 ]
 MORE = [
+    ("batch_of_one_on_a_train_mode_batchnorm", "{root}/good.py:batchnorm", ["--data", DATA, "--batch-size", "1"],
+     r"--batch-size: 1 is too small for a BatchNorm in training mode .* use --batch-size >= 2"),
     ("batch_larger_than_data", GOOD, ["--data", DATA, "--batch-size", "100"], r"100 is larger than the .*\b(24|20) examples"),
     ("weights_missing_file", GOOD, ["--data", DATA, "--weights", "{root}/nope.pt"], r"--weights: .*nope\.pt"),
     ("weights_wrong_shapes", GOOD, ["--data", DATA, "--weights", "{root}/wrong.pt"],
@@ -176,7 +183,11 @@ COMMANDS = {
     "bench": (lambda out: ["--batch-size", "8", "--reps", "1"], COMMON + MORE + SKETCH),
     "train": (lambda out: ["--batch-size", "8", "--steps", "1", "--out", str(out / "train")], COMMON + MORE + TRAIN),
 }
-CASES = [pytest.param(command, *case[1:], id=f"{command}-{case[0]}")
+# train's own checks (cli/train.py) still miss these: the message is torch's, without the option to change
+KNOWN = {("train", "batch_of_one_on_a_train_mode_batchnorm"): "train does not check the smallest batch the model runs on"}
+CASES = [pytest.param(command, *case[1:], id=f"{command}-{case[0]}",
+                      marks=[pytest.mark.xfail(strict=True, reason=KNOWN[command, case[0]])]
+                      if (command, case[0]) in KNOWN else [])
          for command, (_, cases) in COMMANDS.items() for case in cases]
 
 
