@@ -5,9 +5,9 @@ Pipeline: candidate curves from one exact pass and one ledger pass
 Lagrangian relaxation) on them (:mod:`radvar.tradeoff.solve`), a check against
 the best uniform plan of every family, then the plan is converted and the
 ledger measured: if the measured bytes exceed the budget, it is solved again
-under the budget less that plan's prediction error (measured - predicted), up to
-``RETRIES`` times, then once more for the cheapest plan (the measured figure is the one that
-counts). The :class:`radvar.Plan` carries all of it in ``provenance`` (JSON).
+under the budget less that plan's prediction error (measured - predicted),
+``RETRIES`` solves at most, then once more for the cheapest plan (the measured
+figure is the one that counts). The :class:`radvar.Plan` carries all of it in ``provenance`` (JSON).
 """
 
 from __future__ import annotations
