@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
+from radvar.report.result import VERSION
 
 FILES = {
     "good.py": '''
@@ -90,6 +91,10 @@ FILES = {
     "syntax.py": "def make_model(:\n    pass\n",
     "importerror.py": "raise ImportError('No module named nowhere_pkg')\n",
     "malformed.json": '{"plan": [',
+    "analysis_list.json": "[1, 2]",
+    "analysis_no_meta.json": json.dumps({"format": "radvar.analysis", "version": VERSION}),
+    "analysis_bad_layers.json": json.dumps({"format": "radvar.analysis", "version": VERSION, "meta": {}, "totals": {},
+                                            "layers": 5}),
     "unknown_layer.json": json.dumps({"format": "radvar.plan", "version": 1, "entries": {"no_such_layer": "exact"}}),
 }
 
@@ -222,6 +227,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, comman
     ("pickle_analysis.json", r"pickle_analysis\.json"),
     ("unknown_layer.json", r"unknown_layer\.json'.*expected format 'radvar\.analysis', got 'radvar\.plan'"),
     ("missing.json", r"missing\.json"),
+    ("analysis_list.json", r"analysis_list\.json'.*expected format 'radvar\.analysis', got 'list'"),
+    ("analysis_no_meta.json", r"analysis_no_meta\.json'.*'meta' must be an object"),
+    ("analysis_bad_layers.json", r"analysis_bad_layers\.json'.*'layers' must be a list of objects, got int"),
 ])
 def test_report_bad_analysis_file(files, tmp_path, name, message):
     result = CliRunner().invoke(cli, ["report", str(files / name), "--out", str(tmp_path / "r"), "-q"],
