@@ -222,15 +222,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, comman
     _check(CliRunner().invoke(cli, args, catch_exceptions=True), message, files, tmp_path)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("malformed.json", r"malformed\.json"),
-    ("pickle_analysis.json", r"pickle_analysis\.json"),
+REPORT_CASES = [  # (file, regex of the one stderr line)
+    ("malformed.json", r"malformed\.json' is not valid JSON"),
+    ("pickle_analysis.json", r"pickle_analysis\.json' is not valid JSON"),
     ("unknown_layer.json", r"unknown_layer\.json'.*expected format 'radvar\.analysis', got 'radvar\.plan'"),
-    ("missing.json", r"missing\.json"),
+    ("missing.json", r"file '.*missing\.json' does not exist"),
     ("analysis_list.json", r"analysis_list\.json'.*expected format 'radvar\.analysis', got 'list'"),
     ("analysis_no_meta.json", r"analysis_no_meta\.json'.*'meta' must be an object"),
     ("analysis_bad_layers.json", r"analysis_bad_layers\.json'.*'layers' must be a list of objects, got int"),
-])
+]
+
+
+@pytest.mark.parametrize("name, message", [pytest.param(name, message, id=name) for name, message in REPORT_CASES])
 def test_report_bad_analysis_file(files, tmp_path, name, message):
     result = CliRunner().invoke(cli, ["report", str(files / name), "--out", str(tmp_path / "r"), "-q"],
                                 catch_exceptions=True)
