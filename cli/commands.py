@@ -2,7 +2,7 @@
 
 Bad input (any ``ValueError``/``TypeError``/``OSError`` raised while parsing
 specs or calling the library) prints ``radvar: error: ...`` on stderr and
-exits 2; anything else is a bug: one line and exit 1. ``--debug`` re-raises
+exits 2, as does a bad option value click rejects; anything else is a bug: one line and exit 1. ``--debug`` re-raises
 so the traceback shows. Ctrl-C prints ``radvar: interrupted`` and exits 130
 (the traceback too under ``--debug``). A closed stdout (``radvar zoo | head -1``)
 ends the command quietly with status 141, as SIGPIPE would.
@@ -33,6 +33,11 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.UsageError as e:  # a subcommand's bad option value: one line too, exit 2
+            if ctx.meta.get(DEBUG_KEY) or type(e).__name__ == "NoArgsIsHelpError":
+                raise
+            click.echo(f"radvar: error: {' '.join(e.format_message().split())}", err=True)
+            ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 import radvar
 from radvar import outputs
+from radvar.tradeoff.frontier import smallest_batch
 
 from . import specs
 
@@ -95,10 +96,13 @@ def load_problem(model: str | None, data_spec: str | None, loss_spec: str, model
 
 
 def check_batch_size(problem: Problem, batch_size: int) -> None:
-    """A step cannot use more examples than the data holds."""
+    """A step cannot use more examples than the data holds, nor fewer than the model runs on."""
     if batch_size > len(problem.x):
         raise specs.SpecError(f"--batch-size: {batch_size} is larger than the {len(problem.x)} examples of "
                               f"--data {problem.meta['data']!r}")
+    if batch_size < (smallest := smallest_batch(problem.model)):
+        raise specs.SpecError(f"--batch-size: {batch_size} is too small for a BatchNorm in training mode (it needs "
+                              f"more than one value per channel); use --batch-size >= {smallest}")
 
 
 def quiet() -> bool:

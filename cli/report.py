@@ -9,6 +9,7 @@ import click
 from radvar import report as report_lib
 
 from .options import log, runtime_options
+from .specs.errors import one_line
 
 
 @click.command()
@@ -26,9 +27,12 @@ def report(analysis_json: str, out_dir: str | None, fmt: str) -> None:
             data = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"ANALYSIS.json: file {analysis_json!r} does not exist") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"ANALYSIS.json: {analysis_json!r} is not valid JSON ({e})") from None
-    analysis = report_lib.Analysis.from_dict(data)
+    try:
+        analysis = report_lib.Analysis.from_dict(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"ANALYSIS.json: {analysis_json!r}: {one_line(e)}") from None
     if out_dir is not None:
         log(f"report written to {report_lib.write_report(analysis, out_dir)}/")
     echo_analysis(analysis, fmt)

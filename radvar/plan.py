@@ -91,7 +91,8 @@ class Plan(Mapping[str, "Sketch | None"]):
         for name, sketch in self._entries.items():
             if name not in modules:
                 close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-                hint = f"; did you mean {close}?" if close else ""
+                names = [n for n, m in modules.items() if (t := twin_for(m)) is not None and t.randomized]
+                hint = f"; did you mean {close}?" if close else f"; its randomizable modules are {names[:10]}"
                 raise ValueError(f"Plan names module {name!r}, which the model does not have{hint}")
             twin = twin_for(modules[name])
             if twin is None or not twin.randomized:
@@ -132,6 +133,9 @@ class Plan(Mapping[str, "Sketch | None"]):
         try:
             with open(path) as f:
                 d = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{path}: {e}") from None

@@ -66,3 +66,22 @@ def test_co_optimum_fits_the_ledger_at_its_batch_and_beats_the_exact_batch(setup
         batch.co_optimize(model, data, F.cross_entropy, budget, (0, 16), ts)
     with pytest.raises(ValueError, match="budget must be a positive int"):
         batch.co_optimize(model, data, F.cross_entropy, -1, sizes, ts)
+
+
+def test_small_batches_start_at_two_on_a_train_mode_batchnorm():
+    """A BatchNorm in training mode cannot run on one example: the smallest exact batch measured is 2."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).train()
+    assert frontier.smallest_batch(model) == 2 and frontier.smallest_batch(model.eval()) == 1
+    model.train()
+    cands = candidates.candidates(model, (x, y), F.cross_entropy, DEFAULT_FAMILIES[:1], (0.5,))
+    front = frontier.frontier(model, (x, y), F.cross_entropy, cands, 1.0, small_batches=(1, 2, 4),
+                              families=DEFAULT_FAMILIES[:1])
+    small = front.table[front.table.curve == frontier.SMALL_BATCH]
+    assert list(small.batch_size) == [2, 4]
+    assert small.bytes.iloc[0] == candidates.fixed_bytes(model, (x[:2].clone(),), F.cross_entropy, y[:2].clone())[1]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 import radvar
@@ -119,3 +121,45 @@ def test_relative_variance_budget_is_a_fraction_of_the_data_noise(setup):
     assert prov["predicted_rad_variance"] <= prov["variance_budget"]["absolute"]
     with pytest.raises(ValueError, match="relative=True applies to variance_budget"):
         tune(model, data, F.cross_entropy, budget=0.5, relative=True, batch_size=64, families=DEFAULT_FAMILIES, keeps=KEEPS)
+
+
+class _FirstToken(torch.nn.Module):
+    """The head reads a strided view (first token) of a bigger activation: the ledger counts the whole
+    storage the view keeps alive, the exact candidate only the view (like a BERT pooler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm, self.head = torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.embed(x))[:, 0])
+
+
+@pytest.fixture(scope="module")
+def first_token():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 12, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    torch.manual_seed(0)
+    return _FirstToken(), (x, y)
+
+
+@pytest.mark.parametrize("budget", [0.9, 0.8])
+def test_retries_meet_the_budget_when_the_prediction_is_under_the_ledger(first_token, budget):
+    model, data = first_token
+    plan = tune(model, data, F.cross_entropy, budget=budget, families=[Subsample.family()], keeps=KEEPS)
+    p = plan.provenance
+    first = p["attempts"][0]
+    assert first["measured_bytes"] > p["budget"]["bytes"] >= first["predicted_bytes"]  # the case guarded
+    assert p["measured_bytes"] <= p["budget"]["bytes"]
+    assert p["measured_bytes"] == measured_bytes(model, plan, ((data[0],), data[1]), F.cross_entropy)
+
+
+def test_unreachable_measured_budget_names_the_smallest_feasible(first_token, monkeypatch):
+    model, data = first_token
+    tune_module = importlib.import_module("radvar.tradeoff.tune")
+    real = tune_module.measured_bytes
+    monkeypatch.setattr(tune_module, "measured_bytes", lambda *a: real(*a) + 20_000)
+    cheapest = real(model, radvar.Plan.uniform(model, Subsample(0.1)), ((data[0],), data[1]), F.cross_entropy)
+    with pytest.raises(ValueError, match=rf"tune: the memory budget 29,322 bytes cannot be met as measured by the "
+                                         rf"ledger; the smallest feasible budget is {cheapest + 20_000:,} bytes"):
+        tune(model, data, F.cross_entropy, budget=0.9, families=[Subsample.family()], keeps=KEEPS)

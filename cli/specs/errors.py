@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import pickle
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,11 @@ def read_torch_file(path: str, what: str) -> Any:
     existing_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(e))
+        raise SpecError(f"{what}: {path!r} holds Python objects, not only tensors"
+                        f"{f' ({found.group()})' if found else ''}; radvar reads tensors only (torch.load with "
+                        f"weights_only=True) and never runs code from a file") from e
     except Exception as e:
         raise SpecError(f"{what}: cannot read {path!r} as a weights-only torch file ({one_line(e)})") from e
 

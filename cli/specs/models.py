@@ -91,4 +91,5 @@ def load_weights(model: nn.Module, path: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise SpecError(f"--weights: {path!r} does not match the model ({one_line(e)})") from e
+        detail = " ".join(" ".join(str(e).splitlines()[1:]).split()) or one_line(e)  # the lines after the header
+        raise SpecError(f"--weights: {path!r} does not match the model ({detail[:400]})") from e

@@ -66,6 +66,12 @@ class Frontier:
         return ax
 
 
+def smallest_batch(model: nn.Module) -> int:
+    """The smallest batch ``model`` runs on: 2 with a BatchNorm in training mode (it needs more than one
+    value per channel), else 1."""
+    return 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()) else 1
+
+
 def frontier(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], cands: Candidates,
              trace_sigma: float, small_batches: Sequence[int] = (), families: Sequence[Sketch] = DEFAULT_FAMILIES,
              max_tuned_points: int = 400) -> Frontier:
@@ -73,7 +79,7 @@ def frontier(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], 
     ``radvar.variance.minibatch(...).total['trace_sigma']``).
 
     ``small_batches``: exact batch sizes b whose ledger bytes are measured on the first b examples of
-    ``data``. ``max_tuned_points``: the tuned Pareto front is thinned to at most this many points
+    ``data``; a size below :func:`smallest_batch` of the model is measured at that size instead. ``max_tuned_points``: the tuned Pareto front is thinned to at most this many points
     (evenly in log bytes; its end points kept).
     """
     if not (isinstance(trace_sigma, (int, float)) and trace_sigma >= 0):
@@ -102,6 +108,8 @@ def frontier(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], 
     for sb in sorted({int(s) for s in small_batches}):
         if not 1 <= sb <= inputs[0].shape[0]:
             raise ValueError(f"frontier: small_batches must be in [1, {inputs[0].shape[0]}], got {sb}")
+    floor = min(smallest_batch(model), b)
+    for sb in sorted({max(int(s), floor) for s in small_batches}):
         _, total = fixed_bytes(model, tuple(t[:sb].clone() for t in inputs), loss_fn, targets[:sb].clone())
         small.append({"curve": SMALL_BATCH, "plan": f"exact batch {sb}", "batch_size": sb, "bytes": total,
                       "rad_variance": 0.0, "data_variance": trace_sigma / sb})

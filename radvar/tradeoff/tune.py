@@ -4,9 +4,10 @@ Pipeline: candidate curves from one exact pass and one ledger pass
 (:mod:`radvar.tradeoff.candidates`), the exact multiple-choice knapsack (or its
 Lagrangian relaxation) on them (:mod:`radvar.tradeoff.solve`), a check against
 the best uniform plan of every family, then the plan is converted and the
-ledger measured: if the measured bytes exceed the budget, the budget is
-tightened by the excess and solved again (the measured figure is the one that
-counts). The :class:`radvar.Plan` carries all of it in ``provenance`` (JSON).
+ledger measured: if the measured bytes exceed the budget, it is solved again
+under the budget less that plan's prediction error (measured - predicted),
+``RETRIES`` solves at most, then once more for the cheapest plan (the measured
+figure is the one that counts). The :class:`radvar.Plan` carries all of it in ``provenance`` (JSON).
 """
 
 from __future__ import annotations
@@ -128,18 +129,19 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     absolute = variance_budget * data_variance if relative else variance_budget
     attempts: list[dict[str, int]] = []
     limit = target
-    for _ in range(RETRIES):
+    for attempt in range(RETRIES + 1):
         alloc, best_uni = _choose(cands, limit, absolute, solver, families, keep_grid)
         measured = measured_bytes(model, alloc.plan(), batch, loss_fn)
         attempts.append({"solved_for": limit, "predicted_bytes": alloc.bytes, "measured_bytes": measured})
-        if target is None or measured <= target:
+        if target is None or measured <= target or limit == smallest:
             break
-        limit -= measured - target  # the ledger is what counts: tighten by the excess
-        if limit < smallest:
-            break
+        # the ledger is what counts: solve again so that this plan's prediction error would still fit;
+        # the last try is the cheapest plan
+        limit = smallest if attempt == RETRIES - 1 else max(target - (measured - alloc.bytes), smallest)
     if target is not None and measured > target:
-        raise RuntimeError(f"tune: could not meet the memory budget {target:,} bytes as measured by the ledger "
-                           f"after {len(attempts)} tries: {attempts}")
+        raise ValueError(f"tune: the memory budget {target:,} bytes cannot be met as measured by the ledger; the "
+                         f"smallest feasible budget is {measured:,} bytes ({measured / cands.exact_total:.4f} of the "
+                         f"exact {cands.exact_total:,}), the ledger bytes of the cheapest sketch of every layer")
     provenance = {
         "kind": "tuned",
         "radvar_version": __version__,
