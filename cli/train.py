@@ -17,12 +17,13 @@ import torch
 
 import radvar
 from radvar.report import atomic_folder
+from radvar.sketch import check_keep
 from radvar.train import fit, save_figure
 from radvar.train.monitor import load as load_noise
 from radvar.train.monitor import plot_noise
 
 from . import specs
-from .options import load_problem, log, output_option, problem_options, quiet, runtime_options
+from .options import check_batch_size, load_problem, log, output_option, problem_options, quiet, runtime_options
 
 RUN_FILES = ["history.csv", "learning_curve.png", "noise.csv", "noise.json", "noise.png", "retune.csv", "retune.json"]
 OPTIMIZERS = {"sgd": lambda lr: (lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9)),
@@ -61,6 +62,7 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
     has_keep = len(parts) > 1 and _is_number(parts[1])
     if keep is None:
         return specs.parse_sketch(sketch_spec) if has_keep else None
+    check_keep(keep, "--keep")
     return specs.parse_sketch(":".join([parts[0], repr(keep), *parts[2 if has_keep else 1:]]))
 
 
@@ -105,6 +107,7 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
         raise specs.SpecError(f"--checkpoint {checkpoint!r} is inside --out {out!r}; put it elsewhere "
                               "(the run folder is written whole when the run ends, so it cannot hold the checkpoint)")
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device, output_key)
+    check_batch_size(problem, batch_size)
     n_eval = int(len(problem.x) * eval_split)
     n_train = len(problem.x) - n_eval
     train_data = (problem.x[:n_train], problem.y[:n_train])

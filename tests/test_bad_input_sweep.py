@@ -201,12 +201,7 @@ COMMANDS = {  # command: (its quick options, writing under the test's folder; it
     "bench": (lambda out: ["--batch-size", "8", "--reps", "1"], COMMON + MORE + SKETCH),
     "train": (lambda out: ["--batch-size", "8", "--steps", "1", "--out", str(out / "train")], COMMON + MORE + TRAIN),
 }
-# train's own checks (cli/train.py) still miss these: the message is torch's, without the option to change
-KNOWN = {("train", "batch_of_one_on_a_train_mode_batchnorm"):
-         "train does not check the smallest batch the model runs on"}
-CASES = [pytest.param(command, *case[1:], id=f"{command}-{case[0]}",
-                      marks=[pytest.mark.xfail(strict=True, reason=KNOWN[command, case[0]])]
-                      if (command, case[0]) in KNOWN else [])
+CASES = [pytest.param(command, *case[1:], id=f"{command}-{case[0]}")
          for command, (_, cases) in COMMANDS.items() for case in cases]
 
 
