@@ -15,7 +15,8 @@ from torch import nn
 import radvar
 from radvar import rng, variance, zoo
 from radvar.plan import Plan
-from radvar.sketch import Bernoulli, Projection, Subsample
+from radvar.sketch import Bernoulli, Projection, Quantize, Subsample
+from radvar.tradeoff import DEFAULT_FAMILIES
 from radvar.train import fit
 from radvar.train.monitor import TOTAL, NoiseMonitor, load, plot_noise
 from radvar.train.retune import AutoPlan, current_plan
@@ -148,11 +149,11 @@ def test_bad_input_and_misuse():
 
 
 
-def _autoplan_run(plan, budget, min_gain, steps=40, out=None):
+def _autoplan_run(plan, budget, min_gain, steps=40, out=None, families=DEFAULT_FAMILIES):
     torch.manual_seed(0)
     model = _small_mlp()
     monitor = NoiseMonitor(model, F.cross_entropy, every=10)
-    auto = AutoPlan(monitor, budget=budget, every=20, min_gain=min_gain, out=out)
+    auto = AutoPlan(monitor, budget=budget, every=20, min_gain=min_gain, out=out, families=families)
     _train(model, plan, monitor, steps=steps, callbacks=[auto])
     return model, monitor, auto
 
@@ -180,7 +181,8 @@ def test_autoplan_switches_between_steps_within_the_budget(tmp_path):
 def test_autoplan_without_a_switch_leaves_training_unchanged():
     """min_gain 0.999: Subsample(0.1) is within the budget and no plan is 99.9% better, so nothing switches,
     and the run is bitwise the run without the re-tuner (re-tuning consumed no RAD or torch draws)."""
-    model, _, auto = _autoplan_run(Subsample(0.1), 0.5, 0.999)
+    sampling = tuple(f for f in DEFAULT_FAMILIES if not isinstance(f.template, Quantize))  # Quantize: >99.9% better
+    model, _, auto = _autoplan_run(Subsample(0.1), 0.5, 0.999, families=sampling)
     assert auto.frame.empty
     torch.manual_seed(0)
     plain = _small_mlp()
