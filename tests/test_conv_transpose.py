@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 import radvar
-from radvar import variance
 from radvar.layers import kind_for
 from radvar.ops import rad_convolution
 from radvar.sketch import Bernoulli, Importance, Projection, Subsample
-from radvar.variance.statistics import agreement, holm
 
+from .kind_checks import check_analytic_agrees_with_monte_carlo, check_per_example_norms
 from .stats import assert_unbiased
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,49 +76,14 @@ def test_keep_one_is_exact_and_the_op_at_keep_one_reconstructs():
     torch.testing.assert_close(torch.autograd.grad(y, layer.weight, gy)[0], exact, rtol=1e-12, atol=1e-12)
 
 
-class _Model(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.up = _layer()[0]
-
-    def forward(self, x):
-        return self.up(x)
-
-
-def _loss(out, target):
-    return (out * target).sum()
-
-
 @pytest.mark.parametrize("view", ["positions", pytest.param("examples", marks=pytest.mark.slow)])
 def test_analytic_agrees_with_500_draw_monte_carlo(view):
-    """Every sketch: analytic = empirical (z from both standard errors, Holm at 0.01) and the analytic value
-    inside the empirical 99% interval for at least 90% of rows."""
-    model = _Model()
-    _, x = _layer()
-    target = torch.randn_like(model(x))
-    tables = []
-    for sk in SKETCHES:
-        plan = radvar.Plan({"up": dataclasses.replace(sk, view=view)})
-        a = variance.analytic(model, (x, target), _loss, plan)
-        e = variance.empirical(model, (x, target), _loss, plan, draws=500, confidence=0.99)
-        tables.append(agreement(a, e))
-    table = pd.concat(tables, ignore_index=True)
-    reject, _ = holm(table["p"].to_numpy(), 0.01)
-    assert not reject.any(), table.loc[reject, ["sketch", "rad_variance_analytic", "rad_variance_empirical", "z"]]
-    assert table["inside_ci"].mean() >= 0.9
+    layer, x = _layer()
+    check_analytic_agrees_with_monte_carlo(layer, x, SKETCHES, view)
 
 
 def test_per_example_norms_match_torch_func():
-    from torch.func import functional_call, grad, vmap
-
-    layer, x = _layer()
-    gy = torch.randn_like(layer(x))
-    w, b = kind_for(layer).per_example_sq_norms(layer, x, gy)
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-    per = vmap(grad(lambda p, xi, gi: (functional_call(layer, p, (xi[None],)) * gi[None]).sum()),
-               in_dims=(None, 0, 0))(params, x, gy)
-    torch.testing.assert_close(w, per["weight"].flatten(1).square().sum(1))
-    torch.testing.assert_close(b, per["bias"].square().sum(1))
+    check_per_example_norms(*_layer())
 
 
 @pytest.mark.parametrize("sketch", [Subsample(0.25), Subsample(0.25, view="examples"), Projection(0.25)],
