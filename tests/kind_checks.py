@@ -61,3 +61,12 @@ def check_per_example_norms(layer: nn.Module, x: torch.Tensor) -> None:
                in_dims=(None, 0, 0))(params, x, gy)
     torch.testing.assert_close(w, per["weight"].flatten(1).square().sum(1))
     torch.testing.assert_close(b, per["bias"].square().sum(1))
+
+
+def check_ledger_keeps_the_sketch(layer: nn.Module, x: torch.Tensor, sketch: Sketch, view: tuple[int, int]) -> None:
+    """Measured by the saved-tensor ledger: the plain layer keeps its input, the twin exactly the sketch's bytes
+    of the (rows, features) ``view``, under a third of the input at these keeps."""
+    plain = radvar.memory.saved_bytes(layer, x).total
+    rad = radvar.memory.saved_bytes(radvar.convert(layer, sketch), x).total
+    assert plain == x.numel() * x.element_size()
+    assert rad == sketch.saved_bytes(view, x.dtype) < plain / 3
