@@ -204,12 +204,13 @@ def test_cli_bad_output_is_one_line_and_exit_2(models, tmp_path, model, extra, m
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_tune_meets_a_budget_the_first_prediction_misses(models, tmp_path):
-    """Tiny BERT at --budget 0.8: the pooler reads a strided view of the last hidden state, so the first plan's
-    prediction is under the ledger; the retry must still end within the budget (measured), exit 0."""
+def test_cli_tune_meets_a_budget_on_a_strided_view(models, tmp_path):
+    """Tiny BERT at --budget 0.8: the pooler reads a strided view of the last hidden state (the ledger counts the
+    whole storage it keeps alive); tune once failed here with an internal error. It must end within the budget
+    as measured, exit 0 (the retry path itself: test_tradeoff_tune)."""
     plan_path = tmp_path / "plan.json"
     result = _run("tune", f"{models}:bert", "--data", f"{models}:tokens", "--batch-size", "8", "--budget", "0.8",
                   "-o", str(plan_path), "-q")
     assert result.exit_code == 0, result.stderr
     p = radvar.Plan.load(plan_path).provenance
-    assert p["attempts"][0]["measured_bytes"] > p["budget"]["bytes"] >= p["measured_bytes"]
+    assert p["measured_bytes"] <= p["budget"]["bytes"] and p["attempts"][-1]["measured_bytes"] == p["measured_bytes"]
