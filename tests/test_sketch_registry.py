@@ -95,6 +95,16 @@ def test_a_kind_cannot_be_registered_twice():
             pass
 
 
+def test_a_family_that_needs_entries_must_define_entry_stats():
+    with pytest.raises(TypeError, match="NeedsEntries sets needs_entries = True but defines no entry_stats"):
+        @family
+        @dataclasses.dataclass(frozen=True)
+        class NeedsEntries(Bernoulli):
+            kind = "needs-entries-test"
+            needs_entries = True
+    assert "needs-entries-test" not in Sketch.registry
+
+
 def test_entry_statistics_are_asked_for_by_name():
     view = ViewStats(2, 3, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, CLOSED)
     with pytest.raises(ValueError, match="Importance: its variance needs per-entry statistics"):

@@ -146,13 +146,6 @@ class Sketch(abc.ABC):
         return self.saved_bytes(shape, dtype)
 
     @classmethod
-    def entry_stats(cls, x: torch.Tensor, weight: torch.Tensor) -> Any:
-        """Per-entry statistics a family with ``needs_entries = True`` keeps from one capture:
-        ``x`` the (rows, n) view in float64, ``weight`` the per-entry w_rf = ‖C_rf‖² / x_rf²
-        (broadcastable to x). Read back with :meth:`ViewStats.entries`."""
-        raise NotImplementedError(f"{cls.__name__} keeps no per-entry statistics")
-
-    @classmethod
     def family(cls, **options: Any) -> "Family":
         """This family with ``options`` fixed and keep left open, e.g. ``Subsample.family(per_example=True)``."""
         from .registry import Family

@@ -29,8 +29,10 @@ Optional:
 * ``variance_se(view)``: the standard error when the variance is estimated;
 * ``reserve_bytes(shape, dtype)``: a per-draw bound for the tuner when the kept
   size is random (default: ``saved_bytes``);
-* ``needs_entries = True`` with the classmethod ``entry_stats(x, weight)``:
-  per-entry statistics built once per captured view, read with ``view.entries(cls)``;
+* ``needs_entries = True`` with the classmethod ``entry_stats(x, weight)`` (required
+  then, checked here): per-entry statistics built once per captured view from ``x``,
+  the (rows, n) view in float64, and ``weight``, the per-entry w_rf = ‖C_rf‖² / x_rf²
+  (broadcastable to x); read with ``view.entries(cls)``;
 * ``sweep(keeps)``: the tuner's candidates of the family (default: one per keep);
 * ``exact``: when the sketch is the identity (default: keep = 1).
 
@@ -57,6 +59,8 @@ def family(cls: S) -> S:
     """
     if not (isinstance(cls, type) and issubclass(cls, Sketch) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"@family expects a Sketch dataclass, got {cls!r}")
+    if cls.needs_entries and not callable(getattr(cls, "entry_stats", None)):
+        raise TypeError(f"@family: {cls.__name__} sets needs_entries = True but defines no entry_stats(x, weight)")
     if cls.kind in Sketch.registry and Sketch.registry[cls.kind] is not cls:
         raise ValueError(f"@family: kind {cls.kind!r} is already registered by {Sketch.registry[cls.kind].__name__}")
     cls.__init__ = _axis_alias(cls.__init__)
