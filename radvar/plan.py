@@ -49,7 +49,8 @@ class Plan(Mapping[str, "Sketch | None"]):
         """The same sketch on every module of ``model`` that radvar can randomize."""
         if sketch is not None and not isinstance(sketch, Sketch):
             raise TypeError(f"Plan.uniform: sketch must be a radvar.sketch.Sketch or None, got {sketch!r}")
-        names = [name for name, m in model.named_modules() if (t := twin_for(m)) is not None and t.randomized]
+        names = [name for name, m in model.named_modules()
+                 if (t := twin_for(m)) is not None and t.randomized and t.accepts(sketch)]
         plan = cls({name: sketch for name in names}, {"kind": "uniform"})
         plan.validate(model)
         return plan
@@ -98,6 +99,9 @@ class Plan(Mapping[str, "Sketch | None"]):
             if twin is None or not twin.randomized:
                 raise TypeError(f"Plan entry {name!r} is a {type_name(type(modules[name]))}, which radvar cannot "
                                 f"randomize; supported types: {randomizable_types()}")
+            if not twin.accepts(sketch):
+                raise ValueError(f"Plan entry {name!r} ({type_name(type(modules[name]))}): sketch family "
+                                 f"{sketch.kind!r} is not allowed; allowed: {list(twin.families)} or 'exact'")
             if sketch is not None and sketch.view not in (None, *twin.views):
                 raise ValueError(f"Plan entry {name!r} ({type(modules[name]).__name__}): view {sketch.view!r} "
                                  f"is not allowed; allowed: {[None, *twin.views]}")

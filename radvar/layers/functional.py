@@ -19,6 +19,7 @@ returns ``g ⊙ d̂``, whose expectation is the exact ``g ⊙ f'(x)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Callable, Iterator, Mapping
 
@@ -31,8 +32,39 @@ from torch.overrides import TorchFunctionMode
 from .. import rng
 from ..sketch import Sketch
 
-INTERCEPTED: dict[Callable, str] = {F.gelu: "gelu", F.silu: "silu", F.layer_norm: "layer_norm"}
 Op = Callable[..., torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionKind:
+    """A torch function radvar can route: its site ``name`` (``gelu``, ``sdpa``, ...), the torch
+    callables it covers, and ``factory(sketch) -> op``, an op with the torch function's own
+    signature that keeps ``sketch`` of what backward needs. ``families`` restricts the sketch
+    families it takes (None: all)."""
+
+    name: str
+    functions: tuple[Callable, ...]
+    factory: Callable[[Sketch], Op]
+    families: tuple[str, ...] | None = None
+
+
+FUNCTION_KINDS: dict[str, FunctionKind] = {}
+INTERCEPTED: dict[Callable, str] = {F.layer_norm: "layer_norm"}  # torch callable -> site name
+
+
+def function_kind(*functions: Callable, name: str,
+                  families: tuple[str, ...] | None = None) -> Callable[[Callable[[Sketch], Op]], Callable[[Sketch], Op]]:
+    """Decorator on an op factory ``factory(sketch) -> op``: route calls of ``functions`` under ``name``."""
+
+    def deco(factory: Callable[[Sketch], Op]) -> Callable[[Sketch], Op]:
+        if name in FUNCTION_KINDS:
+            raise ValueError(f"function_kind: {name!r} is already registered")
+        FUNCTION_KINDS[name] = FunctionKind(name, functions, factory, families)
+        for fn in functions:
+            INTERCEPTED[fn] = name
+        return factory
+
+    return deco
 
 
 def _gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -89,6 +121,10 @@ def rad_activation(name: str, sketch: Sketch) -> Op:
         return _SketchedDerivative.apply(x, y, d, sketch, rng.next_key())
 
     return op
+
+
+function_kind(F.gelu, name="gelu")(lambda sketch: rad_activation("gelu", sketch))
+function_kind(F.silu, name="silu")(lambda sketch: rad_activation("silu", sketch))
 
 
 class _SiteMode(TorchFunctionMode):

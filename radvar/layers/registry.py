@@ -28,6 +28,18 @@ Two kinds of twins:
 
   Registering a randomized twin without statistics, or with a view name that
   :data:`radvar.sketch.base.VIEWS` does not know, is an error.
+
+* *propagating* twins (``randomized = True, propagates = True``: activations,
+  norms, attention) keep a sketch of a tensor whose error reaches every
+  gradient upstream of them, not one weight gradient, so they have no
+  closed-form weight statistics (``stats`` stays None and :func:`kind_for`
+  returns None); their variance is estimated by pushing their local noise back
+  through the exact backward (:mod:`radvar.variance`).
+
+A randomized twin may restrict the sketch families it takes with ``families``
+(a tuple of family kinds such as ``("quantize", "subsample")``; None takes
+every family); :meth:`Twin.accepts` checks it, ``Plan.uniform`` skips modules
+that do not take the sketch and ``Plan.validate`` rejects them.
 """
 
 from __future__ import annotations
@@ -60,6 +72,8 @@ class Twin(nn.Module):
     """Mixin for twins: ``randomized`` twins carry a ``sketch`` attribute and a ``kind`` (their statistics)."""
 
     randomized: ClassVar[bool] = False
+    propagates: ClassVar[bool] = False
+    families: ClassVar[tuple[str, ...] | None] = None
     views: ClassVar[tuple[str, ...]] = ()
     kind: ClassVar[Any] = None
     axes: ClassVar[tuple[str | None, ...]] = ()  # deprecated: (None, *views)
@@ -68,6 +82,11 @@ class Twin(nn.Module):
         """Set per-instance state after the class swap."""
         if self.randomized:
             self.sketch = sketch
+
+    @classmethod
+    def accepts(cls, sketch: Sketch | None) -> bool:
+        """Whether this twin takes ``sketch`` (None, exact, is always taken)."""
+        return sketch is None or cls.families is None or sketch.kind in cls.families
 
     def sketch_label(self) -> str:
         """``sketch=...`` for ``extra_repr``."""
@@ -91,7 +110,15 @@ def register(*sources: type[nn.Module], stats: type | None = None) -> Callable[[
     also registers its variance ``stats`` class (required)."""
 
     def deco(twin: T) -> T:
-        if twin.randomized:
+        if twin.randomized and twin.propagates:
+            if stats is not None:
+                raise TypeError(f"register: propagating twin {twin.__name__} takes no closed-form stats")
+            unknown = [v for v in twin.views if v not in VIEWS or v is None]
+            if not twin.views or unknown:
+                raise ValueError(f"register: {twin.__name__}.views must be a non-empty tuple of view names from "
+                                 f"{[v for v in VIEWS if v]}, got {twin.views!r}")
+            twin.axes = (None, *twin.views)
+        elif twin.randomized:
             if stats is None:
                 raise TypeError(f"register: randomized twin {twin.__name__} has no variance statistics; "
                                 f"pass stats=... (see radvar.layers.registry)")
@@ -132,6 +159,12 @@ def type_name(cls: type) -> str:
     if getattr(nn, cls.__name__, None) is cls:
         return f"torch.nn.{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def propagating(module: nn.Module) -> bool:
+    """Whether ``module`` (plain or converted) has a propagating twin (see the module docstring)."""
+    twin = twin_for(module)
+    return twin is not None and twin.randomized and twin.propagates
 
 
 def randomizable_types() -> list[str]:

@@ -124,7 +124,7 @@ def ledger_model(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torc
     exact_model = convert(model, None)
     report = saved_bytes(exact_model, inputs, loss_fn, targets)
     modules = dict(exact_model.named_modules())
-    randomizable = {n for n, m in modules.items() if (t := twin_for(m)) is not None and t.randomized}
+    randomizable = {n for n, m in modules.items() if (t := twin_for(m)) is not None and t.randomized and not t.propagates}
     fixed, alone, shared, joint = 0, {}, {}, []
     for nbytes, keepers in report.storages:
         if len(keepers) == 1 and keepers[0] in randomizable:
