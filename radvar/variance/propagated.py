@@ -51,7 +51,8 @@ from ..layers.registry import propagating
 from ..sketch import Sketch
 from .capture import batch_loss, require_finite
 
-DEFAULT_PROBES = 8
+DEFAULT_PROBES = 64
+CHUNK = 64  # probes pushed back in one batched backward
 
 
 def method_label(probes: int) -> str:
@@ -62,7 +63,7 @@ def method_label(probes: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class SiteEstimate:
     """One (site, sketch): the added variance E‖Ĝ^(k) − G‖² over all parameters, its standard error,
-    how it was obtained, and the site's calls in the forward."""
+    how it was obtained, the site's calls in the forward, and ‖G‖² of the site's own parameters."""
 
     site: str
     type: str
@@ -71,6 +72,7 @@ class SiteEstimate:
     se: float
     method: str
     calls: int
+    grad_norm_sq: float
 
 
 @dataclasses.dataclass
@@ -172,7 +174,7 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         for s in sketches:
             if s is not None and not isinstance(s, Sketch):
                 raise TypeError(f"{owner}: site {name!r}: sketch must be a radvar.sketch.Sketch or None, got {s!r}")
-    work = convert(model, None)
+    work = convert(model, None, compact=False)  # plain ops upstream: the probes' backward can be batched
     modules = dict(work.named_modules())
     chosen: dict[str, _Site] = {}
     functional = [n for n in wanted if n not in modules]
@@ -205,7 +207,7 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         with rng.exact(), torch.enable_grad(), intercept(work, {n: recorder(n) for n in functional}) as seen:
             live = seen
             loss = batch_loss(work, inputs, targets, loss_fn, owner)
-            torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     except ValueError as e:
         if "functional site" in str(e):
             raise ValueError(f"{owner}: {e}") from None
@@ -218,49 +220,76 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
     out: dict[str, list[SiteEstimate]] = {}
     for name, sketches in wanted.items():
         site = chosen[name]
-        out[name] = [_estimate(site, s, probes, params, index) for s in sketches]
+        own = sum(float(g.double().square().sum()) for p in site.own if (g := exact[index[id(p)]]) is not None)
+        out[name] = [dataclasses.replace(_estimate(site, s, probes, params, index), grad_norm_sq=own)
+                     for s in sketches]
     return out
+
+
+def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
+            ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[int, torch.Tensor]]:
+    """One probe: every call of ``site`` run alone under fresh draws of ``sketch``. Returns the graph tensors
+    to push the input errors ε back from, those errors, and the direct errors δ of parameters (the module's
+    own, or parameters passed as arguments) by index."""
+    direct: dict[int, torch.Tensor] = {}
+    outputs, signals = [], []
+
+    def add(j: int, eps: torch.Tensor) -> None:
+        direct[j] = direct[j] + eps if j in direct else eps
+
+    for call, (ref_in, ref_own) in zip(site.calls, reference):
+        got_in, got_own = site.run(call, sketch)
+        for i, a, b in zip(call.grad_inputs, got_in, ref_in):
+            eps, t = _sub(a, b), call.leaves[i]
+            if eps is None:
+                continue
+            if id(t) in index:
+                add(index[id(t)], eps)
+            elif t.grad_fn is not None:
+                outputs.append(t)
+                signals.append(eps)
+        for p, a, b in zip(site.own, got_own, ref_own):
+            if (eps := _sub(a, b)) is not None:
+                add(index[id(p)], eps)
+    return outputs, signals, direct
+
+
+def _push(outputs: list[torch.Tensor], signals: list[list[torch.Tensor]], params: list[torch.Tensor]
+          ) -> list[list[torch.Tensor | None]]:
+    """J_kᵀ-products of a chunk of probes' signals: one batched backward through the kept graph
+    (``is_grads_batched``), or one backward per probe where an op of the graph cannot be batched."""
+    if not outputs:
+        return [[None] * len(params) for _ in signals]
+    try:
+        stacked = [torch.stack(s) for s in zip(*signals)]
+        grads = torch.autograd.grad(outputs, params, stacked, retain_graph=True, allow_unused=True,
+                                    is_grads_batched=True)
+        return [[None if g is None else g[p] for g in grads] for p in range(len(signals))]
+    except RuntimeError:
+        return [list(torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True))
+                for s in signals]
 
 
 def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torch.Tensor],
               index: dict[int, int]) -> SiteEstimate:
     if sketch is None or sketch.exact or not site.calls:
         return SiteEstimate(site.name, site.type, sketch, 0.0, 0.0, "exact" if site.calls else "not called",
-                            len(site.calls))
+                            len(site.calls), 0.0)
     reference = [site.run(c, None) for c in site.calls]
-    draws = []
-    for _ in range(probes):
-        direct: dict[int, torch.Tensor] = {}
-        outputs, signals = [], []
-        for call, (ref_in, ref_own) in zip(site.calls, reference):
-            got_in, got_own = site.run(call, sketch)
-            for i, a, b in zip(call.grad_inputs, got_in, ref_in):
-                eps = _sub(a, b)
-                if eps is None:
-                    continue
-                t = call.leaves[i]
-                if id(t) in index:  # a parameter passed as an argument: its error is direct
-                    j = index[id(t)]
-                    direct[j] = direct[j] + eps if j in direct else eps
-                elif t.grad_fn is not None:
-                    outputs.append(t)
-                    signals.append(eps)
-            for p, a, b in zip(site.own, got_own, ref_own):
-                eps = _sub(a, b)
-                if eps is not None:
-                    j = index[id(p)]
-                    direct[j] = direct[j] + eps if j in direct else eps
-        pushed = (torch.autograd.grad(outputs, params, signals, retain_graph=True, allow_unused=True)
-                  if outputs else [None] * len(params))
-        d = 0.0
-        for j, g in enumerate(pushed):
-            e = _sub(g, None if j not in direct else -direct[j])
-            if e is not None:
-                d += float(e.double().square().sum())
-        draws.append(d)
+    draws: list[float] = []
+    while len(draws) < probes:
+        chunk = [_errors(site, sketch, reference, index) for _ in range(min(CHUNK, probes - len(draws)))]
+        pushed = _push(chunk[0][0], [signals for _, signals, _ in chunk], params)
+        for (_, _, direct), grads in zip(chunk, pushed):
+            d = 0.0
+            for j, g in enumerate(grads):
+                e = g if j not in direct else (direct[j] if g is None else g + direct[j])
+                if e is not None:
+                    d += float(e.double().square().sum())
+            draws.append(d)
     values = torch.tensor(draws, dtype=torch.float64)
     mean, se = float(values.mean()), float(values.std() / math.sqrt(probes))
-    return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls))
+    return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls), 0.0)
 
 
 __all__ = ["propagated", "propagating_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]
