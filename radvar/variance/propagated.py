@@ -175,13 +175,13 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
             if s is not None and not isinstance(s, Sketch):
                 raise TypeError(f"{owner}: site {name!r}: sketch must be a radvar.sketch.Sketch or None, got {s!r}")
     work = convert(model, None, compact=False)  # plain ops upstream: the probes' backward can be batched
-    modules = dict(work.named_modules())
+    modules, given = dict(work.named_modules()), dict(model.named_modules())
     chosen: dict[str, _Site] = {}
     functional = [n for n in wanted if n not in modules]
     for name in wanted:
         if name in modules:
             if not propagating(modules[name]):
-                raise ValueError(f"{owner}: {name!r} is a {type(modules[name]).__name__}, not a propagating site; "
+                raise ValueError(f"{owner}: {name!r} is a {type(given[name]).__name__}, not a propagating site; "
                                  f"propagating modules of this model: "
                                  f"{[n for n, m in modules.items() if propagating(m)]}")
             chosen[name] = _Site(name, modules[name], None)
