@@ -44,7 +44,7 @@ class FunctionKind:
 
 
 FUNCTION_KINDS: dict[str, FunctionKind] = {}
-INTERCEPTED: dict[Callable, str] = {F.layer_norm: "layer_norm"}  # torch callable -> site name
+INTERCEPTED: dict[Callable, str] = {}  # torch callable -> site name
 
 
 def function_kind(*functions: Callable, name: str,
