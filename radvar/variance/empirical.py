@@ -108,7 +108,9 @@ def empirical(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tenso
         with _only(converted, plan, {name}):
             _, d = _draws(converted, inputs, targets, loss_fn, params, exact_p, draws, streams)
         site_rows[name] = (d, min(1.0, len(params) * min(bias_pvalue(w, e) for w, e in zip(streams, exact_p))))
-    if sites:
+    if len(sites) == 1 and not names:  # the site alone is the whole plan
+        total = site_rows[sites[0]][0]
+    elif sites:
         _, total = _draws(converted, inputs, targets, loss_fn, params, exact_p, draws)
     ledger = measure(model, inputs, targets, loss_fn, plan, [None])
     pvals = [bias_pvalue(w, e) for w, e in zip(grads, exact_w)] + [site_rows[n][1] for n in sites]
