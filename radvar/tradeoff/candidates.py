@@ -165,10 +165,12 @@ def ledger_model(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torc
 
 def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
     """(fixed, exact total): the ledger total of the all-exact compact model and the part of it
-    that no sketch can free (:func:`ledger_model`; storages kept jointly by randomizable layers
-    count as freeable)."""
+    that no sketch of a closed-form layer can free (:func:`ledger_model`; storages kept jointly by
+    randomizable layers count as freeable; what propagating sites alone keep counts as fixed: the
+    batch-size co-optimisation, its user, leaves them exact)."""
     ledger = ledger_model(model, inputs, loss_fn, targets)
-    return ledger.fixed, ledger.total
+    sites = {n for n, m in model.named_modules() if propagating(m)}
+    return ledger.fixed + sum(b for n, b in ledger.alone.items() if n in sites), ledger.total
 
 
 @dataclasses.dataclass

@@ -82,7 +82,7 @@ class _Call:
 
     leaves: list[Any]
     spec: Any
-    grad_inputs: list[int]
+    grad_inputs: list[torch.Tensor]  # the distinct differentiable argument tensors (an argument passed twice, once)
     outputs: list[torch.Tensor]
     grads: list[torch.Tensor | None] = dataclasses.field(default_factory=list)
 
@@ -96,7 +96,7 @@ def propagating_sites(model: nn.Module, names: Sequence[str]) -> list[str]:
 
 def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any) -> None:
     leaves, spec = tree_flatten(args)
-    grad_inputs = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad]
+    grad_inputs = list({id(t): t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad}.values())
     outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
     call = _Call(leaves, spec, grad_inputs, outs, [None] * len(outs))
 
@@ -127,10 +127,9 @@ class _Site:
     def run(self, call: _Call, sketch: Sketch | None) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """The call's gradients (w.r.t. its differentiable arguments, and the module's own parameters)
         under ``sketch`` (None: exact), given the exact output gradient."""
-        leaves = list(call.leaves)
-        for i in call.grad_inputs:
-            leaves[i] = leaves[i].detach().requires_grad_(True)
-        args, kwargs = tree_unflatten(leaves, call.spec)
+        fresh = {id(t): t.detach().requires_grad_(True) for t in call.grad_inputs}  # aliasing kept (q is k is v)
+        args, kwargs = tree_unflatten([fresh.get(id(t), t) if isinstance(t, torch.Tensor) else t
+                                       for t in call.leaves], call.spec)
         with torch.enable_grad():
             if self.module is not None:
                 self.module.adopt(sketch)
@@ -144,7 +143,7 @@ class _Site:
                 out = FUNCTION_KINDS[self.function].factory(sketch)(*args, **kwargs)
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
         pairs = [(o, g) for o, g in zip(outs, call.grads) if g is not None]
-        wrt = [leaves[i] for i in call.grad_inputs] + self.own
+        wrt = list(fresh.values()) + self.own
         if not pairs or not wrt:
             return [None] * len(call.grad_inputs), [None] * len(self.own)
         grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
@@ -170,6 +169,8 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         raise ValueError(f"{owner}: probes must be an int >= 2 (the standard error needs two), got {probes!r}")
     inputs, targets = split_batch(batch, owner)
     wanted = {n: list(s) if isinstance(s, (list, tuple)) else [s] for n, s in sites.items()}
+    if not wanted:
+        return {}
     for name, sketches in wanted.items():
         for s in sketches:
             if s is not None and not isinstance(s, Sketch):
@@ -239,8 +240,8 @@ def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
 
     for call, (ref_in, ref_own) in zip(site.calls, reference):
         got_in, got_own = site.run(call, sketch)
-        for i, a, b in zip(call.grad_inputs, got_in, ref_in):
-            eps, t = _sub(a, b), call.leaves[i]
+        for t, a, b in zip(call.grad_inputs, got_in, ref_in):
+            eps = _sub(a, b)
             if eps is None:
                 continue
             if id(t) in index:
