@@ -164,6 +164,34 @@ def test_every_gradient_is_unbiased(name, sketch):
         assert_unbiased(d, e, rtol=1e-6 if name in ("llama", "gemma") else 1e-12)
 
 
+@pytest.mark.parametrize("bits", [1, 2])
+def test_variance_of_layer_norm_gradients_inside_the_monte_carlo_interval(bits):
+    """E‖∂x̂ − ∂x‖² = Σ_rows (1/2σ²)[m²V + ‖z‖²s + Vs + 2mc + w] and E‖∂γ̂ − ∂γ‖² = ½ Σ g² v (docs/norms.md),
+    v the per-entry rounding variance, against 500 draws (99% t-interval)."""
+    from radvar.variance.statistics import mean_ci
+
+    module, x = _case("layer_norm")
+    x = x.reshape(-1, 6)
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    sketch, n = Quantize(bits), x.shape[1]
+    var, mean = torch.var_mean(x, 1, correction=0, keepdim=True)
+    rstd = (var + module.eps).rsqrt()
+    z = (x - mean) * rstd
+    v, gh = sketch.entry_variance(z), gy * module.weight.detach()
+    m, big_v = (gh * z).mean(1), v.sum(1)
+    s, c, w = (gh ** 2 * v).sum(1) / n ** 2, (gh * z * v).sum(1) / n, (gh ** 2 * v ** 2).sum(1) / n ** 2
+    predicted = [float((rstd[:, 0] ** 2 / 2 * (m ** 2 * big_v + z.square().sum(1) * s + big_v * s + 2 * m * c + w)).sum()),
+                 float(0.5 * (gy ** 2 * v).sum())]
+    exact = _grads(module, x, gy)[1:3]
+    rad = radvar.convert(copy.deepcopy(module), sketch)
+    radvar.seed(1)
+    draws = [_grads(rad, x, gy)[1:3] for _ in range(500)]
+    for i in range(2):
+        sq = torch.stack([(d[i] - exact[i]).square().sum() for d in draws])
+        low, high = mean_ci(float(sq.mean()), float(sq.var()), len(sq), 0.99)
+        assert low <= predicted[i] <= high, (i, low, predicted[i], high)
+
+
 def test_two_independent_sketches_are_needed():
     """One sketch used in both factors of z·mean(ĝ ⊙ z) is biased: E[ẑ_i ẑ_j] = z_i z_j + Cov(ẑ_i, ẑ_j)."""
     module, x = _case("layer_norm")
