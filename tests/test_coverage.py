@@ -71,7 +71,7 @@ def test_vit_reasons_name_the_modules():
     model, (x, y) = tiny_vit(), batch((2, 3, 16, 16))
     rows = coverage(model, x, F.cross_entropy, y, Subsample(0.5)).per_layer.set_index("module")
     assert rows.loc["blocks.0.mlp.act", "why"] == "no twin for torch.nn.GELU"
-    assert rows.loc["blocks.1.norm2", "why"] == "no twin for torch.nn.LayerNorm"
+    assert rows.loc["blocks.1.norm2", "status"] == "sketched" and rows.loc["blocks.1.norm2", "why"] == ""
     assert rows.loc["blocks.0.attn", "why"] == "functional call inside blocks.0.attn"
     assert rows.loc["blocks.0.attn", "bytes_plain"] > 0 and rows.loc["blocks.0.attn", "bytes_sketchable"] == 0
     assert rows.loc["blocks.0.mlp.fc1", "status"] == "sketched" and rows.loc["blocks.0.mlp.fc1", "why"] == ""
@@ -102,7 +102,7 @@ def test_summary_html_and_json():
 
 
 def test_convert_warns_when_it_randomizes_nothing():
-    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4))
+    model = nn.Sequential(nn.Embedding(10, 4), nn.PReLU(4))
     with pytest.warns(radvar.CoverageWarning, match=r"sketches 0 module\(s\); 1 of the model's 1 weight layers stay "
                                                     r"exact, of types \['torch.nn.Embedding'\]"):
         radvar.convert(model, Subsample(0.1))
@@ -126,9 +126,9 @@ def test_convert_names_hf_conv1d_apart_from_torch_conv1d():
     with warnings.catch_warnings():
         warnings.simplefilter("error", radvar.CoverageWarning)
         radvar.convert(transformers.GPT2Model(cfg), Subsample(0.1))
-    with pytest.raises(TypeError, match=r"is a torch.nn.LayerNorm, which radvar cannot randomize; "
+    with pytest.raises(TypeError, match=r"is a torch.nn.Dropout, which radvar cannot randomize; "
                                         r"supported types: \[.*'torch.nn.Conv1d'.*'transformers.pytorch_utils.Conv1D'"):
-        radvar.convert(transformers.GPT2Model(cfg), Plan({"h.0.ln_1": Subsample(0.1)}))
+        radvar.convert(transformers.GPT2Model(cfg), Plan({"h.0.attn.resid_dropout": Subsample(0.1)}))
 
 
 def test_analyze_prints_what_stays_exact(tmp_path):
