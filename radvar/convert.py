@@ -8,7 +8,7 @@ import warnings
 from torch import nn
 
 from .layers import to_twin, twin_for
-from .layers.functional import route
+from .layers.functional import is_pattern, route
 from .layers.registry import type_name
 from .plan import Plan
 from .sketch import Sketch
@@ -19,17 +19,17 @@ class CoverageWarning(UserWarning):
 
 
 def _check_coverage(model: nn.Module, plan: Plan) -> None:
-    """Warn if the plan sketches no module and no functional site, or if under half of the leaf modules
+    """Warn if the plan sketches no module and no functional site named one by one, or if under half of the leaf modules
     holding a weight (a parameter of 2+ dimensions) have a randomized twin; name the types left exact."""
     sketched = sum(s is not None for s in plan.values())
-    sketched_sites = sorted(k for k, s in plan.sites.items() if s is not None)
+    sites = sum(s is not None for k, s in plan.sites.items() if not is_pattern(k))  # patterns match as it runs
     weighted = [m for m in model.modules()
                 if next(m.children(), None) is None and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
     exact = [m for m in weighted if not getattr(twin_for(m), "randomized", False)]
-    if not (sketched or sketched_sites) or 2 * len(exact) > len(weighted):
+    if not (sketched or sites) or 2 * len(exact) > len(weighted):
         types = sorted({type_name(type(m)) for m in exact})
-        sites = f" and functional sites {sketched_sites}" if sketched_sites else ""
-        warnings.warn(f"convert: the plan sketches {sketched} module(s){sites}; {len(exact)} of the model's "
+        named = f" and {sites} functional site(s)" if sites else ""
+        warnings.warn(f"convert: the plan sketches {sketched} module(s){named}; {len(exact)} of the model's "
                       f"{len(weighted)} weight layers stay exact, of types {types} (radvar has no randomized "
                       "twin for them; radvar.report.coverage shows what stays exact and why)",
                       CoverageWarning, stacklevel=4)

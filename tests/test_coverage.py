@@ -22,12 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SharedInput(nn.Module):
-    """``h = up(x)`` is kept by both ``act`` (a GELU, no twin) and ``down`` (a Linear)."""
+    """``h = up(x)`` is kept by both ``act`` (an ELU: no twin, no functional kind) and ``down`` (a Linear)."""
 
     def __init__(self, d: int = 6, classes: int = 3):
         super().__init__()
         self.up = nn.Linear(d, d)
-        self.act = nn.GELU()
+        self.act = nn.ELU()
         self.down = nn.Linear(d, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +83,8 @@ def test_input_kept_by_another_module_and_exact_in_the_plan():
     cov = coverage(model, x, F.cross_entropy, y, Subsample(0.5))
     rows = cov.per_layer.set_index("module")
     assert rows.loc["down", "why"] == "input kept by act" and rows.loc["down", "status"] == "sketched"
-    assert rows.loc["act", "bytes_sketchable"] == 0  # h stays: GELU keeps it whatever down does
-    assert "input kept by torch.nn.GELU" in cov.exact_left()["reason"].tolist()
+    assert rows.loc["act", "bytes_sketchable"] == 0  # h stays: ELU keeps it whatever down does
+    assert "input kept by torch.nn.ELU" in cov.exact_left()["reason"].tolist()
     plan = Plan({"up": None, "down": Subsample(0.5)})
     rows = coverage(model, x, F.cross_entropy, y, plan).per_layer.set_index("module")
     assert rows.loc["up", "status"] == "exact" and rows.loc["up", "why"] == "exact in the plan"
@@ -141,8 +141,8 @@ def test_analyze_prints_what_stays_exact(tmp_path):
                                       "16", "--sketch", "subsample:0.5", "-q"])
     assert result.exit_code == 0, result.output
     assert re.search(r"^radvar can sketch \d+\.\d% of the saved bytes", result.stdout, re.M)
-    assert re.search(r"torch.nn.GELU: no twin for torch.nn.GELU \[act\]$", result.stdout, re.M)
-    assert re.search(r"torch.nn.Linear: input kept by torch.nn.GELU \[down\]$", result.stdout, re.M)
+    assert re.search(r"torch.nn.ELU: no twin for torch.nn.ELU \[act\]$", result.stdout, re.M)
+    assert re.search(r"torch.nn.Linear: input kept by torch.nn.ELU \[down\]$", result.stdout, re.M)
 
 
 def test_bad_plan_is_named():
