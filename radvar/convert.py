@@ -28,7 +28,9 @@ def _check_coverage(model: nn.Module, plan: Plan) -> None:
     exact = [m for m in weighted if not getattr(twin_for(m), "randomized", False)]
     if not (sketched or sites) or 2 * len(exact) > len(weighted):
         types = sorted({type_name(type(m)) for m in exact})
-        named = f" and {sites} functional site(s)" if sites else ""
+        patterns = [k for k in plan.sites if is_pattern(k)]
+        named = (f" and {sites} functional site(s)" if sites else "") + (
+            f" (site patterns {patterns} match as the model runs)" if patterns else "")
         warnings.warn(f"convert: the plan sketches {sketched} module(s){named}; {len(exact)} of the model's "
                       f"{len(weighted)} weight layers stay exact, of types {types} (radvar has no randomized "
                       "twin for them; radvar.report.coverage shows what stays exact and why)",
