@@ -1,19 +1,32 @@
-"""Functional calls inside modules: find them, and route chosen ones to RAD ops (a prototype).
+"""Functional calls inside modules: their site keys, and the routing that sends chosen ones to RAD ops.
 
-Models call ``F.gelu``, ``F.silu`` and ``F.layer_norm`` inside their own ``forward``
-(and ``nn.GELU``/``nn.SiLU``/``nn.LayerNorm`` call them too), where swapping a module's
-class cannot reach. While :func:`intercept` is active, a
-``torch.overrides.TorchFunctionMode`` sees every such call, and forward pre/post hooks
-keep the stack of running modules, so each call gets a *site* key
-``"<module name>:<index>"``: the innermost module running (``""`` for the model itself)
-and the 0-based index of the call among the intercepted calls that module made
-directly in this forward. A plan maps site keys to replacement ops, called with the
-function's own arguments; sites not in the plan run unchanged.
+Models call ``F.gelu``, ``F.layer_norm``, ``F.scaled_dot_product_attention``,
+``torch.matmul`` and plain products of activations inside their own ``forward``,
+where swapping a module's class cannot reach. Layer kinds register the torch
+functions they route with :func:`function_kind` in their own module
+(:mod:`radvar.layers.activations`, :mod:`radvar.layers.norms`,
+:mod:`radvar.layers.attention`, :mod:`radvar.layers.product`).
 
-:func:`rad_activation` is such an op for GELU (both approximations) and SiLU: forward
-computes f(x) exactly; backward needs only f'(x), so it keeps an unbiased sketch of
-f'(x) (``E[d̂] = f'(x)``, the sketch on the (rows, features) view) instead of x, and
-returns ``g ⊙ d̂``, whose expectation is the exact ``g ⊙ f'(x)``.
+**Sites.** While a model runs with routing, a ``torch.overrides.TorchFunctionMode``
+sees every call of a registered function, and forward pre/post hooks on every
+module keep the stack of running modules. Each call gets a site key
+``"<module>:<function>.<index>"``: the innermost module running (``""`` is the
+model itself), the kind's name, and the 0-based index of the call among that
+module's calls of that function in this forward (e.g. ``"h.0.attn:sdpa.0"``,
+``"model.layers.0.mlp:mul.0"``). Calls made while a module with its own twin is
+innermost are not sites: the twin decides what they keep. A kind may declare
+that only some calls are sites (``when``; products: both operands need a gradient).
+
+**Routing.** :func:`route` (what ``radvar.convert`` calls when a plan names sites)
+installs the hooks as picklable objects, so a routed model deep-copies, pickles
+and keeps its state_dict; the root's pre-hook enters the mode and its forward hook,
+registered with ``always_call=True``, leaves it even when forward raises. Entries
+map site keys or fnmatch patterns (``"*:mul.*"``, ``"*:*"``) to a sketch or None
+(exact): a site's own key wins, else the last matching pattern whose sketch the
+site's kind takes (:func:`site_entry`). At the end of the first forward with
+autograd on, an entry naming a site that no call reached is a ``ValueError``
+listing the model's sites. :func:`intercept` does the same for one block of
+code; :func:`functional_sites` lists a model's sites.
 """
 
 from __future__ import annotations
@@ -22,18 +35,14 @@ import contextlib
 import contextvars
 import dataclasses
 import fnmatch
-import math
 import sys
 import threading
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-from .. import rng
 from ..sketch import Sketch
 from .registry import twin_for
 
@@ -62,7 +71,7 @@ class FunctionKind:
 
 
 FUNCTION_KINDS: dict[str, FunctionKind] = {}
-INTERCEPTED: dict[Callable, str] = {F.layer_norm: "layer_norm"}  # torch callable -> site name
+INTERCEPTED: dict[Callable, str] = {}  # torch callable -> site name
 
 
 def function_kind(*functions: Callable, name: str, families: tuple[str, ...] | None = None,
@@ -80,66 +89,6 @@ def function_kind(*functions: Callable, name: str, families: tuple[str, ...] | N
         return factory
 
     return deco
-
-
-def _gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """d/dx x·Φ(x) = Φ(x) + x·φ(x); tanh form: ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²),
-    t = tanh(c(x + 0.044715x³)), c = √(2/π) (Hendrycks & Gimpel, 2016)."""
-    if approximate == "tanh":
-        c = math.sqrt(2 / math.pi)
-        t = torch.tanh(c * (x + 0.044715 * x ** 3))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
-def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
-    """d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x)))."""
-    s = torch.sigmoid(x)
-    return s * (1 + x * (1 - s))
-
-
-ACTIVATIONS: dict[str, tuple[Op, Callable[..., torch.Tensor]]] = {
-    "gelu": (F.gelu, _gelu_derivative), "silu": (F.silu, _silu_derivative)}
-
-
-class _SketchedDerivative(torch.autograd.Function):
-    """y = f(x); keeps a sketch of f'(x); ∂x = g ⊙ d̂."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, sketch: Sketch, key: int) -> torch.Tensor:
-        saved, meta = sketch.compress(d.reshape(-1, d.shape[-1]), rng.generator(key, d.device))
-        ctx.save_for_backward(*saved)
-        ctx.sketch, ctx.meta, ctx.key, ctx.shape = sketch, meta, key, d.shape
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        d = ctx.sketch.restore(ctx.saved_tensors, ctx.meta, rng.generator(ctx.key, g.device))
-        return g * d.view(ctx.shape), None, None, None, None
-
-
-def rad_activation(name: str, sketch: Sketch) -> Op:
-    """An op replacing ``F.<name>`` (``gelu`` or ``silu``) that keeps a sketch of f'(x)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"rad_activation: no RAD op for {name!r}; allowed: {sorted(ACTIVATIONS)}")
-    if not isinstance(sketch, Sketch):
-        raise TypeError(f"rad_activation: sketch must be a radvar.sketch.Sketch, got {sketch!r}")
-    fn, derivative = ACTIVATIONS[name]
-
-    def op(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        kwargs.pop("inplace", None)  # F.silu(x, inplace=True): the output is new either way
-        if not (torch.is_grad_enabled() and x.requires_grad) or rng.is_exact():
-            return fn(x, *args, **kwargs)
-        with torch.no_grad():
-            y, d = fn(x, *args, **kwargs), derivative(x, *args, **kwargs)
-        return _SketchedDerivative.apply(x, y, d, sketch, rng.next_key())
-
-    return op
-
-
-function_kind(F.gelu, name="gelu")(lambda sketch: rad_activation("gelu", sketch))
-function_kind(F.silu, name="silu")(lambda sketch: rad_activation("silu", sketch))
 
 
 # ---- sites and routing ---------------------------------------------------------------------------------
