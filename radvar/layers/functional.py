@@ -173,7 +173,7 @@ class _Router:
     def state(self) -> threading.local:
         st = self.local
         if not hasattr(st, "stack"):
-            st.stack, st.counts, st.seen, st.depth, st.mode = [], {}, {}, 0, None
+            st.stack, st.counts, st.seen, st.depth, st.mode = [], {}, {}, 0, _SiteMode(self)
         return st
 
     def enter(self, name: str | None, root: bool) -> None:
@@ -182,7 +182,6 @@ class _Router:
             if st.depth == 0:
                 st.counts.clear()
                 st.seen.clear()
-                st.mode = _SiteMode(self)
                 st.mode.__enter__()
             st.depth += 1
         st.stack.append(name)
@@ -198,7 +197,6 @@ class _Router:
             return
         st.stack.clear()
         st.mode.__exit__(None, None, None)
-        st.mode = None
         if self.checked or not torch.is_grad_enabled() or sys.exc_info()[0] is not None:
             return
         missing = sorted(k for k in self.entries if not is_pattern(k) and k not in st.seen)
