@@ -125,17 +125,19 @@ def measure(name: str, reps: int, costs: tuple[float, float]) -> list[str]:
                 step[label].append(s)
     calls, module_calls = counts(exact, x)
     med_f = {k: statistics.median(v) for k, v in fwd.items()}
+    min_f = {k: min(v) for k, v in fwd.items()}
     med_s = {k: statistics.median(v) for k, v in step.items()}
-    added = med_f["routed, sites exact"] - med_f["exact twins"]
+    added = min_f["routed, sites exact"] - min_f["exact twins"]
     lines = [f"### {name}: {calls} torch calls and {module_calls} module calls per forward", "",
-             "| config | forward ms | step ms | step / exact twins |", "|---|---|---|---|"]
+             "| config | forward ms (median) | forward ms (fastest) | step ms (median) | step / exact twins |",
+             "|---|---|---|---|---|"]
     for label in configs:
-        lines.append(f"| {label} | {med_f[label] * 1e3:.1f} | {med_s[label] * 1e3:.1f} | "
+        lines.append(f"| {label} | {med_f[label] * 1e3:.1f} | {min_f[label] * 1e3:.1f} | {med_s[label] * 1e3:.1f} | "
                      f"{med_s[label] / med_s['exact twins']:.3f}x |")
     implied = calls * costs[0] + module_calls * costs[1]
-    lines += ["", f"measured difference: {added * 1e3:+.2f} ms per forward "
-                  f"({added / med_f['exact twins']:+.1%} of the forward); implied by the unit costs: "
-                  f"{implied * 1e3:.2f} ms per forward ({implied / med_f['exact twins']:.2%} of the forward, "
+    lines += ["", f"measured difference of the fastest forwards: {added * 1e3:+.2f} ms "
+                  f"({added / min_f['exact twins']:+.1%} of the forward); implied by the unit costs: "
+                  f"{implied * 1e3:.2f} ms per forward ({implied / min_f['exact twins']:.2%} of the forward, "
                   f"{implied / med_s['exact twins']:.2%} of a step)", ""]
     return lines
 
