@@ -10,26 +10,21 @@ and the 0-based index of the call among the intercepted calls that module made
 directly in this forward. A plan maps site keys to replacement ops, called with the
 function's own arguments; sites not in the plan run unchanged.
 
-:func:`rad_activation` is such an op for GELU (both approximations) and SiLU: forward
-computes f(x) exactly; backward needs only f'(x), so it keeps an unbiased sketch of
-f'(x) (``E[d̂] = f'(x)``, the sketch on the (rows, features) view) instead of x, and
-returns ``g ⊙ d̂``, whose expectation is the exact ``g ⊙ f'(x)``.
+Layer kinds register the functions they route with :func:`function_kind` in their own
+module (the elementwise activations in :mod:`radvar.layers.activations`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-from .. import rng
 from ..sketch import Sketch
 
 Op = Callable[..., torch.Tensor]
@@ -49,7 +44,7 @@ class FunctionKind:
 
 
 FUNCTION_KINDS: dict[str, FunctionKind] = {}
-INTERCEPTED: dict[Callable, str] = {F.layer_norm: "layer_norm"}  # torch callable -> site name
+INTERCEPTED: dict[Callable, str] = {}  # torch callable -> site name
 
 
 def function_kind(*functions: Callable, name: str,
@@ -65,66 +60,6 @@ def function_kind(*functions: Callable, name: str,
         return factory
 
     return deco
-
-
-def _gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """d/dx x·Φ(x) = Φ(x) + x·φ(x); tanh form: ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²),
-    t = tanh(c(x + 0.044715x³)), c = √(2/π) (Hendrycks & Gimpel, 2016)."""
-    if approximate == "tanh":
-        c = math.sqrt(2 / math.pi)
-        t = torch.tanh(c * (x + 0.044715 * x ** 3))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
-def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
-    """d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x)))."""
-    s = torch.sigmoid(x)
-    return s * (1 + x * (1 - s))
-
-
-ACTIVATIONS: dict[str, tuple[Op, Callable[..., torch.Tensor]]] = {
-    "gelu": (F.gelu, _gelu_derivative), "silu": (F.silu, _silu_derivative)}
-
-
-class _SketchedDerivative(torch.autograd.Function):
-    """y = f(x); keeps a sketch of f'(x); ∂x = g ⊙ d̂."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, sketch: Sketch, key: int) -> torch.Tensor:
-        saved, meta = sketch.compress(d.reshape(-1, d.shape[-1]), rng.generator(key, d.device))
-        ctx.save_for_backward(*saved)
-        ctx.sketch, ctx.meta, ctx.key, ctx.shape = sketch, meta, key, d.shape
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        d = ctx.sketch.restore(ctx.saved_tensors, ctx.meta, rng.generator(ctx.key, g.device))
-        return g * d.view(ctx.shape), None, None, None, None
-
-
-def rad_activation(name: str, sketch: Sketch) -> Op:
-    """An op replacing ``F.<name>`` (``gelu`` or ``silu``) that keeps a sketch of f'(x)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"rad_activation: no RAD op for {name!r}; allowed: {sorted(ACTIVATIONS)}")
-    if not isinstance(sketch, Sketch):
-        raise TypeError(f"rad_activation: sketch must be a radvar.sketch.Sketch, got {sketch!r}")
-    fn, derivative = ACTIVATIONS[name]
-
-    def op(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        kwargs.pop("inplace", None)  # F.silu(x, inplace=True): the output is new either way
-        if not (torch.is_grad_enabled() and x.requires_grad) or rng.is_exact():
-            return fn(x, *args, **kwargs)
-        with torch.no_grad():
-            y, d = fn(x, *args, **kwargs), derivative(x, *args, **kwargs)
-        return _SketchedDerivative.apply(x, y, d, sketch, rng.next_key())
-
-    return op
-
-
-function_kind(F.gelu, name="gelu")(lambda sketch: rad_activation("gelu", sketch))
-function_kind(F.silu, name="silu")(lambda sketch: rad_activation("silu", sketch))
 
 
 class _SiteMode(TorchFunctionMode):

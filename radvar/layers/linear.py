@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ..ops import linear as linear_op
 from ..sketch import Sketch
@@ -57,7 +58,7 @@ class LinearStats:
         return w, (b if module.bias is not None else None)
 
 
-@register(nn.Linear, stats=LinearStats)
+@register(nn.Linear, NonDynamicallyQuantizableLinear, stats=LinearStats)
 class RADLinear(nn.Linear, Twin):
     """``nn.Linear`` that keeps a sketch of its input instead of the input."""
 
