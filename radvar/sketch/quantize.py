@@ -142,8 +142,10 @@ class Quantize(Sketch):
         and an add)."""
         lo, step, _, u = self._grid(x)
         level = u.sub_(uniform(u.shape, gen, u)).ceil_()
-        # numpy's float -> uint8 cast is several times faster than torch's on CPU
-        level = torch.from_numpy(level.detach().numpy().astype(np.uint8)) if _bits._numpy_ok(level) else level.to(torch.uint8)
+        if _bits._numpy_ok(level):  # numpy's float -> uint8 cast is several times faster than torch's on CPU
+            level = torch.from_numpy(level.detach().numpy().astype(np.uint8))
+        else:
+            level = level.to(torch.uint8)
         return _bits.pack_codes(level, self.bits), torch.stack([lo.to(x.dtype), step])
 
     def _values(self, saved: Saved, meta: Meta) -> torch.Tensor:
