@@ -235,3 +235,25 @@ def test_resumed_to_more_steps_equals_the_longer_run(train_data, tmp_path):
     assert logs[0] == logs[1]
     noise = [pd.read_csv(tmp_path / d / "noise.csv").drop(columns=["seconds", "cpu_seconds"]) for d in ("a", "b")]
     assert noise[0].equals(noise[1]) and sorted(set(noise[0]["step"])) == [0, 3, 6, 9, 12]
+
+
+def test_auto_refused_under_ddp_before_joining(train_data, tmp_path, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) plan='auto' is refused by the argument checks, before the process
+    group is joined: every rank would re-tune on its own batch and the replicas' plans would drift apart."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"plan='auto' runs in one process \(each rank would re-tune on its own "
+                                         r"batch\); got a world of 2 ranks"):
+        fit(mlp(), train_data, loss_fn=F.cross_entropy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), steps=2,
+            batch_size=50, progress=False, plan="auto", budget=0.2, device="cpu")
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--amp", "bf16"], {}, "plan='auto' solves its budget on the full-precision ledger, so it runs without amp"),
+    ([], {"WORLD_SIZE": "2"}, "plan='auto' runs in one process"),
+])
+def test_cli_auto_with_amp_or_ddp_is_refused(tmp_path, args, env, message):
+    res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "out"), "-q", "--budget", "0.2",
+                                   *args], env=env)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
