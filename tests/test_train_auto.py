@@ -208,6 +208,13 @@ def test_cli_budget_retune_end_to_end(tmp_path):
     (["--budget", "0.2", "--retune-every", "ten"], "--retune-every: 'ten' is not a whole number of steps >= 1"),
     (["--retune-every", "5"], "--retune-every 5 needs --budget"),
     (["--budget", "0.2", "--keep", "0.1"], "--budget re-tunes the plan during training; it cannot be combined"),
+    (["--budget", "0.2", "--plan", "plan.json"], "it cannot be combined with --plan or --keep"),
+    (["--budget", "0"], "--budget: fraction '0' must be in (0, 1]"),
+    (["--budget", "abc"], "--budget: 'abc' is not a fraction in (0, 1] or a size like 2000000, 2MB, 1.5MiB"),
+    (["--budget", "nan"], "--budget: 'nan' is not a fraction in (0, 1]"),
+    (["--budget", ""], "--budget: '' is not a fraction in (0, 1]"),
+    (["--budget", "0.2", "--retune-every", "-5"], "--retune-every: '-5' is not a whole number of steps >= 1"),
+    (["--budget", "0.2", "--retune-every", "2.5"], "--retune-every: '2.5' is not a whole number of steps >= 1"),
 ])
 def test_cli_bad_budget_or_interval(tmp_path, args, message):
     res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "out"), "-q", *args])
