@@ -45,7 +45,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .. import rng
 from .._data import Batch, split_batch
-from ..convert import convert
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..layers.functional import FUNCTION_KINDS, intercept
 from ..layers.registry import propagating
 from ..sketch import Sketch
