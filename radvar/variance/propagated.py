@@ -3,7 +3,7 @@
 A sketch of a linear layer's input perturbs only that layer's weight gradient.
 A *propagating* site (a twin with ``propagates = True``: an activation keeping a
 sketch of f'(x), a norm keeping sketches of its normalised input, attention; or
-a routed functional call, key ``"<module>:<call>"``) perturbs the gradient signal
+a routed functional call, key ``"<module>:<function>.<index>"``) perturbs the gradient signal
 it sends upstream, and so every parameter gradient before it. With every other
 op exact, site k's backward turns the exact incoming gradient g into
 ``ĝ_in = g_in + ε_k`` for each of its inputs (and its own parameter gradients
@@ -46,7 +46,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from .. import rng
 from .._data import Batch, split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
-from ..layers.functional import FUNCTION_KINDS, intercept
+from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, site_entry
 from ..layers.registry import propagating
 from ..sketch import Sketch
 from .capture import batch_loss, require_finite
@@ -89,9 +89,20 @@ class _Call:
 
 def propagating_sites(model: nn.Module, names: Sequence[str]) -> list[str]:
     """The names among ``names`` that are propagating sites: a module with a propagating twin, or a
-    functional site key (``"<module>:<call>"``)."""
+    functional site key (``"<module>:<function>.<index>"``)."""
     modules = dict(model.named_modules())
     return [n for n in names if (n in modules and propagating(modules[n])) or (n not in modules and ":" in n)]
+
+
+def plan_sites(model: nn.Module, plan: Any, inputs: tuple) -> dict[str, Sketch]:
+    """The functional sites of one forward of ``model(*inputs)`` that ``plan.sites`` (keys and patterns such as
+    ``"*:*"``) gives a sketch, with that sketch: the concrete sites a report has rows for."""
+    entries = getattr(plan, "sites", None) or {}
+    if not entries:
+        return {}
+    found = functional_sites(convert(model, None, compact=False), *inputs)
+    picked = {site: site_entry(entries, site) for site in found}
+    return {site: sk for site, sk in picked.items() if isinstance(sk, Sketch)}
 
 
 def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any) -> None:
@@ -296,4 +307,4 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torc
     return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls), 0.0)
 
 
-__all__ = ["propagated", "propagating_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]
+__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]
