@@ -151,3 +151,32 @@ def test_estimated_variances_are_ranked_by_an_upper_confidence_value():
         assert alloc.ucb == pytest.approx(float(alloc.per_layer["ucb"].sum()))
     assert picks == {2e-3: "Quantize(per-row)", 0.0: "Projection(shared)"}
     assert np.isclose(candidates.UCB_Z, 2.326)
+
+
+class Attend(nn.Module):
+    """Linear -> nn.MultiheadAttention ("attn", self-attention) -> Linear -> F.scaled_dot_product_attention in
+    forward (site ":sdpa.0") -> mean over positions -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.attn = nn.Linear(4, 8), nn.MultiheadAttention(8, 2, batch_first=True)
+        self.qkv, self.out = nn.Linear(8, 24), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h = self.attn(h, h, h, need_weights=False)[0]
+        q, k, v = self.qkv(h).chunk(3, -1)
+        return self.out(F.scaled_dot_product_attention(q, k, v).mean(1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("site", ["attn", ":sdpa.0"])
+def test_attention_sites_agree_with_monte_carlo(site):
+    """The MultiheadAttention twin and a routed sdpa (4-bit Quantize of Q, K, V and P): 500 probes against
+    500 draws, z from both standard errors and inside the 99% interval."""
+    model, x = Attend().double(), torch.randn(6, 5, 4, dtype=torch.float64)
+    batch = (x, torch.arange(6) % 3)
+    plan = radvar.Plan({site: Quantize(4)})
+    table = agreement(variance.analytic(model, batch, F.cross_entropy, plan, probes=500),
+                      variance.empirical(model, batch, F.cross_entropy, plan, draws=500))
+    assert abs(table["z"].iloc[0]) < 3.3 and table["inside_ci"].iloc[0], table
