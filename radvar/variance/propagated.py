@@ -46,7 +46,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from .. import rng
 from .._data import Batch, split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
-from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, site_entry
+from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, is_site, site_entry, split_site
 from ..layers.registry import propagating
 from ..sketch import Sketch
 from .capture import batch_loss, require_finite
@@ -77,21 +77,21 @@ class SiteEstimate:
 
 @dataclasses.dataclass
 class _Call:
-    """One call of a site: its arguments (with graph tensors), which of them are differentiable, the outputs
-    that need a gradient and, after the exact backward, their gradients."""
+    """One call of a site: its arguments (flattened, with graph tensors), the distinct differentiable ones
+    (an argument passed twice, as q is k is v, once) and, after the exact backward, the gradient of each
+    output that needs one."""
 
     leaves: list[Any]
     spec: Any
-    grad_inputs: list[torch.Tensor]  # the distinct differentiable argument tensors (an argument passed twice, once)
-    outputs: list[torch.Tensor]
-    grads: list[torch.Tensor | None] = dataclasses.field(default_factory=list)
+    grad_inputs: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
 
 
 def propagating_sites(model: nn.Module, names: Sequence[str]) -> list[str]:
     """The names among ``names`` that are propagating sites: a module with a propagating twin, or a
     functional site key (``"<module>:<function>.<index>"``)."""
     modules = dict(model.named_modules())
-    return [n for n in names if (n in modules and propagating(modules[n])) or (n not in modules and ":" in n)]
+    return [n for n in names if (n in modules and propagating(modules[n])) or (n not in modules and is_site(n))]
 
 
 def plan_sites(model: nn.Module, plan: Any, inputs: tuple) -> dict[str, Sketch]:
@@ -106,10 +106,11 @@ def plan_sites(model: nn.Module, plan: Any, inputs: tuple) -> dict[str, Sketch]:
 
 
 def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any) -> None:
+    """Append the call ``args -> output`` to ``calls``; tensor hooks (kept in ``hooks``) store its output gradients."""
     leaves, spec = tree_flatten(args)
     grad_inputs = list({id(t): t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad}.values())
     outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
-    call = _Call(leaves, spec, grad_inputs, outs, [None] * len(outs))
+    call = _Call(leaves, spec, grad_inputs, [None] * len(outs))
 
     def keep(i: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
@@ -203,22 +204,21 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         handles.append(site.module.register_forward_hook(
             lambda mod, args, kwargs, out, s=site: _record(s.calls, handles, (args, kwargs), out), with_kwargs=True))
 
-    live: dict[str, str] = {}  # functional site -> torch function name, filled by intercept as calls arrive
-
-    def recorder(name: str) -> Callable[..., Any]:
+    def recorder(site: _Site) -> Callable[..., Any]:
         def op(*args: Any, **kwargs: Any) -> Any:
-            site = chosen[name]
-            site.function = live[name]
             out = FUNCTION_KINDS[site.function].functions[0](*args, **kwargs)
             _record(site.calls, handles, (args, kwargs), out)
             return out
         return op
 
-    chosen.update({n: _Site(n, None, None) for n in functional})
+    for name in functional:
+        if split_site(name)[1] not in FUNCTION_KINDS:
+            raise ValueError(f"{owner}: {name!r} names no functional kind {split_site(name)[1]!r}; "
+                             f"allowed: {sorted(FUNCTION_KINDS)}")
+        chosen[name] = _Site(name, None, split_site(name)[1])
     params = [p for p in work.parameters() if p.requires_grad]
     try:
-        with rng.exact(), torch.enable_grad(), intercept(work, {n: recorder(n) for n in functional}) as seen:
-            live = seen
+        with rng.exact(), torch.enable_grad(), intercept(work, {n: recorder(chosen[n]) for n in functional}):
             loss = batch_loss(work, inputs, targets, loss_fn, owner)
             exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     except ValueError as e:
