@@ -19,7 +19,7 @@ from radvar.tradeoff import allocate, candidates
 from radvar.tradeoff.tune import measured_bytes
 from radvar.variance import Capture
 from radvar.variance.propagated import method_label, propagated
-from radvar.variance.statistics import Welford, agreement, holm, mean_ci
+from radvar.variance.statistics import agreement, holm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -39,8 +39,10 @@ def _check(draws: Any, confidence: Any) -> None:
 
 
 def _draws(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable, tensors: list[torch.Tensor],
-           exact: list[torch.Tensor], draws: int, welfords: list[Welford] | None = None) -> tuple[list[Welford], Welford]:
-    """``draws`` RAD steps: per tensor the Welford stream of d = ‖ĝ − g‖² (and of ĝ into ``welfords``), and of their sum."""
+           exact: list[torch.Tensor], draws: int,
+           welfords: list[Welford] | None = None) -> tuple[list[Welford], Welford]:
+    """``draws`` RAD steps: per tensor the Welford stream of d = ‖ĝ − g‖² (and of ĝ into ``welfords``),
+    and of their sum."""
     dist = [Welford() for _ in tensors]
     total = Welford()
     for _ in range(draws):
@@ -133,7 +135,8 @@ def empirical(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tenso
         lo, hi = mean_ci(mean, var, draws, confidence)
         own = list(modules[name].parameters()) if name in modules else []
         norm = (float(exact_w[i].double().square().sum()) if i < len(names) else
-                sum(float(exact_p[j].double().square().sum()) for j, p in enumerate(params) if any(p is q for q in own)))
+                sum(float(exact_p[j].double().square().sum()) for j, p in enumerate(params)
+                    if any(p is q for q in own)))
         kind = type(original[name]).__name__ if name in original else f"{split_site(name)[1]} (functional)"
         rows.append({"layer": name, "type": kind, "sketch": sk.label() if sk else "exact",
                      "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
