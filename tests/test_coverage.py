@@ -22,12 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SharedInput(nn.Module):
-    """``h = up(x)`` is kept by both ``act`` (a GELU, no twin) and ``down`` (a Linear)."""
+    """``h = up(x)`` is kept by both ``act`` (an ELU, no twin) and ``down`` (a Linear)."""
 
     def __init__(self, d: int = 6, classes: int = 3):
         super().__init__()
         self.up = nn.Linear(d, d)
-        self.act = nn.GELU()
+        self.act = nn.ELU()
         self.down = nn.Linear(d, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ def test_mlp_is_all_sketchable_but_the_loss():
 def test_vit_reasons_name_the_modules():
     model, (x, y) = tiny_vit(), batch((2, 3, 16, 16))
     rows = coverage(model, x, F.cross_entropy, y, Subsample(0.5)).per_layer.set_index("module")
-    assert rows.loc["blocks.0.mlp.act", "why"] == "no twin for torch.nn.GELU"
+    assert rows.loc["blocks.0.mlp.act", "status"] == "sketched" and rows.loc["blocks.0.mlp.act", "why"] == ""
     assert rows.loc["blocks.1.norm2", "why"] == "no twin for torch.nn.LayerNorm"
     assert rows.loc["blocks.0.attn", "why"] == "functional call inside blocks.0.attn"
     assert rows.loc["blocks.0.attn", "bytes_plain"] > 0 and rows.loc["blocks.0.attn", "bytes_sketchable"] == 0
@@ -83,8 +83,8 @@ def test_input_kept_by_another_module_and_exact_in_the_plan():
     cov = coverage(model, x, F.cross_entropy, y, Subsample(0.5))
     rows = cov.per_layer.set_index("module")
     assert rows.loc["down", "why"] == "input kept by act" and rows.loc["down", "status"] == "sketched"
-    assert rows.loc["act", "bytes_sketchable"] == 0  # h stays: GELU keeps it whatever down does
-    assert "input kept by torch.nn.GELU" in cov.exact_left()["reason"].tolist()
+    assert rows.loc["act", "bytes_sketchable"] == 0  # h stays: ELU keeps it whatever down does
+    assert "input kept by torch.nn.ELU" in cov.exact_left()["reason"].tolist()
     plan = Plan({"up": None, "down": Subsample(0.5)})
     rows = coverage(model, x, F.cross_entropy, y, plan).per_layer.set_index("module")
     assert rows.loc["up", "status"] == "exact" and rows.loc["up", "why"] == "exact in the plan"
@@ -95,7 +95,7 @@ def test_summary_html_and_json():
     cov = coverage(model, x, F.cross_entropy, y, Subsample(0.5))
     lines = cov.summary_lines()
     assert re.match(r"radvar can sketch \d+\.\d% of the saved bytes \(.* of .*\); .* stay exact$", lines[0])
-    assert lines[1] == "left exact:" and "torch.nn.GELU: no twin for torch.nn.GELU [blocks.0.mlp.act" in cov.summary()
+    assert lines[1] == "left exact:" and "torch.nn.LayerNorm: no twin for torch.nn.LayerNorm [blocks.0.norm1" in cov.summary()
     assert "<table" in cov._repr_html_() and "radvar can sketch" in cov._repr_html_()
     doc = json.loads(json.dumps(cov.to_dict()))
     assert doc["total"]["bytes_plain"] == cov.total["bytes_plain"] and len(doc["per_layer"]) == len(cov.rows)
@@ -141,8 +141,8 @@ def test_analyze_prints_what_stays_exact(tmp_path):
                                       "16", "--sketch", "subsample:0.5", "-q"])
     assert result.exit_code == 0, result.output
     assert re.search(r"^radvar can sketch \d+\.\d% of the saved bytes", result.stdout, re.M)
-    assert re.search(r"torch.nn.GELU: no twin for torch.nn.GELU \[act\]$", result.stdout, re.M)
-    assert re.search(r"torch.nn.Linear: input kept by torch.nn.GELU \[down\]$", result.stdout, re.M)
+    assert re.search(r"torch.nn.ELU: no twin for torch.nn.ELU \[act\]$", result.stdout, re.M)
+    assert re.search(r"torch.nn.Linear: input kept by torch.nn.ELU \[down\]$", result.stdout, re.M)
 
 
 def test_bad_plan_is_named():
