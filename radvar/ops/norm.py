@@ -214,6 +214,7 @@ def rad_rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], wei
                   _rows_layout(input, shape, False), sketch)
 
 
+@torch.compiler.disable
 def rad_rms_norm_with(input: torch.Tensor, weight: torch.Tensor | None, run: Callable[..., torch.Tensor],
                       eps: float, acc: torch.dtype, sketch: Sketch) -> torch.Tensor:
     """RMSNorm over the last dim whose forward is ``run(x, γ, None)`` and whose σ and z are computed in
