@@ -232,6 +232,14 @@ def test_transformers_rms_norms_are_matched_by_formula():
     assert twin_for(Qwen3NextRMSNormGated(4)) is None
 
 
+def test_transformers_twin_pickles_and_copies(tmp_path):
+    rad = radvar.convert(nn.Sequential(LlamaRMSNorm(4)), Quantize(2))
+    torch.save(rad, tmp_path / "model.pt")
+    for back in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(rad)):
+        assert type(back[0]) is type(rad[0]) and back[0].sketch == Quantize(2)
+        assert torch.equal(back[0].weight, rad[0].weight) and twin_for(back[0]) is type(rad[0])
+
+
 @pytest.mark.parametrize("cls", [LlamaRMSNorm, Olmo2RMSNorm, T5LayerNorm, GemmaRMSNorm])
 @pytest.mark.parametrize("dtype,weight_dtype", [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16),
                                                 (torch.float16, torch.float32)])
