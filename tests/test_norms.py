@@ -323,6 +323,19 @@ def test_ledger_counts_two_sketches_and_one_sigma_per_reduction_set(sketch, inpu
         assert total == (2 * one - bounds if input_grad else one) + 4 * sigmas, type(module).__name__
 
 
+@pytest.mark.parametrize("sketch", [Quantize(1), Quantize(4, group=4), Quantize(2, sample=Subsample(0.5)),
+                                    Subsample(0.5), Projection(0.5)], ids=lambda s: s.label())
+def test_compress_draws_are_the_draws_of_compress(sketch):
+    """Two draws at once (Quantize: one grid, one bounds tensor) equal two compress calls with the same keys."""
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    draws = sketch.compress_draws(x, [rng.generator(k, "cpu") for k in (3, 4)])
+    for (saved, meta), key in zip(draws, (3, 4)):
+        alone, meta_alone = sketch.compress(x, rng.generator(key, "cpu"))
+        assert meta == meta_alone and all(torch.equal(a, b) for a, b in zip(saved, alone))
+    if isinstance(sketch, Quantize) and sketch.sample is None:
+        assert draws[0][0][1] is draws[1][0][1]
+
+
 def test_resnet_batch_norm_and_gpt2_layer_norm_bytes():
     """The figures in docs/norms.md: BatchNorm2d at 16x64x32x32 and a GPT-2 LayerNorm at 8x128x256."""
     bn, ln = nn.BatchNorm2d(64), nn.LayerNorm(256)

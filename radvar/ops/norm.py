@@ -18,8 +18,9 @@ keys and uses
 each product multiplies independent unbiased factors, so E[∂x̂] = ∂x and
 E[∂γ̂] = ∂γ (averaging the two orders only lowers the variance). When x needs
 no gradient one sketch is kept, for ∂γ. σ (one number per reduction set) is
-kept exactly; μ is not needed. A tensor the second draw shares with the first
-(Quantize's offsets and steps, which depend on z only) is kept once.
+kept exactly; μ is not needed. The draws come from :meth:`Sketch.compress_draws`
+(Quantize shares its grid and its offsets and steps, which depend on z only,
+between them, so they are kept once).
 
 Every norm is laid out as x viewed (N, G, K, S) with γ over (G, K):
 
@@ -119,17 +120,11 @@ class RADNormFunction(torch.autograd.Function):
         y = run(x, weight, bias)
         z, rstd = stats(x)
         view = z.to(x.dtype).reshape(layout.rows, -1)
-        draws = 2 if ctx.needs_input_grad[0] else 1
-        first, meta1 = sketch.compress(view, rng.generator(keys[0], x.device))
-        saved, metas = list(first), [meta1]
-        if draws == 2:
-            second, meta2 = sketch.compress(view, rng.generator(keys[1], x.device))
-            saved += [a if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) else b
-                      for a, b in zip(first, second)]
-            metas.append(meta2)
-        ctx.save_for_backward(weight, rstd, *saved)
-        ctx.sketch, ctx.metas, ctx.keys, ctx.layout = sketch, metas, keys, layout
-        ctx.x_shape, ctx.split = x.shape, len(first)
+        used = keys if ctx.needs_input_grad[0] else keys[:1]
+        draws = sketch.compress_draws(view, [rng.generator(key, x.device) for key in used])
+        ctx.save_for_backward(weight, rstd, *(t for saved, _ in draws for t in saved))
+        ctx.sketch, ctx.metas, ctx.keys, ctx.layout = sketch, [meta for _, meta in draws], used, layout
+        ctx.x_shape, ctx.split = x.shape, len(draws[0][0])
         ctx.bias_shape = None if bias is None else bias.shape
         return y
 
@@ -147,14 +142,15 @@ class RADNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             z1, z2 = zs
             gh = g * weight.to(rstd.dtype).view(1, shape[1], shape[2], 1) if weight is not None else g
-            cross = z1 * (gh * z2).mean(red, keepdim=True) + z2 * (gh * z1).mean(red, keepdim=True)
-            gx = gh - 0.5 * cross
+            m1, m2 = (gh * z1).mean(red, keepdim=True), (gh * z2).mean(red, keepdim=True)
             if layout.centered:
-                gx -= gh.mean(red, keepdim=True)
-            gx = (gx * rstd).view(ctx.x_shape)
+                gx = gh - gh.mean(red, keepdim=True)
+            else:
+                gx = gh.clone() if gh is g else gh
+            gx = gx.addcmul_(z1, m2, value=-0.5).addcmul_(z2, m1, value=-0.5).mul_(rstd).view(ctx.x_shape)
         if weight is not None and ctx.needs_input_grad[1]:
-            zbar = zs[0] if len(zs) == 1 else 0.5 * (zs[0] + zs[1])
-            gw = (g * zbar).sum(PARAM_DIMS).view(weight.shape)
+            zsum = zs[0] if len(zs) == 1 else zs[0].add_(zs[1]).mul_(0.5)
+            gw = (g * zsum).sum(PARAM_DIMS).view(weight.shape)
         if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
             gb = g.sum(PARAM_DIMS).view(ctx.bias_shape)
         return gx, gw, gb, None, None, None, None, None
