@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 
@@ -250,7 +249,7 @@ MHA_CASES = {  # name -> (constructor kwargs, call kwargs, self-attention?)
 
 
 def _mha_inputs(module: nn.MultiheadAttention, case: str) -> tuple[torch.Tensor, ...]:
-    ctor, call, self_attn = MHA_CASES[case]
+    self_attn = MHA_CASES[case][2]
     g = torch.Generator().manual_seed(4)
     unbatched = "unbatched" in case
     lead = (5,) if unbatched else ((2, 5) if module.batch_first else (5, 2))
@@ -270,14 +269,17 @@ def _mha_grads(module: nn.Module, inputs, call) -> torch.Tensor:
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, wrt)])
 
 
-@pytest.mark.parametrize("case", list(MHA_CASES))
-def test_mha_exact_is_bitwise_and_randomized_is_unbiased(case):
+@pytest.mark.parametrize("sketch, case", [(Quantize(2), case) for case in MHA_CASES] + [
+    (sketch, "self, batch_first, padding + causal mask, weights") for sketch in SKETCHES if sketch != Quantize(2)],
+    ids=lambda x: x if isinstance(x, str) else x.label())
+def test_mha_exact_is_bitwise_and_randomized_is_unbiased(sketch, case):
+    """Every parameter's gradient (in_proj, out_proj, bias_k/v) and the query's, weights in the loss if returned."""
     ctor, call, _ = MHA_CASES[case]
     plain = _mha(**ctor)
     inputs = _mha_inputs(plain, case)
     exact = _mha_grads(plain, inputs, call)
     assert torch.equal(_mha_grads(radvar.convert(plain, None), inputs, call), exact)
-    model = radvar.convert(plain, Quantize(2))
+    model = radvar.convert(plain, sketch)
     assert isinstance(model, RADMultiheadAttention) and isinstance(model.out_proj, RADLinear)
     draws = torch.stack([_mha_grads(model, inputs, call) for _ in range(DRAWS * 3 // 4)])
     assert draws.std(0).max() > 1e-6
