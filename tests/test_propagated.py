@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):
-    """Linear -> nn.GELU ("act1") -> Linear -> F.gelu in forward (functional site ":0") -> nn.LayerNorm ("norm")
+    """Linear -> nn.GELU ("act1") -> Linear -> F.gelu in forward (functional site ":gelu.0") -> nn.LayerNorm ("norm")
     -> Linear -> nn.SiLU ("act2") -> Linear."""
 
     def __init__(self, width: int = 8):
@@ -74,13 +74,13 @@ def test_probe_rows_agree_with_monte_carlo_for_each_kind():
 def test_functional_site_agrees_with_monte_carlo():
     """A routed F.gelu (1-bit Quantize): probe estimate against 500 draws of that site alone."""
     model, (x, y) = setup()
-    est = propagated(model, (x, y), F.cross_entropy, {":0": Quantize(1)}, probes=600)[":0"][0]
+    est = propagated(model, (x, y), F.cross_entropy, {":gelu.0": Quantize(1)}, probes=600)[":gelu.0"][0]
     assert est.type == "gelu (functional)" and est.calls == 1 and est.method == method_label(600)
     params = list(model.parameters())
     exact = torch.autograd.grad(F.cross_entropy(model(x), y), params)
     d = Welford()
     for _ in range(500):
-        with intercept(model, {":0": gelu_route(Quantize(1))}):
+        with intercept(model, {":gelu.0": gelu_route(Quantize(1))}):
             loss = F.cross_entropy(model(x), y)
         grads = torch.autograd.grad(loss, params)
         d.update(sum(float((g - e).square().sum()) for g, e in zip(grads, exact)))
@@ -100,8 +100,8 @@ def test_exact_sketches_and_bad_input():
         propagated(model, batch, F.cross_entropy, {"lin1": Quantize(2)})
     with pytest.raises(ValueError, match=r"probes must be an int >= 2 .*got 1"):
         propagated(model, batch, F.cross_entropy, {"act1": Quantize(2)}, probes=1)
-    with pytest.raises(ValueError, match=r"functional site\(s\) \['lin9:0'\] that no call reached"):
-        propagated(model, batch, F.cross_entropy, {"lin9:0": Quantize(2)})
+    with pytest.raises(ValueError, match=r"functional site\(s\) \['lin9:gelu.0'\] that no call reached"):
+        propagated(model, batch, F.cross_entropy, {"lin9:gelu.0": Quantize(2)})
 
 
 class Block(nn.Module):
