@@ -3,7 +3,7 @@
 A sketch of a linear layer's input perturbs only that layer's weight gradient.
 A *propagating* site (a twin with ``propagates = True``: an activation keeping a
 sketch of f'(x), a norm keeping sketches of its normalised input, attention; or
-a routed functional call, key ``"<module>:<call>"``) perturbs the gradient signal
+a routed functional call, key ``"<module>:<function>.<index>"``) perturbs the gradient signal
 it sends upstream, and so every parameter gradient before it. With every other
 op exact, site k's backward turns the exact incoming gradient g into
 ``ĝ_in = g_in + ε_k`` for each of its inputs (and its own parameter gradients
@@ -89,7 +89,7 @@ class _Call:
 
 def propagating_sites(model: nn.Module, names: Sequence[str]) -> list[str]:
     """The names among ``names`` that are propagating sites: a module with a propagating twin, or a
-    functional site key (``"<module>:<call>"``)."""
+    functional site key (``"<module>:<function>.<index>"``)."""
     modules = dict(model.named_modules())
     return [n for n in names if (n in modules and propagating(modules[n])) or (n not in modules and ":" in n)]
 
