@@ -25,10 +25,9 @@ from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
 from ..variance import Capture, minibatch
-from ..variance.propagated import DEFAULT_PROBES
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
-from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
-                         family_name)
+from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, SITE_PROBES, Candidates, candidates, check_families,
+                         check_keeps, family_name)
 
 RETRIES = 3
 
@@ -91,7 +90,7 @@ def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any
 def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budget: int | float | None = None,
          variance_budget: float | None = None, *, relative: bool = False, batch_size: int | None = None,
          families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-         solver: str = "exact", stats: Capture | None = None, probes: int = DEFAULT_PROBES) -> Plan:
+         solver: str = "exact", stats: Capture | None = None, probes: int = SITE_PROBES) -> Plan:
     """A :class:`radvar.Plan` for ``model`` from statistics of one batch of ``data = (inputs, targets)``.
 
     ``budget``: bytes autograd may keep for backward (int), or a fraction in (0, 1]

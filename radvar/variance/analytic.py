@@ -14,7 +14,7 @@ from ..sketch import check_keep
 from .capture import Batch, capture, layer_variance, layer_variance_se
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
-from .propagated import DEFAULT_PROBES, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 
@@ -46,20 +46,23 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
     validate(inputs, targets, name="analytic")
-    sites = propagating_sites(model, list(plan))
+    functional = plan_sites(model, plan, inputs)
+    sites = propagating_sites(model, list(plan)) + list(functional)
     cap = capture(model, batch, loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
-    at = {n: [s if s is None or k is None else s.at(k) for k in grid] for n, s in plan.items()}
+    entries = {**plan, **functional}
+    at = {n: [s if s is None or k is None else s.at(k) for k in grid] for n, s in entries.items()}
     probed = propagated(model, batch, loss_fn, {n: at[n] for n in sites}, probes, owner="analytic") if sites else {}
     ledger = measure(model, inputs, targets, loss_fn, plan, grid)
     rows, totals = [], []
     for i, keep in enumerate(grid):
-        for name in plan:
+        for name in entries:
             sk = at[name][i]
             if name in probed:
                 est = probed[name][i]
                 rows.append({"layer": name, "type": est.type, "sketch": sk.label() if sk else "exact",
                              "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
-                             "bytes_plan": ledger.bytes_plan(name, keep), "rad_variance": est.variance,
+                             "bytes_plan": ledger.bytes_plan(name, keep) if name in plan else 0,
+                             "rad_variance": est.variance,
                              "rad_se": est.se, "data_variance": float("nan"), "grad_norm_sq": est.grad_norm_sq,
                              "ci_low": float("nan"), "ci_high": float("nan"), "method": est.method})
                 continue
@@ -74,7 +77,7 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
                          "rad_se": layer_variance_se(stats, sk), "data_variance": float("nan"),
                          "grad_norm_sq": stats.grad_sq, "ci_low": float("nan"), "ci_high": float("nan"),
                          "method": method})
-        mine = [r for r in rows[-len(plan):]] if len(plan) else []
+        mine = rows[-len(entries):] if entries else []
         totals.append({"keep": float("nan") if keep is None else keep,
                        "rad_variance": sum(r["rad_variance"] for r in mine),
                        "rad_se": sum(r["rad_se"] ** 2 for r in mine) ** 0.5,
