@@ -168,6 +168,25 @@ def _apply(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
                                  (rng.next_key(), rng.next_key()))
 
 
+def _apply_native(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                  native: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]], stats_shape: tuple[int, ...],
+                  layout: Layout, sketch: Sketch) -> torch.Tensor:
+    """:class:`RADNormFunction` over a torch kernel ``native(x, γ, β) -> (y, μ, 1/σ)`` (the kernel the
+    functional form runs: the same output, and the μ and 1/σ it used, shaped by ``stats_shape`` against
+    the (N, G, K, S) layout); z = x·(1/σ) − μ/σ then takes one pass, not a second reduction over x."""
+    acc, kept = accumulate_dtype(x.dtype), {}
+
+    def run(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor:
+        y, kept["mean"], kept["rstd"] = native(x, w, b)
+        return y
+
+    def stats(x4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rstd = kept["rstd"].to(acc).view(stats_shape)
+        return torch.addcmul(-kept["mean"].to(acc).view(stats_shape) * rstd, x4.to(acc), rstd), rstd
+
+    return RADNormFunction.apply(x, weight, bias, run, stats, layout, sketch, (rng.next_key(), rng.next_key()))
+
+
 def _rows_layout(x: torch.Tensor, normalized_shape: Sequence[int], centered: bool) -> Layout:
     n = math.prod(normalized_shape)
     rows = x.numel() // n
@@ -196,8 +215,10 @@ def rad_layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], w
     if not randomizes(sketch, input, weight, bias) or not _fits(input, shape):
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     check_view(sketch, TOKEN_VIEWS, "layer_norm")
-    return _apply(input, weight, bias, lambda x, w, b: F.layer_norm(x, normalized_shape, w, b, eps), eps,
-                  _rows_layout(input, shape, True), sketch)
+    if input.numel() == 0:
+        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+    return _apply_native(input, weight, bias, lambda x, w, b: torch.native_layer_norm(x, shape, w, b, eps),
+                         (-1, 1, 1, 1), _rows_layout(input, shape, True), sketch)
 
 
 @torch.compiler.disable
@@ -281,6 +302,10 @@ def rad_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     view = check_view(sketch, CHANNEL_VIEWS, "batch_norm")
     if not training:
         return BatchNormEvalFunction.apply(input, weight, bias, running_mean, running_var, eps)
-    return _apply(input, weight, bias,
-                  lambda x, w, b: F.batch_norm(x, running_mean, running_var, w, b, True, momentum, eps), eps,
-                  _channel_layout(input, 1, (0, 1, 3), view), sketch)
+    if input.numel() == 0:
+        return F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
+    F._verify_batch_size(input.size())  # F.batch_norm's own check: more than one value per channel
+    return _apply_native(input, weight, bias,
+                         lambda x, w, b: torch.native_batch_norm(x, w, b, running_mean, running_var, True, momentum,
+                                                                 eps),  # what F.batch_norm runs (and its update)
+                         (1, 1, -1, 1), _channel_layout(input, 1, (0, 1, 3), view), sketch)
