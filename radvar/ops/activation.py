@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -116,22 +116,33 @@ def sketch_derivative(x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor]
     return SketchedDerivativeFunction.apply(x, f, derivative, sketch, rng.next_key(), inplace)
 
 
+def _kernel_derivative(backward: Callable[..., torch.Tensor], x: torch.Tensor, **options: Any) -> torch.Tensor:
+    """f'(x) from torch's own fused backward kernel ``backward(grad, x, **options)`` with grad = 1
+    (an expanded scalar): one pass over x instead of a chain of elementwise ops and temporaries."""
+    return backward(torch.ones((), dtype=x.dtype, device=x.device).expand(x.shape), x, **options)
+
+
 def gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """GELU'(x) = Φ(x) + x·φ(x) (Φ, φ the standard normal cdf and density); for ``approximate="tanh"``
-    the derivative of ½x(1 + tanh(c(x + 0.044715x³))), c = √(2/π): :func:`tanh_gelu_derivative`."""
-    if approximate == "tanh":
-        return tanh_gelu_derivative(x)
-    return 0.5 * (1 + torch.erf(x * math.sqrt(0.5))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    the derivative of ½x(1 + tanh(c(x + 0.044715x³))), c = √(2/π) (:func:`tanh_gelu_derivative`);
+    computed by torch's ``gelu_backward`` kernel."""
+    return _kernel_derivative(torch.ops.aten.gelu_backward, x, approximate=approximate)
 
 
 def tanh_gelu_derivative(x: torch.Tensor, c: float = SQRT_2_OVER_PI) -> torch.Tensor:
-    """d/dx ½x(1 + t) = ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²), t = tanh(c(x + 0.044715x³))."""
+    """d/dx ½x(1 + t) = ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²), t = tanh(c(x + 0.044715x³)) (torch's
+    kernel for c = √(2/π); the formula for another c)."""
+    if c == SQRT_2_OVER_PI:
+        return gelu_derivative(x, "tanh")
     t = torch.tanh(c * (x + GELU_CUBIC * x * x * x))
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * GELU_CUBIC * x * x)
 
 
 def silu_derivative(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """d/dx x·σ(a·x) = σ(a·x)·(1 + a·x·(1 − σ(a·x))), a = ``scale`` (SiLU: a = 1; QuickGELU: a = 1.702)."""
+    """d/dx x·σ(a·x) = σ(a·x)·(1 + a·x·(1 − σ(a·x))), a = ``scale`` (SiLU: a = 1, torch's ``silu_backward``
+    kernel; QuickGELU: a = 1.702)."""
+    if scale == 1.0:
+        return _kernel_derivative(torch.ops.aten.silu_backward, x)
     s = torch.sigmoid(scale * x)
     return s * (1 + scale * x * (1 - s))
 
