@@ -135,9 +135,9 @@ class RADMultiheadAttention(nn.MultiheadAttention, Twin):
             v = torch.cat([v, self.bias_v.repeat(1, bsz, 1)])
             attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
             key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
-        q = q.view(tgt_len, bsz * heads, head_dim).transpose(0, 1)
-        k = k.view(k.shape[0], bsz * heads, head_dim).transpose(0, 1)
-        v = v.view(v.shape[0], bsz * heads, head_dim).transpose(0, 1)
+        q = q.reshape(tgt_len, bsz * heads, head_dim).transpose(0, 1)
+        k = k.reshape(k.shape[0], bsz * heads, head_dim).transpose(0, 1)
+        v = v.reshape(v.shape[0], bsz * heads, head_dim).transpose(0, 1)
         if self.add_zero_attn:
             zeros = k.new_zeros(bsz * heads, 1, head_dim)
             k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)

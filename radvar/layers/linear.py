@@ -1,5 +1,6 @@
 """The ``nn.Linear`` layer kind: its RAD twin (randomized weight gradient, exact input and bias
-gradients) and its variance statistics.
+gradients) and its variance statistics. Also ``NonDynamicallyQuantizableLinear``, the ``nn.Linear``
+subclass that ``nn.MultiheadAttention`` uses as ``out_proj`` (same forward; registration is by exact type).
 
 Views (:func:`radvar.ops.linear.linear_view`): ``features`` — rows i are all
 leading dims, ``C_ij = g_i x_ij`` in column j, so shared col = tot = ‖G‖², per

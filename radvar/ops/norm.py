@@ -99,10 +99,10 @@ def check_view(sketch: Sketch, views: tuple[str, ...], owner: str) -> str:
 def randomizes(sketch: Sketch | None, *tensors: torch.Tensor | None) -> bool:
     """Whether a norm call draws a sketch: a non-exact sketch, outside ``radvar.exact()``, with
     grad enabled and some tensor requiring grad."""
+    if sketch is not None and not isinstance(sketch, Sketch):
+        raise TypeError(f"norm op: sketch must be a radvar.sketch.Sketch or None, got {sketch!r}")
     if sketch is None or sketch.exact or rng.is_exact() or not torch.is_grad_enabled():
         return False
-    if not isinstance(sketch, Sketch):
-        raise TypeError(f"norm op: sketch must be a radvar.sketch.Sketch or None, got {sketch!r}")
     return any(t is not None and t.requires_grad for t in tensors)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from .. import memory, variance
 from .._data import take_batch
 from .._hooks import run_with_pre_hooks
-from ..convert import convert
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..layers import twin_for
 from ..plan import Plan
 from ..sketch import Sketch

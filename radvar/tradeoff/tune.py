@@ -20,11 +20,12 @@ from torch import nn
 
 from .._data import take_batch
 from .._version import __version__
-from ..convert import convert
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
 from ..variance import Capture, minibatch
+from ..variance.propagated import DEFAULT_PROBES
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
                          family_name)
@@ -73,8 +74,8 @@ def _choose(cands: Candidates, budget: int | None, variance_budget: float | None
     if budget is None:
         return alloc, None
     uniforms = [u for f in families if (u := best_uniform(cands, f, budget, keeps)) is not None]
-    best = min(uniforms, key=lambda u: u.variance, default=None)
-    if best is not None and best.variance < alloc.variance:
+    best = min(uniforms, key=lambda u: u.ucb, default=None)
+    if best is not None and best.ucb < alloc.ucb:
         return best, best
     return alloc, best
 
@@ -90,7 +91,7 @@ def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any
 def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budget: int | float | None = None,
          variance_budget: float | None = None, *, relative: bool = False, batch_size: int | None = None,
          families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-         solver: str = "exact", stats: Capture | None = None) -> Plan:
+         solver: str = "exact", stats: Capture | None = None, probes: int = DEFAULT_PROBES) -> Plan:
     """A :class:`radvar.Plan` for ``model`` from statistics of one batch of ``data = (inputs, targets)``.
 
     ``budget``: bytes autograd may keep for backward (int), or a fraction in (0, 1]
@@ -105,7 +106,10 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     ``data`` (default: all of it). ``families``: sketch templates (keep ignored);
     ``keeps``: the keep grid (exact is always a candidate); ``solver``:
     ``"exact"`` or ``"lagrangian"``. ``stats``: a :func:`radvar.variance.capture` of the same
-    model on the same batch, to reuse (the capture is the expensive step).
+    model on the same batch, to reuse (the capture is the expensive step). ``probes``: probe backward passes
+    per candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`).
+    Options are ranked by ``variance + UCB_Z · se`` (:mod:`radvar.tradeoff.candidates`): an estimated variance
+    counts at an upper confidence value, a closed form at its value.
     """
     if (budget is None) == (variance_budget is None):
         raise ValueError(f"tune: give exactly one of budget (memory) or variance_budget; got budget={budget!r}, "
@@ -120,7 +124,7 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
                          f"got relative={relative!r}, variance_budget={variance_budget!r}")
     families, keeps = check_families(families), check_keeps(keeps)
     batch = take_batch(data, batch_size, "tune")
-    cands = candidates(model, batch, loss_fn, families, keeps, stats=stats)
+    cands = candidates(model, batch, loss_fn, families, keeps, stats=stats, probes=probes)
     keep_grid = sorted(set(cands.table.loc[cands.table["family"] != "exact", "keep"]))
     smallest = cands.fixed + int(cands.table.groupby("layer")["bytes"].min().sum())
     target = None if budget is None else resolve_budget(budget, cands.exact_total, smallest)
@@ -156,6 +160,7 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         "fixed_bytes": cands.fixed, "exact_bytes": cands.exact_total, "shared_inputs": cands.shared,
         "joint_inputs": [{"bytes": b, "kept_by": list(k)} for b, k in cands.joint],
         "predicted_rad_variance": alloc.variance, "predicted_rad_variance_se": alloc.se,
+        "predicted_rad_variance_ucb": alloc.ucb,
         "best_uniform": None if best_uni is None else {"plan": best_uni.label, "bytes": best_uni.bytes,
                                                         "rad_variance": best_uni.variance},
         "families": [family_name(f) for f in families], "keeps": list(keep_grid),

@@ -14,6 +14,7 @@ from ..sketch import check_keep
 from .capture import Batch, capture, layer_variance, layer_variance_se
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
+from .propagated import DEFAULT_PROBES, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 
@@ -28,8 +29,13 @@ def check_keeps(keeps: Any, owner: str) -> list[float]:
 
 
 def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor], plan: Any,
-             keeps: Sequence[float] | None = None) -> VarianceReport:
-    """Closed-form E‖Ĝ − G‖²_F per planned layer on ``batch`` (see :mod:`radvar.variance.forms`).
+             keeps: Sequence[float] | None = None, probes: int = DEFAULT_PROBES) -> VarianceReport:
+    """Closed-form E‖Ĝ − G‖²_F per planned layer on ``batch`` (see :mod:`radvar.variance.forms`), and for
+    each propagating site (activations, norms, attention, functional sites) the total gradient variance it
+    adds over all parameters, estimated with ``probes`` probe backward passes
+    (:mod:`radvar.variance.propagated`; ``method`` "propagated (P probes)", ``rad_se`` its standard error).
+    The total is their sum: first order in the propagating sites (product terms of independent sketches,
+    all non-negative, are left out).
 
     With ``keeps``, one row per (layer, keep): the plan's sketch family at each
     keep. One exact capture serves the whole grid; bytes are measured by the
@@ -40,13 +46,24 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
     validate(inputs, targets, name="analytic")
-    cap = capture(model, batch, loss_fn, names=plan, importance=needs_importance(plan))
+    sites = propagating_sites(model, list(plan))
+    cap = capture(model, batch, loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
+    at = {n: [s if s is None or k is None else s.at(k) for k in grid] for n, s in plan.items()}
+    probed = propagated(model, batch, loss_fn, {n: at[n] for n in sites}, probes, owner="analytic") if sites else {}
     ledger = measure(model, inputs, targets, loss_fn, plan, grid)
     rows, totals = [], []
-    for keep in grid:
-        for name, sketch in plan.items():
+    for i, keep in enumerate(grid):
+        for name in plan:
+            sk = at[name][i]
+            if name in probed:
+                est = probed[name][i]
+                rows.append({"layer": name, "type": est.type, "sketch": sk.label() if sk else "exact",
+                             "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
+                             "bytes_plan": ledger.bytes_plan(name, keep), "rad_variance": est.variance,
+                             "rad_se": est.se, "data_variance": float("nan"), "grad_norm_sq": est.grad_norm_sq,
+                             "ci_low": float("nan"), "ci_high": float("nan"), "method": est.method})
+                continue
             stats = cap[name]
-            sk = sketch if sketch is None or keep is None else sketch.at(keep)
             value, method = layer_variance(stats, sk)
             if not math.isfinite(value):
                 raise ValueError(f"analytic: the RAD variance of layer {name!r} under {sk.label()} is {value} "
@@ -64,4 +81,7 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
                        "grad_norm_sq": sum(r["grad_norm_sq"] for r in mine),
                        "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[keep].total})
     meta = {"batch_size": cap.batch_size, "loss": cap.loss, "plan": plan.to_dict()}
+    if sites:
+        meta["propagated"] = {"sites": sites, "probes": probes,
+                              "total": "first order: the sum of per-site variances (product terms left out)"}
     return VarianceReport("analytic", pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(totals), meta)
