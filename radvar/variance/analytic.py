@@ -32,28 +32,35 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     """Closed-form E‖Ĝ − G‖²_F per planned layer on ``batch`` (see :mod:`radvar.variance.forms`).
 
     With ``keeps``, one row per (layer, keep): the plan's sketch family at each
-    keep. One exact capture serves the whole grid; bytes are measured by the
-    ledger (exact model, and converted model at each keep). Non-finite data, loss or
-    gradients raise a ValueError naming the example or layer, never a NaN result.
+    keep. One exact capture serves the whole grid. Bytes are measured by the
+    ledger once for the exact model and once for the plan as given; a row at
+    another keep predicts its layer's bytes as the measured plan bytes plus
+    ``Sketch.saved_bytes`` at that keep minus ``Sketch.saved_bytes`` of the planned
+    sketch (so the planned keep reads its measured bytes), and the total adds the
+    same differences. Non-finite data, loss or gradients raise a ValueError naming
+    the example or layer, never a NaN result.
     """
     plan = as_plan(model, plan, "analytic")
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
     validate(inputs, targets, name="analytic")
     cap = capture(model, batch, loss_fn, names=plan, importance=needs_importance(plan))
-    ledger = measure(model, inputs, targets, loss_fn, plan, grid)
+    ledger = measure(model, inputs, targets, loss_fn, plan, [None])
     rows, totals = [], []
     for keep in grid:
+        shift = 0
         for name, sketch in plan.items():
             stats = cap[name]
             sk = sketch if sketch is None or keep is None else sketch.at(keep)
+            delta = stats.saved_bytes(sk) - stats.saved_bytes(sketch)
+            shift += delta
             value, method = layer_variance(stats, sk)
             if not math.isfinite(value):
                 raise ValueError(f"analytic: the RAD variance of layer {name!r} under {sk.label()} is {value} "
                                  f"although its inputs and gradient are finite; this is a bug, please report it")
             rows.append({"layer": name, "type": stats.type, "sketch": sk.label() if sk else "exact",
                          "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
-                         "bytes_plan": ledger.bytes_plan(name, keep), "rad_variance": value,
+                         "bytes_plan": ledger.bytes_plan(name, None) + delta, "rad_variance": value,
                          "rad_se": layer_variance_se(stats, sk), "data_variance": float("nan"),
                          "grad_norm_sq": stats.grad_sq, "ci_low": float("nan"), "ci_high": float("nan"),
                          "method": method})
@@ -62,6 +69,6 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
                        "rad_variance": sum(r["rad_variance"] for r in mine),
                        "rad_se": sum(r["rad_se"] ** 2 for r in mine) ** 0.5,
                        "grad_norm_sq": sum(r["grad_norm_sq"] for r in mine),
-                       "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[keep].total})
+                       "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[None].total + shift})
     meta = {"batch_size": cap.batch_size, "loss": cap.loss, "plan": plan.to_dict()}
     return VarianceReport("analytic", pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(totals), meta)
