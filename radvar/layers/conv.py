@@ -24,9 +24,11 @@ feature p's values placed at feature q, V = Σ_{p≠q} ‖D_pq‖² + ⟨D_pq, D
   feature may move to another channel);
 * Σ_{p,q} ⟨D_pq, D_qp⟩ = Σ_{b,b'} ⟨A_bb', A_b'b⟩ with A_bb' the weight gradient of
   x_b against g_b' (A_bb = A_b): per row it is the row tot; shared it needs all
-  pairs of examples, computed exactly when that is cheap (≤ ``_EXACT_FLOPS``) and
-  otherwise estimated from ``pairs`` uniformly drawn ordered pairs b ≠ b'
-  (unbiased; its standard error is kept);
+  pairs of examples, computed exactly through (B·Q)² Gram matrices when those are
+  cheaper than per-pair gradients, or over the unordered pairs when that is cheap
+  (≤ ``_EXACT_FLOPS``, or no more pairs than ``pairs``), and otherwise estimated
+  from ``pairs`` uniformly drawn ordered pairs b ≠ b' (unbiased; its standard
+  error is kept);
 * the p = q terms are the view's col, removed twice.
 """
 
@@ -47,6 +49,7 @@ from .registry import Twin, register
 
 _CHUNK = 1 << 22  # elements of per-example gradient blocks built at once
 _EXACT_FLOPS = 2e9  # budget for the exact all-pairs cross term of a shared projection
+_GRAM_ENTRIES = 1 << 22  # largest (B·Q)² Gram matrix the exact cross term builds
 
 
 def effective_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -127,15 +130,11 @@ class ConvStats:
         gs = g.double()
         x, g, p, conv = _prepare(module, x, g)
         b, c = x.shape[:2]
-        tot = shared_col = row_tot = 0.0
+        tot = shared_col = 0.0
         for gg, pg in _groups(module, p, g):
-            w = torch.zeros(gg.shape[1], pg.shape[1], pg.shape[3], dtype=torch.float64)
-            for a in _per_example_blocks(gg, pg):
-                row_tot += float(a.square().sum())
-                w += a.sum(0).transpose(0, 1)
-            tot += float(w.square().sum())
-            for k in range(pg.shape[3]):
-                shared_col += float(torch.einsum("boq,bcq->qoc", gg, pg[..., k]).square().sum())
+            tot += float(torch.einsum("boq,bcqk->ock", gg, pg).square().sum())
+            shared_col += _shared_col(gg, pg)
+        row_tot = float(self.per_example_sq_norms(module, x, g, prepared=p)[0].sum())
         h = self._h(module, x, gs, conv)
         row_col = float((x.square() * h).sum())
         gram_x = torch.einsum("bcp,dcp->cbd", x.flatten(2), x.flatten(2))
@@ -173,15 +172,20 @@ class ConvStats:
     @staticmethod
     def _cross(module: nn.Module, p: torch.Tensor, g: torch.Tensor, row_tot: float, gen: torch.Generator,
                pairs: int) -> tuple[float, float]:
-        """Σ_{b,b'} ⟨A_bb', A_b'b⟩ (exact, or from sampled pairs b ≠ b') and its standard error."""
+        """Σ_{b,b'} ⟨A_bb', A_b'b⟩ and its standard error: exact (by :func:`_gram_cross` or over the
+        unordered pairs b < b', the term being symmetric) when that costs at most ``_EXACT_FLOPS`` or no
+        more than ``pairs`` sampled pairs would, else from ``pairs`` uniformly drawn ordered pairs b ≠ b'."""
         b = g.shape[0]
         if b == 1:
             return row_tot, 0.0
-        per_pair = 2 * p.shape[1] * (g.shape[1] // module.groups) * p.shape[3] * p.shape[2]
-        exact = b * (b - 1) * per_pair <= _EXACT_FLOPS
-        if exact:
-            left, right = torch.arange(b).repeat_interleave(b), torch.arange(b).repeat(b)
-            left, right = left[left != right], right[left != right]
+        o, (c, q, k) = g.shape[1] // module.groups, p.shape[1:]
+        per_pair = 2 * c * o * k * q
+        gram = _gram_cheaper(q, o, c * k // module.groups) and (b * q) ** 2 <= _GRAM_ENTRIES
+        if gram:
+            return sum(_gram_cross(gg, pg) for gg, pg in _groups(module, p, g)), 0.0
+        unordered = b * (b - 1) // 2
+        if unordered <= pairs or unordered * per_pair <= _EXACT_FLOPS:
+            left, right = torch.triu_indices(b, b, 1)
         else:
             left = torch.randint(0, b, (pairs,), generator=gen)
             right = (left + torch.randint(1, b, (pairs,), generator=gen)) % b
@@ -195,20 +199,68 @@ class ConvStats:
                 dot += (a1 * a2).sum((1, 2, 3))
             values.append(dot)
         v = torch.cat(values)
-        if exact:
-            return row_tot + float(v.sum()), 0.0
+        if left.numel() == unordered and right.numel() == unordered and bool((left < right).all()):
+            return row_tot + 2 * float(v.sum()), 0.0
         return row_tot + b * (b - 1) * float(v.mean()), b * (b - 1) * float(v.std()) / pairs ** 0.5
 
-    def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
-                             g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """‖∂W_b‖², ‖∂b_b‖² per example b."""
+    def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor,
+                             prepared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """‖∂W_b‖², ‖∂b_b‖² per example b (``prepared``: the patches of ``x`` in float64 when the caller
+        has them, ``x``/``g`` then being :func:`_prepare`'s float64 input and flattened gradient).
+
+        ‖A_b‖² = Σ_{q,q'} (g_bq · g_bq')(P_bq · P_bq') when the two Q×Q Gram matrices cost less than
+        the per-example gradient A_b (:func:`_gram_cheaper`), else ‖A_b‖² from A_b itself."""
         gs = g.double()
-        x, g, p, _ = _prepare(module, x, g)
+        if prepared is None:
+            x, g, p, _ = _prepare(module, x, g)
+        else:
+            p = prepared
         w = torch.zeros(x.shape[0], dtype=torch.float64)
+        o, (c, q, k) = g.shape[1] // module.groups, p.shape[1:]
         for gg, pg in _groups(module, p, g):
-            w += torch.cat([a.square().sum((1, 2, 3)) for a in _per_example_blocks(gg, pg)])
+            if _gram_cheaper(q, o, c * k // module.groups):
+                w += _per_example_gram(gg, pg)
+            else:
+                w += torch.cat([a.square().sum((1, 2, 3)) for a in _per_example_blocks(gg, pg)])
         bias = gs.reshape(gs.shape[0], gs.shape[1], -1).sum(2).square().sum(1)
         return w, (bias if module.bias is not None else None)
+
+
+def _gram_cheaper(q: int, o: int, ck: int) -> bool:
+    """Whether Q×Q Gram matrices of the gradient (O deep) and patches (C·K deep), Q²·(O + C·K) flops,
+    cost less than the weight gradient they replace, Q·O·C·K flops."""
+    return q * (o + ck) < o * ck
+
+
+def _per_example_gram(gg: torch.Tensor, pg: torch.Tensor) -> torch.Tensor:
+    """‖A_b‖² = Σ_{q,q'} (g_bq · g_bq')(P_bq · P_bq') for each example b of one group."""
+    flat = pg.permute(0, 2, 1, 3).reshape(pg.shape[0], pg.shape[2], -1)  # (B, Q, C·K)
+    return (gg.transpose(1, 2) @ gg).mul_(flat @ flat.transpose(1, 2)).sum((1, 2))
+
+
+def _shared_col(gg: torch.Tensor, pg: torch.Tensor) -> float:
+    """Σ_κ Σ_q ‖Σ_b g[b,:,q] P[b,:,q,κ]ᵀ‖² of one group: per position q, Σ_{b,b'} (g_bq · g_b'q)(P_bq · P_b'q)
+    with the patch dot product over channels and offsets (B×B Gram matrices per position), or the sum
+    over offsets of per-position outer products when B·(O + C·K) ≥ O·C·K."""
+    b, o, q = gg.shape
+    c, k = pg.shape[1], pg.shape[3]
+    if b * (o + c * k) < o * c * k:
+        hg = torch.einsum("boq,doq->qbd", gg, gg)
+        hp = torch.einsum("bcqk,dcqk->qbd", pg, pg)
+        return float((hg * hp).sum())
+    return sum(float(torch.einsum("boq,bcq->qoc", gg, pg[..., i]).square().sum()) for i in range(k))
+
+
+def _gram_cross(gg: torch.Tensor, pg: torch.Tensor) -> float:
+    """Σ_{b,b'} ⟨A_bb', A_b'b⟩ of one group through (B·Q)×(B·Q) Gram matrices: with A_bb' = Σ_q g_b'q ⊗ P_bq,
+    ⟨A_bb', A_b'b⟩ = Σ_{q,q'} (g_b'q · g_bq')(P_bq · P_b'q'), i.e. ⟨H, K⟩ with H[(b,q),(b',q')] =
+    g_b'q · g_bq' and K[(b,q),(b',q')] = P_bq · P_b'q'."""
+    b, o, q = gg.shape
+    flat_g = gg.transpose(1, 2).reshape(b * q, o)
+    flat_p = pg.permute(0, 2, 1, 3).reshape(b * q, -1)
+    kp = (flat_p @ flat_p.T).reshape(b, q, b, q)
+    hg = (flat_g @ flat_g.T).reshape(b, q, b, q)  # hg[b', q, b, q'] = g_b'q · g_bq'
+    return float((hg.permute(2, 1, 0, 3) * kp).sum())
 
 
 class _RADConv(Twin):
