@@ -26,7 +26,7 @@ from radvar.tradeoff.timebudget import check_max_slowdown, within_time
 KEEPS = (0.1, 0.3, 0.6)
 
 
-def fake_time(module, shape, dtype, sketch, reps=7, warmup=2):
+def fake_time(module, shape, dtype, sketch, reps=5, warmup=1):
     """Plain 1 ms; a sketch adds 10 ms · keep for Importance, 0.1 ms · keep otherwise."""
     slope = 10e-3 if isinstance(sketch, Importance) else 0.1e-3
     return cost_lib.LayerTime(1e-3, 1e-3 + slope * sketch.keep, 1.0 + slope * sketch.keep / 1e-3)
@@ -181,3 +181,10 @@ def test_tune_rejects_max_slowdown_without_a_memory_budget():
         tune(model, (x, y), F.cross_entropy, variance_budget=1.0, max_slowdown=1.3)
     with pytest.raises(ValueError, match=r"max_slowdown must be a finite number > 1.*got 0.9"):
         tune(model, (x, y), F.cross_entropy, budget=0.5, max_slowdown=0.9)
+
+
+def test_a_cache_only_model_never_measures(monkeypatch):
+    monkeypatch.setattr(cost_lib, "time_layer", lambda *a, **k: pytest.fail("measured"))
+    cm = cost_lib.CostModel(cost_lib.CostCache(None), measure=False)
+    assert math.isnan(cm.extra_seconds(nn.Linear(3, 2), [((4, 3), torch.float32)], Subsample(0.5)))
+    assert cm.extra_seconds(nn.Linear(3, 2), [((4, 3), torch.float32)], None) == 0.0

@@ -11,8 +11,9 @@ threads, device). Writes are atomic and respect the umask; a file there that rad
 did not write (no ``"format": "radvar-cost-cache"``) is never overwritten: the model
 then measures without caching and says so once.
 
-A plan's predicted step time is ``T_plain + Σ_l Σ_calls (t_sketch − t_plain)``: the
-measured plain step plus each sketched layer's extra seconds; its slowdown is that
+A plan's predicted step time is ``T_plain + Σ_l Σ_calls (r − 1) t_plain``: the
+measured plain step plus each sketched layer's extra seconds (``r`` the layer's
+median per-pair ratio, ``t_plain`` its median plain time); its slowdown is that
 over ``T_plain``. Between timed keeps (:data:`TIMED_KEEPS`) a family's extra time is
 interpolated linearly in keep, so a tuner's keep grid costs a few timings per family.
 """
@@ -23,6 +24,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -88,8 +90,9 @@ class LayerTime:
 
     @property
     def extra(self) -> float:
-        """Seconds the sketch adds to one call (negative when it is faster)."""
-        return self.sketched - self.plain
+        """Seconds the sketch adds to one call (negative when it is faster): (ratio − 1) · plain, from the
+        per-pair ratio, which back-to-back pairs keep robust to a machine that other work slows down."""
+        return (self.ratio - 1.0) * self.plain
 
 
 class CostCache:
@@ -158,7 +161,7 @@ def _pair_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
 
 
 def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch,
-               reps: int = 7, warmup: int = 2) -> LayerTime:
+               reps: int = 5, warmup: int = 1) -> LayerTime:
     """Median forward+backward seconds of a copy of ``module`` plain and with ``sketch`` on a random
     ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair."""
     device = next(module.parameters()).device
@@ -198,11 +201,12 @@ def input_shapes(model: nn.Module, inputs: Any) -> dict[str, list[tuple[tuple[in
 
 class CostModel:
     """Cached layer timings: ``cache`` (default: this machine's file under :func:`cache_dir`;
-    ``CostCache(None)`` keeps them in memory only); ``reps``/``warmup``: timed pairs per measurement."""
+    ``CostCache(None)`` keeps them in memory only); ``reps``/``warmup``: timed pairs per measurement;
+    ``measure=False``: read the cache only (a missing timing makes :meth:`extra_seconds` NaN)."""
 
-    def __init__(self, cache: CostCache | None = None, reps: int = 7, warmup: int = 2):
+    def __init__(self, cache: CostCache | None = None, reps: int = 5, warmup: int = 1, measure: bool = True):
         self.cache = cache
-        self.reps, self.warmup = reps, warmup
+        self.reps, self.warmup, self.measure = reps, warmup, measure
         self._measured = 0
 
     def _cache_for(self, device: torch.device) -> CostCache:
@@ -210,13 +214,14 @@ class CostModel:
             self.cache = CostCache(cache_dir() / f"cost-{machine_id(device)}.json")
         return self.cache
 
-    def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch) -> LayerTime:
-        """The cached timing of ``module`` on a ``shape`` input under ``sketch``, measured on a miss."""
+    def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch) -> LayerTime | None:
+        """The cached timing of ``module`` on a ``shape`` input under ``sketch``, measured on a miss
+        (None on a miss when the model does not measure)."""
         device = next(module.parameters()).device
         cache = self._cache_for(device)
         key = layer_key(module, shape, dtype, device, sketch)
         found = cache.get(key)
-        if found is None:
+        if found is None and self.measure:
             found = time_layer(module, shape, dtype, sketch, self.reps, self.warmup)
             cache.put(key, found)
             self._measured += 1
@@ -237,8 +242,10 @@ class CostModel:
             points = ([below[-1]] if below else []) + ([above[0]] if above else [])
         total = 0.0
         for shape, dtype in calls:
-            ys = [self.layer(module, shape, dtype, sketch.at(k)).extra for k in points]
-            total += float(np.interp(sketch.keep, points, ys))
+            times = [self.layer(module, shape, dtype, sketch.at(k)) for k in points]
+            if any(t is None for t in times):
+                return math.nan
+            total += float(np.interp(sketch.keep, points, [t.extra for t in times]))
         return total
 
     def save(self) -> None:
