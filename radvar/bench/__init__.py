@@ -56,7 +56,8 @@ def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callabl
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per configuration (plain, then each sketch, or plan: labelled ``plan``, ``plan 2``, ...): saved bytes, median step
     seconds, and both as ratios to plain (``memory_ratio`` = plain / config,
-    ``time_ratio`` = config / plain). Raises first if the data, the loss or a gradient is not
+    ``time_ratio`` = config / plain medians; ``pair_ratio`` = median over rounds of config / plain
+    in the same round, robust to a machine that other work slows down). Raises first if the data, the loss or a gradient is not
     finite (:func:`require_finite_step`), so no configuration is timed on NaN."""
     require_finite_step(model, x, y, loss_fn)
     configs: dict[str, nn.Module] = {PLAIN: model}
@@ -80,5 +81,6 @@ def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callabl
         med = statistics.median(times[name])
         rows.append({"config": name, "saved_bytes": bytes_[name], "step_ms": med * 1e3,
                      "memory_ratio": bytes_[PLAIN] / bytes_[name],
-                     "time_ratio": med / statistics.median(times[PLAIN])})
+                     "time_ratio": med / statistics.median(times[PLAIN]),
+                     "pair_ratio": statistics.median(t / p for t, p in zip(times[name], times[PLAIN]))})
     return pd.DataFrame(rows)

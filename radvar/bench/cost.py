@@ -60,7 +60,8 @@ def cache_dir() -> Path:
     return Path(base) / "radvar"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo, else platform)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -73,7 +74,7 @@ def _cpu_name() -> str:
 
 def machine_id(device: torch.device) -> str:
     """A short hash of what step times depend on: host, CPU model, torch version, threads, device (GPU name)."""
-    parts = [platform.node(), _cpu_name(), torch.__version__, str(torch.get_num_threads()), device.type]
+    parts = [platform.node(), cpu_name(), torch.__version__, str(torch.get_num_threads()), device.type]
     if device.type == "cuda":
         parts.append(torch.cuda.get_device_name(device))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

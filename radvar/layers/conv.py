@@ -275,7 +275,11 @@ class _RADConv(Twin):
     views = VIEWS
     sketch: Sketch | None
 
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eager under ``torch.compile`` as a whole (one graph break per call): compiled, this frame would
+        be specialised per layer configuration and recompile once per conv shape (dynamo's recompile
+        limit on a ResNet); the RAD op runs eagerly anyway and the plain conv is one kernel."""
         if not self._randomizes():
             return self._conv_forward(x, self.weight, self.bias)
         x, padding = effective_input(self, x)
