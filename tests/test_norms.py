@@ -270,7 +270,8 @@ def test_functional_routes_take_the_torch_signature_and_are_unbiased():
     model = _Functional()
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sites = functional.functional_sites(copy.deepcopy(model), x)
-    assert sites == {":0": "layer_norm", ":1": "rms_norm", ":2": "batch_norm", ":3": "group_norm"}
+    assert sites == {":layer_norm.0": "layer_norm", ":rms_norm.0": "rms_norm", ":batch_norm.0": "batch_norm",
+                     ":group_norm.0": "group_norm"}
     gy = torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     plain = copy.deepcopy(model)
     exact = _grads(plain, x, gy)
