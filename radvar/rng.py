@@ -13,6 +13,10 @@ Contract:
 * torch's global generator is never read or advanced: turning RAD on does not
   change the user's data order or dropout draws.
 * Inside ``with radvar.exact():`` RAD layers compute exact gradients.
+* Dropout inside RAD ops (attention) takes its mask's key from :func:`dropout_key`;
+  :func:`same_dropout` makes several passes draw one set of masks, so a
+  variance estimate compares a sketched pass with the exact pass given one
+  dropout mask.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class _State(threading.local):
         self.exact_depth = 0
         self.stream_of: tuple[int, int] | None = None  # (base, rank) that ``stream`` was mixed from
         self.stream = 0
+        self.drops: tuple[list[int], list[int], int | None] | None = None  # (keys, [position], base)
 
 
 _state = _State()
@@ -112,3 +117,39 @@ def exact() -> Iterator[None]:
         yield
     finally:
         _state.exact_depth -= 1
+
+
+def dropout_key() -> int:
+    """The key of one dropout mask a RAD op draws: :func:`next_key`, or inside :func:`same_dropout` the
+    next key of its list."""
+    if _state.drops is None:
+        return next_key()
+    keys, position, base = _state.drops
+    if position[0] == len(keys):
+        keys.append(next_key() if base is None else mix(base ^ (len(keys) + 1)) >> 1)
+    position[0] += 1
+    return keys[position[0] - 1]
+
+
+def replays_dropout() -> bool:
+    """True inside :func:`same_dropout`: RAD ops then draw their dropout masks from its keys even when exact."""
+    return _state.drops is not None
+
+
+def dropout_keys_drawn() -> list[int]:
+    """The dropout keys the innermost :func:`same_dropout` block has handed out so far, in order."""
+    if _state.drops is None:
+        raise RuntimeError("radvar.rng.dropout_keys_drawn: only inside radvar.rng.same_dropout")
+    return _state.drops[0][:_state.drops[1][0]]
+
+
+@contextlib.contextmanager
+def same_dropout(keys: list[int], base: int | None = None) -> Iterator[None]:
+    """Inside, the i-th :func:`dropout_key` of the block is ``keys[i]``, and RAD ops with dropout use these keyed
+    masks even when exact. When ``keys`` is shorter, the key appended is :func:`next_key`, or with ``base`` the
+    key ``mix(base ^ (i + 1)) >> 1``. Blocks given one list that make the same calls draw the same masks."""
+    previous, _state.drops = _state.drops, (keys, [0], base)
+    try:
+        yield
+    finally:
+        _state.drops = previous

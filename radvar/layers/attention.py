@@ -19,7 +19,8 @@ three changes when randomized: the input projections keep a sketch of their inpu
 ``out_proj.weight`` directly). ``need_weights=True`` is supported: the returned weights are the
 post-dropout probabilities (averaged over heads with ``average_attn_weights``), and a gradient
 into them enters the sketched backward exactly. Exact (sketch None or exact, ``radvar.exact()``,
-no gradient) with an exact ``out_proj``, it is torch's forward itself, bitwise.
+no gradient) with an exact ``out_proj``, it is torch's forward itself, bitwise, except with dropout
+inside :func:`radvar.rng.same_dropout`, where the core is exact with the keyed mask a randomized call draws.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class RADMultiheadAttention(nn.MultiheadAttention, Twin):
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not (self._randomizes() or self._out_proj_randomizes()):
+        keyed = self.training and self.dropout > 0 and rng.replays_dropout()  # exact too: the shared keyed mask
+        if not (self._randomizes() or self._out_proj_randomizes() or keyed):
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                    average_attn_weights, is_causal)
         sketch = self.sketch if self._randomizes() else None
@@ -154,7 +156,7 @@ class RADMultiheadAttention(nn.MultiheadAttention, Twin):
                                                                                                   src_len)
             attn_mask = padding if attn_mask is None else attn_mask + padding
         dropout_p = self.dropout if self.training else 0.0
-        if sketch is None:
+        if sketch is None and not keyed:
             out, weights = _exact_attention(q, k, v, attn_mask, dropout_p, is_causal, need_weights)
         else:
             check_sdpa(q, k, v, attn_mask, dropout_p, is_causal, None, False)

@@ -157,8 +157,10 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, 
         s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(), -math.inf)
     if mask is not None:
         s = s.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else s + mask.to(s.dtype)
-    p = torch.softmax(s, dim=-1)
-    return p.masked_fill_((s == -math.inf).all(-1, keepdim=True), 0.0)
+    dead = (s == -math.inf).all(-1, keepdim=True)
+    if s.requires_grad:  # autograd (keyed exact attention): finite softmax of dead rows, no in-place fill
+        return torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    return torch.softmax(s, dim=-1).masked_fill_(dead, 0.0)
 
 
 def _dropout_scale(shape: torch.Size, p: float, key: int, like: torch.Tensor) -> torch.Tensor:
@@ -224,21 +226,37 @@ class RADAttentionFunction(torch.autograd.Function):
         return gq, gk, gv, gm, None, None, None, None, None, None
 
 
+def _keyed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float,
+                     is_causal: bool, scale: float, rep: int, drop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact (O, P_d) by autograd, computed as :class:`RADAttentionFunction`'s forward is (mask M from key ``drop``)."""
+    work = work_dtype(q.dtype)
+    p = _probabilities(q.to(work), _repeat(k, rep).to(work), mask, is_causal, scale)
+    pd = p * _dropout_scale(p.shape, dropout_p, drop, p.detach()) if dropout_p > 0 else p
+    return (pd @ _repeat(v, rep).to(work)).to(q.dtype), pd.to(q.dtype)
+
+
 @torch.compiler.disable
 def rad_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
                   dropout_p: float, is_causal: bool, scale: float | None, rep: int,
-                  sketch: Sketch) -> tuple[torch.Tensor, torch.Tensor]:
+                  sketch: Sketch | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, P_d) with RAD backward, for checked arguments (see :func:`rad_sdpa`); one fresh draw per call.
 
     P_d, the post-dropout probabilities, is returned for callers that hand out attention weights
     (``nn.MultiheadAttention(need_weights=True)``); a gradient flowing into it is exact in ∂P.
+    The dropout mask's key is :func:`radvar.rng.dropout_key`. ``sketch`` None: the exact (O, P_d) by
+    plain autograd with the mask a RAD call given that key draws (inside :func:`radvar.rng.same_dropout`,
+    the exact pass shares the sketched passes' masks).
     """
     dtype = autocast_dtype(query)
     query, key, value = cast(dtype, query, key, value)
     if attn_mask is not None and attn_mask.is_floating_point():
         attn_mask, = cast(dtype, attn_mask)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    keys = _Keys(*(rng.next_key() for _ in _Keys._fields))
+    if sketch is None:
+        with autocast_off(query, dtype):
+            return _keyed_attention(query, key, value, attn_mask, float(dropout_p), is_causal, scale, rep,
+                                    rng.dropout_key() if dropout_p > 0 else 0)
+    keys = _Keys(*(rng.next_key() for _ in _Keys._fields[:-1]), rng.dropout_key())
     with autocast_off(query, dtype):
         return RADAttentionFunction.apply(query, key, value, attn_mask, float(dropout_p), is_causal, scale, rep,
                                           sketch, keys)
@@ -253,14 +271,17 @@ def rad_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
     additive float, ``is_causal`` (upper-left aligned), ``enable_gqa`` for fewer key/value heads.
     ``dropout_p`` draws its mask from :mod:`radvar.rng`, not torch's global generator. With an exact
     ``sketch`` (None, or keep = 1), inside :func:`radvar.exact` or without a gradient to compute,
-    it is ``F.scaled_dot_product_attention`` itself (and drops out with torch's generator).
+    it is ``F.scaled_dot_product_attention`` itself (and drops out with torch's generator), except
+    with dropout inside :func:`radvar.rng.same_dropout`: then the exact result with the keyed mask.
     """
     check_sketch(sketch, "rad_sdpa")
-    if not _randomizes(sketch, query, key, value, attn_mask):
+    randomizes = _randomizes(sketch, query, key, value, attn_mask)
+    if not randomizes and not (rng.replays_dropout() and dropout_p != 0):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                               is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     rep = check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    return rad_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, rep, sketch)[0]
+    return rad_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, rep,
+                         sketch if randomizes else None)[0]
 
 
 # ---- softmax -----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from torch import nn
 from .._data import split_batch, validate
 from ..sketch import check_keep
 from .capture import Batch, capture, layer_variance, layer_variance_se
+from .dropout import held
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
 from .propagated import DEFAULT_PROBES, plan_sites, propagated, propagating_sites
@@ -53,10 +54,13 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     validate(inputs, targets, name="analytic")
     functional = plan_sites(model, plan, inputs)
     sites = propagating_sites(model, list(plan)) + list(functional)
-    cap = capture(model, batch, loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
     entries = {**plan, **functional}
     at = {n: [s if s is None or k is None else s.at(k) for k in grid] for n, s in entries.items()}
-    probed = propagated(model, batch, loss_fn, {n: at[n] for n in sites}, probes, owner="analytic") if sites else {}
+    with held([*model.parameters(), *inputs]) as same:  # the capture and the probes: one set of dropout masks
+        with same():
+            cap = capture(model, batch, loss_fn, names=[n for n in plan if n not in sites],
+                          importance=needs_importance(plan))
+        probed = propagated(model, batch, loss_fn, {n: at[n] for n in sites}, probes, owner="analytic") if sites else {}
     # Closed-form rows predict bytes at other keeps from Sketch.saved_bytes; a propagating site's sketched
     # tensors are known only to its op, so with sites the ledger measures every keep of the grid.
     measured = grid if sites else [None]

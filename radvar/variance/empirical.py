@@ -6,13 +6,17 @@ gradient ``G`` (the same model under ``radvar.exact()``). ``mean(d)`` is an
 unbiased estimate of the variance; its interval is Student-t at ``confidence``.
 Ĝ itself streams through Welford (memory O(parameters)) for the bias test
 (:func:`radvar.variance.statistics.bias_pvalue`, Holm across layers).
+
+Dropout is held fixed (:func:`radvar.variance.dropout.held`): the exact pass and
+every draw use the same masks, so ``d`` measures the sketches' noise given the
+mask, E[‖Ĝ − G‖² | M], as :mod:`radvar.variance.propagated` does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import pandas as pd
 import torch
@@ -21,9 +25,10 @@ from torch import nn
 from .. import rng
 from .._data import split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
-from ..layers.functional import router_of, split_site
+from ..layers.functional import FUNCTION_KINDS, router_of, split_site
 from ..plan import Plan
 from .capture import Batch, batch_loss
+from .dropout import held
 from .ledger import measure
 from .plan_input import as_plan
 from .propagated import plan_sites, propagating_sites
@@ -39,14 +44,15 @@ def _check(draws: Any, confidence: Any) -> None:
 
 
 def _draws(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable, tensors: list[torch.Tensor],
-           exact: list[torch.Tensor], draws: int,
+           exact: list[torch.Tensor], draws: int, same: Callable[[], ContextManager[None]],
            welfords: list[Welford] | None = None) -> tuple[list[Welford], Welford]:
-    """``draws`` RAD steps: per tensor the Welford stream of d = ‖ĝ − g‖² (and of ĝ into ``welfords``),
-    and of their sum."""
+    """``draws`` RAD steps, each forward inside ``same()`` (the exact pass's dropout masks): per tensor the
+    Welford stream of d = ‖ĝ − g‖² (and of ĝ into ``welfords``), and of their sum."""
     dist = [Welford() for _ in tensors]
     total = Welford()
     for _ in range(draws):
-        loss = batch_loss(model, inputs, targets, loss_fn, "empirical")
+        with same():
+            loss = batch_loss(model, inputs, targets, loss_fn, "empirical")
         sample = torch.autograd.grad(loss, tensors, allow_unused=True)
         d_sum = 0.0
         for i, (g, e) in enumerate(zip(sample, exact)):
@@ -62,14 +68,17 @@ def _draws(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable, ten
 
 @contextlib.contextmanager
 def _only(model: nn.Module, plan: Plan, functional: dict[str, Any], names: set[str]) -> Iterator[None]:
-    """Run the converted ``model`` with only the plan entries and functional sites in ``names`` sketched."""
+    """Run the converted ``model`` with only the plan entries and functional sites in ``names`` sketched; the other
+    sites run their routed op exact (as in the exact pass: the same dropout draws)."""
     modules = dict(model.named_modules())
     router = router_of(model)
     saved = None if router is None else (router.entries, router.checked)
     for name, sketch in plan.items():
         modules[name].adopt(sketch if name in names else None)
     if router is not None:
-        router.entries, router.checked = {k: v for k, v in functional.items() if k in names}, True
+        router.entries = {k: v if k in names else FUNCTION_KINDS[split_site(k)[1]].factory(None)
+                          for k, v in functional.items()}
+        router.checked = True
         router.ops.clear()
     try:
         yield
@@ -104,26 +113,27 @@ def empirical(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tenso
     names = [n for n in plan if n not in sites]
     weights = [modules[n].weight for n in names]
     params = [p for p in converted.parameters() if p.requires_grad]
-    with rng.exact():
-        exact = torch.autograd.grad(batch_loss(converted, inputs, targets, loss_fn, "empirical"), weights + params,
-                                    allow_unused=True)
-    exact = [torch.zeros_like(w) if g is None else g for w, g in zip(weights + params, exact)]
-    exact_w, exact_p = exact[:len(weights)], exact[len(weights):]
-    grads = [Welford() for _ in names]
-    dist, total = [], Welford()
-    if names:
-        with _only(converted, plan, functional, set(names)):
-            dist, total = _draws(converted, inputs, targets, loss_fn, weights, exact_w, draws, grads)
-    site_rows = {}
-    for name in sites:
-        streams = [Welford() for _ in params]
-        with _only(converted, plan, functional, {name}):
-            _, d = _draws(converted, inputs, targets, loss_fn, params, exact_p, draws, streams)
-        site_rows[name] = (d, min(1.0, len(params) * min(bias_pvalue(w, e) for w, e in zip(streams, exact_p))))
-    if len(sites) == 1 and not names:  # the site alone is the whole plan
-        total = site_rows[sites[0]][0]
-    elif sites:
-        _, total = _draws(converted, inputs, targets, loss_fn, params, exact_p, draws)
+    with held(params + list(inputs)) as same:
+        with rng.exact(), same():
+            exact = torch.autograd.grad(batch_loss(converted, inputs, targets, loss_fn, "empirical"),
+                                        weights + params, allow_unused=True)
+        exact = [torch.zeros_like(w) if g is None else g for w, g in zip(weights + params, exact)]
+        exact_w, exact_p = exact[:len(weights)], exact[len(weights):]
+        grads = [Welford() for _ in names]
+        dist, total = [], Welford()
+        if names:
+            with _only(converted, plan, functional, set(names)):
+                dist, total = _draws(converted, inputs, targets, loss_fn, weights, exact_w, draws, same, grads)
+        site_rows = {}
+        for name in sites:
+            streams = [Welford() for _ in params]
+            with _only(converted, plan, functional, {name}):
+                _, d = _draws(converted, inputs, targets, loss_fn, params, exact_p, draws, same, streams)
+            site_rows[name] = (d, min(1.0, len(params) * min(bias_pvalue(w, e) for w, e in zip(streams, exact_p))))
+        if len(sites) == 1 and not names:  # the site alone is the whole plan
+            total = site_rows[sites[0]][0]
+        elif sites:
+            _, total = _draws(converted, inputs, targets, loss_fn, params, exact_p, draws, same)
     ledger = measure(model, inputs, targets, loss_fn, plan, [None])
     pvals = [bias_pvalue(w, e) for w, e in zip(grads, exact_w)] + [site_rows[n][1] for n in sites]
     _, p_holm = holm(pvals, alpha)

@@ -23,6 +23,12 @@ backward of ε through the kept graph gives ``d_p = ‖J_k ε_p + δ_p‖²``
 ``sd(d_p)/√P``. A site called several times draws every call independently in
 each probe, each against its exact output gradient.
 
+Dropout is held fixed (:func:`radvar.variance.dropout.held`): the exact pass
+draws the masks :func:`radvar.variance.empirical` draws, each site call keeps the
+keys of the radvar masks it drew (attention's ``dropout_p``), and its exact
+reference and probes draw those masks again, so ``v_k`` is the sketch's
+variance given the dropout masks, E[‖J_k ε_k + δ_k‖² | M].
+
 With several sites (and sketched linear inputs) randomized together, the error
 is a sum of terms multilinear in the independent zero-mean site errors; terms
 with different sets of sites are uncorrelated, so the total variance is
@@ -50,6 +56,7 @@ from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, is_
 from ..layers.registry import propagating
 from ..sketch import Sketch
 from .capture import batch_loss, require_finite
+from .dropout import held
 
 DEFAULT_PROBES = 64
 CHUNK = 64  # probes pushed back in one batched backward
@@ -78,12 +85,13 @@ class SiteEstimate:
 @dataclasses.dataclass
 class _Call:
     """One call of a site: its arguments (flattened, with graph tensors), the distinct differentiable ones
-    (an argument passed twice, as q is k is v, once) and, after the exact backward, the gradient of each
-    output that needs one."""
+    (an argument passed twice, as q is k is v, once), the keys of the dropout masks it drew
+    (:func:`radvar.rng.dropout_key`) and, after the exact backward, the gradient of each output that needs one."""
 
     leaves: list[Any]
     spec: Any
     grad_inputs: list[torch.Tensor]
+    drops: list[int]
     grads: list[torch.Tensor | None]
 
 
@@ -105,12 +113,13 @@ def plan_sites(model: nn.Module, plan: Any, inputs: tuple) -> dict[str, Sketch]:
     return {site: sk for site, sk in picked.items() if isinstance(sk, Sketch)}
 
 
-def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any) -> None:
-    """Append the call ``args -> output`` to ``calls``; tensor hooks (kept in ``hooks``) store its output gradients."""
+def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any, drops: list[int]) -> None:
+    """Append the call ``args -> output`` (which drew dropout keys ``drops``) to ``calls``; tensor hooks (kept in
+    ``hooks``) store its output gradients."""
     leaves, spec = tree_flatten(args)
     grad_inputs = list({id(t): t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad}.values())
     outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
-    call = _Call(leaves, spec, grad_inputs, [None] * len(outs))
+    call = _Call(leaves, spec, grad_inputs, list(drops), [None] * len(outs))
 
     def keep(i: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
@@ -128,6 +137,7 @@ class _Site:
         self.name, self.module, self.function = name, module, function
         self.calls: list[_Call] = []
         self.reference: list | None = None  # the calls run exactly (the probes' baseline), computed once
+        self.start = 0  # the position in the exact pass's dropout keys where the running call began
 
     @property
     def type(self) -> str:
@@ -139,19 +149,17 @@ class _Site:
 
     def run(self, call: _Call, sketch: Sketch | None) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """The call's gradients (w.r.t. its differentiable arguments, and the module's own parameters)
-        under ``sketch`` (None: exact), given the exact output gradient."""
+        under ``sketch`` (None: exact), given the exact output gradient, with the call's dropout masks."""
         fresh = {id(t): t.detach().requires_grad_(True) for t in call.grad_inputs}  # aliasing kept (q is k is v)
         args, kwargs = tree_unflatten([fresh.get(id(t), t) if isinstance(t, torch.Tensor) else t
                                        for t in call.leaves], call.spec)
-        with torch.enable_grad():
+        with torch.enable_grad(), rng.same_dropout(list(call.drops)):
             if self.module is not None:
                 self.module.adopt(sketch)
                 try:
                     out = self.module(*args, **kwargs)
                 finally:
                     self.module.adopt(None)
-            elif sketch is None:
-                out = FUNCTION_KINDS[self.function].functions[0](*args, **kwargs)
             else:
                 out = FUNCTION_KINDS[self.function].factory(sketch)(*args, **kwargs)
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -199,15 +207,23 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
                                  f"propagating modules of this model: "
                                  f"{[n for n, m in modules.items() if propagating(m)]}")
             chosen[name] = _Site(name, modules[name], None)
-    handles = []
+    handles: list[Any] = []
+
+    def taken(start: int) -> list[int]:  # the dropout keys drawn since the call started
+        return rng.dropout_keys_drawn()[start:]
+
     for site in chosen.values():
+        handles.append(site.module.register_forward_pre_hook(
+            lambda mod, args, s=site: setattr(s, "start", len(rng.dropout_keys_drawn()))))
         handles.append(site.module.register_forward_hook(
-            lambda mod, args, kwargs, out, s=site: _record(s.calls, handles, (args, kwargs), out), with_kwargs=True))
+            lambda mod, args, kwargs, out, s=site: _record(s.calls, handles, (args, kwargs), out, taken(s.start)),
+            with_kwargs=True))
 
     def recorder(site: _Site) -> Callable[..., Any]:
         def op(*args: Any, **kwargs: Any) -> Any:
-            out = FUNCTION_KINDS[site.function].functions[0](*args, **kwargs)
-            _record(site.calls, handles, (args, kwargs), out)
+            start = len(rng.dropout_keys_drawn())
+            out = FUNCTION_KINDS[site.function].factory(None)(*args, **kwargs)
+            _record(site.calls, handles, (args, kwargs), out, taken(start))
             return out
         return op
 
@@ -218,7 +234,8 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         chosen[name] = _Site(name, None, split_site(name)[1])
     params = [p for p in work.parameters() if p.requires_grad]
     try:
-        with rng.exact(), torch.enable_grad(), intercept(work, {n: recorder(chosen[n]) for n in functional}):
+        with held(params + list(inputs)) as same, rng.exact(), same(), torch.enable_grad(), \
+                intercept(work, {n: recorder(chosen[n]) for n in functional}):
             loss = batch_loss(work, inputs, targets, loss_fn, owner)
             exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     except ValueError as e:
