@@ -188,3 +188,18 @@ def test_a_cache_only_model_never_measures(monkeypatch):
     cm = cost_lib.CostModel(cost_lib.CostCache(None), measure=False)
     assert math.isnan(cm.extra_seconds(nn.Linear(3, 2), [((4, 3), torch.float32)], Subsample(0.5)))
     assert cm.extra_seconds(nn.Linear(3, 2), [((4, 3), torch.float32)], None) == 0.0
+
+
+def test_timing_leaves_radvar_stream_and_grads_as_they_were(monkeypatch):
+    import radvar
+    layer = nn.Linear(5, 4)
+    radvar.seed(11)
+    before = radvar.rng.get_state()
+    cost_lib.time_layer(layer, (6, 5), torch.float32, Subsample(0.5), reps=1, warmup=0)
+    assert radvar.rng.get_state() == before
+    model = nn.Sequential(nn.Linear(5, 3))
+    marker = torch.ones_like(model[0].weight)
+    model[0].weight.grad = marker
+    cost_lib.CostModel(cost_lib.CostCache(None)).step_seconds(model, torch.randn(4, 5), torch.tensor([0, 1, 2, 0]),
+                                                              F.cross_entropy, reps=1, warmup=0)
+    assert model[0].weight.grad is marker and radvar.rng.get_state() == before

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .._atomic import write_text
+from .. import rng
 from .._hooks import run_with_pre_hooks
 from ..convert import convert
 from ..layers import twin_for
@@ -164,7 +165,8 @@ def _pair_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
 def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch,
                reps: int = 5, warmup: int = 1) -> LayerTime:
     """Median forward+backward seconds of a copy of ``module`` plain and with ``sketch`` on a random
-    ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair."""
+    ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair.
+    radvar's stream is put back where it was, so whether a timing was cached never changes later draws."""
     device = next(module.parameters()).device
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_()
@@ -175,11 +177,15 @@ def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sk
     with torch.no_grad():
         grad = torch.randn(plain(x).shape, generator=gen, device=device, dtype=dtype)
     a, b = [], []
-    for rep in range(warmup + reps):
-        ta, tb = _pair_step(plain, x, grad), _pair_step(twin, x, grad)
-        if rep >= warmup:
-            a.append(ta)
-            b.append(tb)
+    state = rng.get_state()
+    try:
+        for rep in range(warmup + reps):
+            ta, tb = _pair_step(plain, x, grad), _pair_step(twin, x, grad)
+            if rep >= warmup:
+                a.append(ta)
+                b.append(tb)
+    finally:
+        rng.set_state(state)
     ratio = statistics.median(tb_ / max(ta_, 1e-12) for ta_, tb_ in zip(a, b))
     return LayerTime(statistics.median(a), statistics.median(b), ratio)
 
@@ -257,15 +263,23 @@ class CostModel:
 
     def step_seconds(self, model: nn.Module, x: torch.Tensor, y: Any, loss_fn: Callable, reps: int = 5,
                      warmup: int = 1) -> float:
-        """Median seconds of a plain forward+backward step of ``model`` (not cached: it is the reference)."""
+        """Median seconds of a plain forward+backward step of ``model`` (not cached: it is the reference);
+        the parameters' ``.grad`` and radvar's stream are left as they were."""
+        params = list(model.parameters())
+        grads, state = [p.grad for p in params], rng.get_state()
         times = []
-        for rep in range(warmup + reps):
-            start = time.perf_counter()
-            _step(model, x, y, loss_fn)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            if rep >= warmup:
-                times.append(time.perf_counter() - start)
+        try:
+            for rep in range(warmup + reps):
+                start = time.perf_counter()
+                _step(model, x, y, loss_fn)
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
+                if rep >= warmup:
+                    times.append(time.perf_counter() - start)
+        finally:
+            for p, g in zip(params, grads):
+                p.grad = g
+            rng.set_state(state)
         return statistics.median(times)
 
 
