@@ -15,7 +15,8 @@ On CPU (outside ``torch.compile``) the same bytes are produced by numpy's
 tensor ops, which dominates for activations of a few thousand elements.
 
 b-bit codes (:func:`pack_codes`) put code 8i/b + j in bits [b·j, b·(j+1)) of
-byte i (little-endian lanes, as for masks); :func:`unpack_codes` decodes them
+byte i (little-endian lanes, as for masks), gathered from 8/b code bytes read as
+one 16- or 32-bit word by shifts and ors; :func:`unpack_codes` decodes them
 with the same one-lookup table scheme, row β of the table holding the 8/b codes
 of byte β.
 """
@@ -107,11 +108,20 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     per = 8 // bits
     if flat.numel() % per:
         flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % per)])
-    lanes = flat.view(-1, per)
-    out = lanes[:, 0].clone()
-    for j in range(1, per):  # at most 3 passes over numel / per bytes
-        out.bitwise_or_(lanes[:, j] << (bits * j))
-    return out
+    # a word of `per` code bytes (little-endian): code j sits at bit 8j and belongs at bit bits·j, so
+    # shifting the word right by j·(8 − bits) for each j and or-ing puts all of them in the low byte
+    shifts = [j * (8 - bits) for j in range(1, per)]
+    if _numpy_ok(flat):
+        words = flat.numpy().view(np.uint16 if per == 2 else np.uint32)
+        out = words.copy()
+        for s in shifts:
+            out |= words >> s
+        return torch.from_numpy(out.astype(np.uint8))  # keeps the low byte
+    words = flat.contiguous().view(torch.int16 if per == 2 else torch.int32)  # codes < 16: no sign bit set
+    out = words.clone()
+    for s in shifts:
+        out.bitwise_or_(words >> s)
+    return out.bitwise_and_(0xFF).to(torch.uint8)
 
 
 def unpack_codes(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], bits: int,

@@ -7,6 +7,8 @@ storage share bytes), excludes the model's parameters, and attributes each
 storage to the innermost module running when it was first packed (and lists
 every module that packed it: ``SavedBytesReport.storages``); tensors packed
 by the loss go to ``"(loss)"``, those packed outside any module to ``"(top)"``.
+With ``sites=True`` a storage packed by a functional call (:mod:`radvar.layers.functional`)
+goes to its site key instead, e.g. ``"h.0.mlp:mul.0"``.
 It measures what autograd holds, not what a sketch promises: masks, indices
 and metadata tensors are all counted.
 
@@ -16,6 +18,7 @@ and metadata tensors are all counted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Callable, Iterable, Sequence
@@ -23,6 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import torch
 from torch import nn
+
+from .layers.functional import current_site, intercept, is_site, split_site
 
 LOSS = "(loss)"
 TOP = "(top)"
@@ -117,15 +122,20 @@ def saved_bytes_of(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) 
 
 def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
                 loss_fn: Callable[..., torch.Tensor] | None = None,
-                targets: torch.Tensor | None = None) -> SavedBytesReport:
+                targets: torch.Tensor | None = None, sites: bool = False) -> SavedBytesReport:
     """Ledger of the bytes autograd keeps after ``loss_fn(model(*inputs)[, targets])``.
 
     ``inputs`` is a tensor or a tuple of positional inputs. Without ``loss_fn``
-    only the model's forward is measured.
+    only the model's forward is measured. ``sites``: attribute what functional
+    calls keep to their site keys (see the module docstring).
     """
     names = {m: (name or TOP) for name, m in model.named_modules()}
     stack: list[str] = []
-    ledger = _Ledger(model.parameters(), owner=lambda: stack[-1] if stack else TOP)
+
+    def owner() -> str:
+        return (sites and current_site()) or (stack[-1] if stack else TOP)
+
+    ledger = _Ledger(model.parameters(), owner=owner)
 
     called: list[str] = []
 
@@ -142,7 +152,7 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(leave))
     try:
-        with torch.enable_grad(), ledger.hooks():
+        with torch.enable_grad(), ledger.hooks(), intercept(model) if sites else contextlib.nullcontext():
             out = model(*_as_tuple(inputs))
             if loss_fn is not None:
                 stack.append(LOSS)
@@ -161,7 +171,7 @@ def saved_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
         count[owner] = count.get(owner, 0) + 1
     modules = dict(model.named_modules())
     order = list(dict.fromkeys(called + list(per)))
-    rows = [{"module": n, "type": type(modules[n]).__name__ if n in modules else n,
+    rows = [{"module": n, "type": type(modules[n]).__name__ if n in modules else split_site(n)[1] if is_site(n) else n,
              "bytes": per.get(n, 0), "tensors": count.get(n, 0)} for n in order]
     storages = [(nbytes, tuple(ledger.keepers[ptr])) for ptr, (nbytes, _) in ledger.seen.items()]
     return SavedBytesReport(total=ledger.total, rows=rows, storages=storages)

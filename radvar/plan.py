@@ -2,11 +2,16 @@
 
 A plan maps module qualified names (as in ``model.named_modules()``) to a
 :class:`~radvar.sketch.Sketch`, or to ``None`` for exact gradients, plus free
-provenance metadata (budget, predicted memory and variance, ...). It is saved
-as versioned JSON::
+provenance metadata (budget, predicted memory and variance, ...). Keys with a
+``:`` name *functional sites* instead (:mod:`radvar.layers.functional`): one call
+``"<module>:<function>.<index>"`` (e.g. ``"h.0.attn:matmul.1"``) or an fnmatch
+pattern of them (``"*:mul.*"``; ``"*:*"`` is every site). As a mapping a plan
+holds its module entries (what the per-layer analyses iterate); :attr:`Plan.sites`
+holds the site entries. It is saved as versioned JSON, both kinds in ``entries``::
 
     {"format": "radvar.plan", "version": 1,
-     "entries": {"net.0": {"kind": "subsample", "keep": 0.1, ...}, "net.4": "exact"},
+     "entries": {"net.0": {"kind": "subsample", "keep": 0.1, ...}, "net.4": "exact",
+                 "*:*": {"kind": "quantize", "bits": 2, ...}},
      "provenance": {...}}
 """
 
@@ -23,6 +28,7 @@ from torch import nn
 from ._version import __version__
 from ._atomic import write_text
 from .layers import randomizable_types, twin_for
+from .layers.functional import ALL_SITES, FUNCTION_KINDS, functional_sites, is_pattern, is_site, split_site
 from .layers.registry import type_name
 from .sketch import Sketch
 
@@ -31,7 +37,7 @@ VERSION = 1
 
 
 class Plan(Mapping[str, "Sketch | None"]):
-    """An immutable mapping: module name -> sketch (or None = exact)."""
+    """An immutable mapping: module name -> sketch (or None = exact); ``sites``: site key or pattern -> sketch."""
 
     def __init__(self, entries: Mapping[str, Sketch | None], provenance: Mapping[str, Any] | None = None):
         for name, sketch in entries.items():
@@ -40,18 +46,28 @@ class Plan(Mapping[str, "Sketch | None"]):
             if sketch is not None and not isinstance(sketch, Sketch):
                 raise TypeError(f"Plan: entry {name!r} must be a radvar.sketch.Sketch or None (exact), "
                                 f"got {sketch!r} ({type(sketch).__name__})")
-        self._entries = dict(entries)
+        self._entries = {k: v for k, v in entries.items() if not is_site(k)}
+        self.sites: dict[str, Sketch | None] = {k: v for k, v in entries.items() if is_site(k)}
         self.provenance = dict(provenance or {})
 
     # ---- construction -----------------------------------------------------
     @classmethod
-    def uniform(cls, model: nn.Module, sketch: Sketch | None) -> "Plan":
-        """The same sketch on every module of ``model`` that radvar can randomize."""
+    def uniform(cls, model: nn.Module, sketch: Sketch | None, example_inputs: Any = None) -> "Plan":
+        """The same sketch on every module of ``model`` that radvar can randomize and takes it, and on
+        every functional site whose kind takes it: the pattern ``"*:*"``, matched as the model runs, or
+        with ``example_inputs`` (a tensor or a tuple of positional inputs) the sites one forward reaches,
+        named one by one. None (all exact) names no site."""
         if sketch is not None and not isinstance(sketch, Sketch):
             raise TypeError(f"Plan.uniform: sketch must be a radvar.sketch.Sketch or None, got {sketch!r}")
-        names = [name for name, m in model.named_modules()
-                 if (t := twin_for(m)) is not None and t.randomized and t.accepts(sketch)]
-        plan = cls({name: sketch for name in names}, {"kind": "uniform"})
+        entries = {name: sketch for name, m in model.named_modules()
+                   if (t := twin_for(m)) is not None and t.randomized and t.accepts(sketch)}
+        if sketch is not None and example_inputs is not None:
+            inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+            entries.update({site: sketch for site, name in functional_sites(model, *inputs).items()
+                            if name in FUNCTION_KINDS and FUNCTION_KINDS[name].accepts(sketch)})
+        elif sketch is not None and any(kind.accepts(sketch) for kind in FUNCTION_KINDS.values()):
+            entries[ALL_SITES] = sketch
+        plan = cls(entries, {"kind": "uniform"})
         plan.validate(model)
         return plan
 
@@ -79,16 +95,20 @@ class Plan(Mapping[str, "Sketch | None"]):
         return len(self._entries)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Plan) and self._entries == other._entries
+        return isinstance(other, Plan) and self._entries == other._entries and self.sites == other.sites
 
     def __repr__(self) -> str:
-        body = ", ".join(f"{k!r}: {v.label() if v else 'exact'}" for k, v in self._entries.items())
+        body = ", ".join(f"{k!r}: {v.label() if v else 'exact'}" for k, v in {**self._entries, **self.sites}.items())
         return f"Plan({{{body}}})"
 
     # ---- checks -----------------------------------------------------------
     def validate(self, model: nn.Module) -> None:
-        """Raise if an entry names a missing module, an unsupported type, or a view it lacks."""
+        """Raise if an entry names a missing module, an unsupported type, or a view it lacks, or if a site
+        entry names a missing module, one with its own twin, an unknown function, or a sketch it does not take.
+        (A site no call reaches is found when the converted model runs: see :mod:`radvar.layers.functional`.)"""
         modules = dict(model.named_modules())
+        for key, sketch in self.sites.items():
+            _validate_site(key, sketch, modules)
         for name, sketch in self._entries.items():
             if name not in modules:
                 close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
@@ -112,7 +132,8 @@ class Plan(Mapping[str, "Sketch | None"]):
             "format": FORMAT,
             "version": VERSION,
             "radvar_version": __version__,
-            "entries": {k: (v.to_dict() if v is not None else "exact") for k, v in self._entries.items()},
+            "entries": {k: (v.to_dict() if v is not None else "exact")
+                        for k, v in {**self._entries, **self.sites}.items()},
             "provenance": self.provenance,
         }
 
@@ -143,3 +164,29 @@ class Plan(Mapping[str, "Sketch | None"]):
             return cls.from_dict(d)
         except (ValueError, TypeError) as e:
             raise type(e)(f"{path}: {e}") from None
+
+
+def _validate_site(key: str, sketch: Sketch | None, modules: Mapping[str, nn.Module]) -> None:
+    """Raise naming ``key`` if its module part is missing or has its own twin, its function is not a
+    registered kind, its index is not an int, or the kind does not take ``sketch`` (literal parts only)."""
+    module, name, index = split_site(key)
+    if not is_pattern(module):
+        if module not in modules:
+            close = difflib.get_close_matches(module, [n for n in modules if n], n=3)
+            raise ValueError(f"Plan site {key!r}: the model has no module {module!r}"
+                             + (f"; did you mean {close}?" if close else "; '' is the model itself"))
+        if twin_for(modules[module]) is not None:
+            raise ValueError(f"Plan site {key!r}: {module!r} is a {type_name(type(modules[module]))}, which has its "
+                             f"own twin (its calls are not sites); name the module {module!r} instead")
+    if not is_pattern(name) and name not in FUNCTION_KINDS:
+        raise ValueError(f"Plan site {key!r}: no functional kind {name!r}; allowed: {sorted(FUNCTION_KINDS)}")
+    if not is_pattern(key) and not index.isdigit():
+        raise ValueError(f"Plan site {key!r}: a site key is '<module>:<function>.<index>' with a 0-based int "
+                         f"index, or an fnmatch pattern such as '*:mul.*', got index {index!r}")
+    kind = FUNCTION_KINDS.get(name)
+    if kind is not None and not kind.accepts(sketch):
+        if sketch.view is not None:
+            raise ValueError(f"Plan site {key!r}: view {sketch.view!r} is not allowed; functional sites take "
+                             f"view=None (the op picks its view)")
+        raise ValueError(f"Plan site {key!r} ({name}): sketch family {sketch.kind!r} is not allowed; "
+                         f"allowed: {list(kind.families)} or 'exact'")

@@ -208,6 +208,14 @@ def test_cli_budget_retune_end_to_end(tmp_path):
     (["--budget", "0.2", "--retune-every", "ten"], "--retune-every: 'ten' is not a whole number of steps >= 1"),
     (["--retune-every", "5"], "--retune-every 5 needs --budget"),
     (["--budget", "0.2", "--keep", "0.1"], "--budget re-tunes the plan during training; it cannot be combined"),
+    (["--budget", "0.2", "--plan", "plan.json"], "it cannot be combined with --plan or --keep"),
+    (["--budget", "0"], "--budget: fraction '0' must be in (0, 1]"),
+    (["--budget", "abc"], "--budget: 'abc' is not a fraction in (0, 1] or a size like 2000000, 2MB, 1.5MiB"),
+    (["--budget", "nan"], "--budget: 'nan' is not a fraction in (0, 1]"),
+    (["--budget", ""], "--budget: '' is not a fraction in (0, 1]"),
+    (["--budget", "0.2", "--retune-every", "-5"], "--retune-every: '-5' is not a whole number of steps >= 1"),
+    (["--budget", "0.2", "--retune-every", "2.5"], "--retune-every: '2.5' is not a whole number of steps >= 1"),
+    (["--co-optimize"], "--co-optimize needs --budget"),
 ])
 def test_cli_bad_budget_or_interval(tmp_path, args, message):
     res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "out"), "-q", *args])
@@ -235,3 +243,113 @@ def test_resumed_to_more_steps_equals_the_longer_run(train_data, tmp_path):
     assert logs[0] == logs[1]
     noise = [pd.read_csv(tmp_path / d / "noise.csv").drop(columns=["seconds", "cpu_seconds"]) for d in ("a", "b")]
     assert noise[0].equals(noise[1]) and sorted(set(noise[0]["step"])) == [0, 3, 6, 9, 12]
+
+
+def test_auto_refused_under_ddp_before_joining(train_data, tmp_path, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) plan='auto' is refused by the argument checks, before the process
+    group is joined: every rank would re-tune on its own batch and the replicas' plans would drift apart."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"plan='auto' runs in one process \(each rank would re-tune on its own "
+                                         r"batch\); got a world of 2 ranks"):
+        fit(mlp(), train_data, loss_fn=F.cross_entropy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), steps=2,
+            batch_size=50, progress=False, plan="auto", budget=0.2, device="cpu")
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--amp", "bf16"], {}, "plan='auto' solves its budget on the full-precision ledger, so it runs without amp"),
+    ([], {"WORLD_SIZE": "2"}, "plan='auto' runs in one process"),
+])
+def test_cli_auto_with_amp_or_ddp_is_refused(tmp_path, args, env, message):
+    res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "out"), "-q", "--budget", "0.2",
+                                   *args], env=env)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+class BatchRecordingSGD(torch.optim.SGD):
+    """SGD that records the size of each step's training batch: the first forward after zero_grad."""
+
+    def __init__(self, params, model: torch.nn.Module, sizes: list[int]) -> None:
+        super().__init__(params, lr=0.05, momentum=0.9)
+        self.armed = False
+
+        def see(module, args):
+            if self.armed:
+                sizes.append(int(args[0].shape[0]))
+                self.armed = False
+
+        model.register_forward_pre_hook(see)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.armed = True
+        super().zero_grad(set_to_none)
+
+
+def test_co_optimize_switches_the_batch_between_steps_within_the_budget(train_data, tmp_path):
+    """co_optimize=True: a re-tune may change the batch size; every step after a switch trains on a batch of the
+    logged size (the step-t batch is batch_after of the last switch before t), each batch switch carries its reason
+    and the predicted totals, and every plan used is within the budget in bytes (the ledger at its batch size)."""
+    torch.manual_seed(0)
+    model, sizes = mlp(), []
+    hist = fit(model, train_data, loss_fn=F.cross_entropy, optimizer=lambda p: BatchRecordingSGD(p, model, sizes),
+               **(AUTO | dict(steps=12, retune_every=4)), seed=3, progress=False, log_dir=tmp_path, co_optimize=True)
+    switches = json.loads((tmp_path / "retune.json").read_text())
+    assert switches["settings"]["batch_sizes"] == [12, 25, 50, 100, 200]
+    log = switches["switches"]
+    moved = [s for s in log if s["batch_after"] != s["batch_before"]]
+    assert moved, "no batch switch: the test would not cross one"
+    assert all(s["reason"].startswith(f"batch {s['batch_before']} -> {s['batch_after']}: predicted total variance")
+               for s in moved)
+    assert len(sizes) == 12
+    for t in range(1, 13):
+        assert sizes[t - 1] == [s for s in log if s["step"] < t][-1]["batch_after"], (t, sizes, log)
+    budget = switches["settings"]["budget_bytes"]
+    assert all(s["bytes_after"] <= budget == s["budget_bytes"] for s in log)
+    assert (hist["saved_bytes"] <= budget).all() and hist.attrs["batch_size"] == sizes[-1]
+    b = sizes[-1]
+    assert saved_bytes(copy.deepcopy(model), train_data[0][:b].clone(), F.cross_entropy,
+                       train_data[1][:b].clone()).total <= budget
+
+
+def test_batches_cut_at_a_fixed_size_are_those_of_split():
+    """fit's batch cutter, with a fixed size, yields exactly the batches of order.split (runs without co_optimize
+    are unchanged)."""
+    from radvar.train.fit import _cut
+    x, y = torch.arange(23.0).unsqueeze(1), torch.arange(23)
+    order = torch.randperm(23, generator=torch.Generator().manual_seed(0))
+    cut = list(_cut(x, y, order, lambda: 5))
+    assert [len(b[1]) for b in cut] == [5, 5, 5, 5, 3]
+    assert all(torch.equal(b[1], y[idx]) for b, idx in zip(cut, order.split(5)))
+
+
+@pytest.mark.parametrize("kwargs, data, message", [
+    (dict(co_optimize=True), None, "co_optimize=True applies only to plan='auto'"),
+    (dict(plan="auto", budget=0.2, co_optimize=[1, 50]), None,
+     "co_optimize must be False, True or a non-empty sequence of batch sizes (ints >= 2), got [1, 50]"),
+    (dict(plan="auto", budget=0.2, co_optimize="yes"), None, "got 'yes'"),
+    (dict(plan="auto", budget=0.2, co_optimize=[50, 1000]), None,
+     "co_optimize batch sizes must be at most the 600 training examples, got [50, 1000]"),
+    (dict(plan="auto", budget=0.2, co_optimize=True, checkpoint="run.ckpt"), None,
+     "co_optimize cannot be combined with checkpoint="),
+    (dict(plan="auto", budget=0.2, co_optimize=True), "loader",
+     "co_optimize needs data as an (inputs, targets) pair of tensors, which fit cuts into batches of any size; "
+     "the batches of a list are its own"),
+])
+def test_bad_co_optimize(train_data, kwargs, data, message):
+    given = [(train_data[0][:50], train_data[1][:50])] if data == "loader" else train_data
+    with pytest.raises(ValueError) as info:
+        fit(mlp(), given, loss_fn=F.cross_entropy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), steps=2,
+            batch_size=50, progress=False, **kwargs)
+    assert message in str(info.value)
+
+
+def test_cli_co_optimize_end_to_end(tmp_path):
+    """radvar train --budget --co-optimize: the switch log holds the batch sizes before and after each switch."""
+    res = CliRunner().invoke(cli, ["train", "--model-arg", "in_features=64", "--model-arg", "hidden=32", "--budget",
+                                   "0.15", "--retune-every", "3", "--co-optimize", "--steps", "6", "--batch-size", "40",
+                                   "--log-every", "3", "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0, res.output
+    switches = pd.read_csv(tmp_path / "retune.csv")
+    assert {"batch_before", "batch_after"} <= set(switches.columns) and switches["batch_before"].iloc[0] == 40
+    assert json.loads((tmp_path / "retune.json").read_text())["settings"]["batch_sizes"] == [10, 20, 40, 80, 160]

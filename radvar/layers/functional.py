@@ -1,36 +1,52 @@
-"""Functional calls inside modules: find them, and route chosen ones to RAD ops (a prototype).
+"""Functional calls inside modules: their site keys, and the routing that sends chosen ones to RAD ops.
 
-Models call ``F.gelu``, ``F.silu`` and ``F.layer_norm`` inside their own ``forward``
-(and ``nn.GELU``/``nn.SiLU``/``nn.LayerNorm`` call them too), where swapping a module's
-class cannot reach. While :func:`intercept` is active, a
-``torch.overrides.TorchFunctionMode`` sees every such call, and forward pre/post hooks
-keep the stack of running modules, so each call gets a *site* key
-``"<module name>:<index>"``: the innermost module running (``""`` for the model itself)
-and the 0-based index of the call among the intercepted calls that module made
-directly in this forward. A plan maps site keys to replacement ops, called with the
-function's own arguments; sites not in the plan run unchanged.
+Models call ``F.gelu``, ``F.layer_norm``, ``F.scaled_dot_product_attention``,
+``torch.matmul`` and plain products of activations inside their own ``forward``,
+where swapping a module's class cannot reach. Layer kinds register the torch
+functions they route with :func:`function_kind` in their own module
+(:mod:`radvar.layers.activations`, :mod:`radvar.layers.norms`,
+:mod:`radvar.layers.attention`, :mod:`radvar.layers.product`).
 
-:func:`rad_activation` is such an op for GELU (both approximations) and SiLU: forward
-computes f(x) exactly; backward needs only f'(x), so it keeps an unbiased sketch of
-f'(x) (``E[d̂] = f'(x)``, the sketch on the (rows, features) view) instead of x, and
-returns ``g ⊙ d̂``, whose expectation is the exact ``g ⊙ f'(x)``.
+**Sites.** While a model runs with routing, a ``torch.overrides.TorchFunctionMode``
+sees every call of a registered function, and forward pre/post hooks on every
+module keep the stack of running modules. Each call gets a site key
+``"<module>:<function>.<index>"``: the innermost module running (``""`` is the
+model itself), the kind's name, and the 0-based index of the call among that
+module's calls of that function in this forward (e.g. ``"h.0.attn:sdpa.0"``,
+``"model.layers.0.mlp:mul.0"``). Calls made while a module with its own twin is
+innermost are not sites: the twin decides what they keep. A kind may declare
+that only some calls are sites (``when``; products: both operands need a gradient).
+
+**Routing.** :func:`route` (what ``radvar.convert`` calls when a plan names sites)
+installs the hooks as picklable objects, so a routed model deep-copies, pickles
+and keeps its state_dict; the root's pre-hook enters the mode and its forward hook,
+registered with ``always_call=True``, leaves it even when forward raises. A forward
+without autograd (``torch.no_grad()``, inference) enters no mode: nothing would be
+routed, and torch's own fast paths (e.g. ``nn.MultiheadAttention``'s) stay on. Entries
+map site keys or fnmatch patterns (``"*:mul.*"``, ``"*:*"``) to a sketch or None
+(exact): a site's own key wins, else the last matching pattern whose sketch the
+site's kind takes (:func:`site_entry`). At the end of the first forward with
+autograd on, an entry naming a site that no call reached is a ``ValueError``
+listing the model's sites. :func:`intercept` does the same for one block of
+code; :func:`functional_sites` lists a model's sites.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
-import math
+import fnmatch
+import sys
+import threading
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-from .. import rng
 from ..sketch import Sketch
+from .registry import twin_for
 
 Op = Callable[..., torch.Tensor]
 
@@ -40,26 +56,36 @@ class FunctionKind:
     """A torch function radvar can route: its site ``name`` (``gelu``, ``sdpa``, ...), the torch
     callables it covers, and ``factory(sketch) -> op``, an op with the torch function's own
     signature that keeps ``sketch`` of what backward needs. ``families`` restricts the sketch
-    families it takes (None: all)."""
+    families it takes (None: all). ``when(args, kwargs)``, if given, says whether a call is a site
+    at all (e.g. a product only when both operands need a gradient); other calls run unchanged
+    and take no site index."""
 
     name: str
     functions: tuple[Callable, ...]
     factory: Callable[[Sketch], Op]
     families: tuple[str, ...] | None = None
+    when: Callable[[tuple, dict], bool] | None = None
+
+    def accepts(self, sketch: Sketch | None) -> bool:
+        """Whether a site of this kind takes ``sketch`` (None, exact, always): its family, and view None
+        (a routed op picks its own view)."""
+        return sketch is None or ((self.families is None or sketch.kind in self.families) and sketch.view is None)
 
 
 FUNCTION_KINDS: dict[str, FunctionKind] = {}
-INTERCEPTED: dict[Callable, str] = {F.layer_norm: "layer_norm"}  # torch callable -> site name
+INTERCEPTED: dict[Callable, str] = {}  # torch callable -> site name
 
 
-def function_kind(*functions: Callable, name: str,
-                  families: tuple[str, ...] | None = None) -> Callable[[Callable[[Sketch], Op]], Callable[[Sketch], Op]]:
-    """Decorator on an op factory ``factory(sketch) -> op``: route calls of ``functions`` under ``name``."""
+def function_kind(*functions: Callable, name: str, families: tuple[str, ...] | None = None,
+                  when: Callable[[tuple, dict], bool] | None = None
+                  ) -> Callable[[Callable[[Sketch], Op]], Callable[[Sketch], Op]]:
+    """Decorator on an op factory ``factory(sketch) -> op``: route calls of ``functions`` under ``name``
+    (``when``: see :class:`FunctionKind`)."""
 
     def deco(factory: Callable[[Sketch], Op]) -> Callable[[Sketch], Op]:
         if name in FUNCTION_KINDS:
             raise ValueError(f"function_kind: {name!r} is already registered")
-        FUNCTION_KINDS[name] = FunctionKind(name, functions, factory, families)
+        FUNCTION_KINDS[name] = FunctionKind(name, functions, factory, families, when)
         for fn in functions:
             INTERCEPTED[fn] = name
         return factory
@@ -67,125 +93,230 @@ def function_kind(*functions: Callable, name: str,
     return deco
 
 
-def _gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """d/dx x·Φ(x) = Φ(x) + x·φ(x); tanh form: ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²),
-    t = tanh(c(x + 0.044715x³)), c = √(2/π) (Hendrycks & Gimpel, 2016)."""
-    if approximate == "tanh":
-        c = math.sqrt(2 / math.pi)
-        t = torch.tanh(c * (x + 0.044715 * x ** 3))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+# ---- sites and routing ---------------------------------------------------------------------------------
+
+ALL_SITES = "*:*"  # the pattern Plan.uniform uses: every site whose kind takes the sketch
+_CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("radvar_site", default=None)
+Entry = Sketch | Op | None  # what a site entry may hold: a sketch, None (exact) or, in intercept, an op
 
 
-def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
-    """d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x)))."""
-    s = torch.sigmoid(x)
-    return s * (1 + x * (1 - s))
+def is_site(key: str) -> bool:
+    """Whether a plan key names functional sites (``module:name.index`` or a pattern), not a module."""
+    return ":" in key
 
 
-ACTIVATIONS: dict[str, tuple[Op, Callable[..., torch.Tensor]]] = {
-    "gelu": (F.gelu, _gelu_derivative), "silu": (F.silu, _silu_derivative)}
+def is_pattern(key: str) -> bool:
+    """Whether a site key is an fnmatch pattern (``*``, ``?`` or ``[``) rather than one site."""
+    return any(c in key for c in "*?[")
 
 
-class _SketchedDerivative(torch.autograd.Function):
-    """y = f(x); keeps a sketch of f'(x); ∂x = g ⊙ d̂."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, sketch: Sketch, key: int) -> torch.Tensor:
-        saved, meta = sketch.compress(d.reshape(-1, d.shape[-1]), rng.generator(key, d.device))
-        ctx.save_for_backward(*saved)
-        ctx.sketch, ctx.meta, ctx.key, ctx.shape = sketch, meta, key, d.shape
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        d = ctx.sketch.restore(ctx.saved_tensors, ctx.meta, rng.generator(ctx.key, g.device))
-        return g * d.view(ctx.shape), None, None, None, None
+def split_site(key: str) -> tuple[str, str, str]:
+    """(module, function name, index) of a site key ``module:name.index`` (patterns may lack ``.index``)."""
+    module, _, call = key.rpartition(":")
+    name, dot, index = call.rpartition(".")
+    return (module, name, index) if dot else (module, call, "")
 
 
-def rad_activation(name: str, sketch: Sketch) -> Op:
-    """An op replacing ``F.<name>`` (``gelu`` or ``silu``) that keeps a sketch of f'(x)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"rad_activation: no RAD op for {name!r}; allowed: {sorted(ACTIVATIONS)}")
-    if not isinstance(sketch, Sketch):
-        raise TypeError(f"rad_activation: sketch must be a radvar.sketch.Sketch, got {sketch!r}")
-    fn, derivative = ACTIVATIONS[name]
-
-    def op(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        kwargs.pop("inplace", None)  # F.silu(x, inplace=True): the output is new either way
-        if not (torch.is_grad_enabled() and x.requires_grad) or rng.is_exact():
-            return fn(x, *args, **kwargs)
-        with torch.no_grad():
-            y, d = fn(x, *args, **kwargs), derivative(x, *args, **kwargs)
-        return _SketchedDerivative.apply(x, y, d, sketch, rng.next_key())
-
-    return op
+def site_entry(entries: Mapping[str, Entry], site: str) -> Entry:
+    """What ``entries`` give ``site``: its own entry, else that of the last pattern (fnmatch, in the
+    entries' order) that matches it and whose sketch the site's kind takes; None (exact) if none."""
+    if site in entries:
+        return entries[site]
+    kind = FUNCTION_KINDS.get(split_site(site)[1])
+    found = None
+    for key, entry in entries.items():
+        if (is_pattern(key) and fnmatch.fnmatchcase(site, key)
+                and (not isinstance(entry, Sketch) or (kind is not None and kind.accepts(entry)))):
+            found = entry
+    return found
 
 
-function_kind(F.gelu, name="gelu")(lambda sketch: rad_activation("gelu", sketch))
-function_kind(F.silu, name="silu")(lambda sketch: rad_activation("silu", sketch))
+def current_site() -> str | None:
+    """The site key of the routed call running now (in this context), or None."""
+    return _CURRENT.get()
 
 
 class _SiteMode(TorchFunctionMode):
-    """Gives each intercepted call its site key and routes planned sites to their ops."""
+    """Hands every intercepted torch call to its router."""
 
-    def __init__(self, plan: Mapping[str, Op]):
+    def __init__(self, router: "_Router"):
         super().__init__()
-        self.plan = plan
-        self.stack: list[str] = []
-        self.counts: dict[str, int] = {}
-        self.sites: dict[str, str] = {}  # site -> function name, every call seen
+        self.router = router
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in INTERCEPTED or not self.stack:
+        try:
+            name = INTERCEPTED.get(func)
+        except TypeError:  # an unhashable callable is never intercepted
+            name = None
+        return func(*args, **kwargs) if name is None else self.router.call(func, name, args, kwargs)
+
+
+class _Router:
+    """The site entries of one model and, per thread, the stack of running modules (None for one
+    with its own twin), the call counts and the sites seen in the current forward."""
+
+    def __init__(self, entries: Mapping[str, Entry]):
+        self.entries = dict(entries)
+        self.checked = False  # whether a forward has reached every named site
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.ops: dict[str, Op | None] = {}
+        self.local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"entries": self.entries, "checked": self.checked}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fresh()
+
+    def state(self) -> threading.local:
+        st = self.local
+        if not hasattr(st, "stack"):
+            st.stack, st.counts, st.seen, st.depth, st.mode, st.on = [], {}, {}, 0, _SiteMode(self), False
+        return st
+
+    def enter(self, name: str | None, root: bool) -> None:
+        st = self.state()
+        if root:
+            if st.depth == 0:
+                st.counts.clear()
+                st.seen.clear()
+                st.on = torch.is_grad_enabled()  # without autograd nothing is routed: no mode, no cost
+                if st.on:
+                    st.mode.__enter__()
+            st.depth += 1
+        st.stack.append(name)
+
+    def leave(self, root: bool) -> None:
+        st = self.state()
+        if st.stack:
+            st.stack.pop()
+        if not root or st.depth == 0:
+            return
+        st.depth -= 1
+        if st.depth:
+            return
+        st.stack.clear()
+        if not st.on:
+            return
+        st.on = False
+        st.mode.__exit__(None, None, None)
+        if self.checked or sys.exc_info()[0] is not None:
+            return
+        missing = sorted(k for k in self.entries if not is_pattern(k) and k not in st.seen)
+        if missing:
+            raise ValueError(f"radvar: the plan names functional site(s) {missing} that no call reached in this "
+                             f"forward; sites of this model: {sorted(st.seen)}")
+        self.checked = True
+
+    def call(self, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+        st = self.state()
+        module = st.stack[-1] if st.stack else None
+        kind = FUNCTION_KINDS.get(name)
+        if module is None or (kind is not None and kind.when is not None and not kind.when(args, kwargs)):
             return func(*args, **kwargs)
-        module = self.stack[-1]
-        index = self.counts.get(module, 0)
-        self.counts[module] = index + 1
-        site = f"{module}:{index}"
-        self.sites[site] = INTERCEPTED[func]
-        return self.plan[site](*args, **kwargs) if site in self.plan else func(*args, **kwargs)
+        index = st.counts.get((module, name), 0)
+        st.counts[module, name] = index + 1
+        site = f"{module}:{name}.{index}"
+        st.seen[site] = name
+        if site not in self.ops:
+            entry = site_entry(self.entries, site)
+            self.ops[site] = (entry if entry is None or callable(entry)
+                              else kind.factory(entry) if kind is not None else None)
+        op = self.ops[site]
+        token = _CURRENT.set(site)
+        try:
+            return func(*args, **kwargs) if op is None else op(*args, **kwargs)
+        finally:
+            _CURRENT.reset(token)
+
+
+class _Enter:
+    """Forward pre-hook: push the module's name (None if it has its own twin); the root enters the mode."""
+
+    def __init__(self, router: _Router, name: str, root: bool):
+        self.router, self.name, self.root = router, name, root
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        self.router.enter(self.name if twin_for(module) is None else None, self.root)
+
+
+class _Leave:
+    """Forward hook (always called, also when forward raises): pop; the root leaves the mode."""
+
+    def __init__(self, router: _Router, root: bool):
+        self.router, self.root = router, root
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.router.leave(self.root)
+
+
+def router_of(model: nn.Module) -> _Router | None:
+    """The router installed on ``model`` (as its root), or None."""
+    return next((h.router for h in model._forward_pre_hooks.values() if isinstance(h, _Enter) and h.root), None)
+
+
+def unroute(model: nn.Module) -> None:
+    """Remove every routing hook from ``model`` and its submodules."""
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(h, (_Enter, _Leave))]:
+                del hooks[key]
+                m._forward_hooks_always_called.pop(key, None)
+
+
+def route(model: nn.Module, entries: Mapping[str, Entry]) -> None:
+    """Route ``model``'s functional sites by ``entries`` (site key or pattern -> sketch, None or op) on
+    every forward of ``model``, replacing any routing it had; no entries: no routing at all."""
+    unroute(model)
+    if not entries:
+        return
+    router = _Router(entries)
+    for name, m in model.named_modules():
+        m.register_forward_pre_hook(_Enter(router, name, m is model), prepend=True)
+        m.register_forward_hook(_Leave(router, m is model), always_call=True)
 
 
 @contextlib.contextmanager
-def intercept(model: nn.Module, plan: Mapping[str, Op] | None = None) -> Iterator[dict[str, str]]:
-    """Run ``model`` with its F.gelu/F.silu/F.layer_norm calls routed by ``plan`` (site -> op).
+def intercept(model: nn.Module, plan: Mapping[str, Entry] | None = None) -> Iterator[dict[str, str]]:
+    """Run ``model`` with its functional sites routed by ``plan`` (site key or pattern -> sketch, None
+    or an op with the function's own signature) for the duration of the block.
 
-    Yields the dict of sites seen (site -> function name), filled as the model runs.
-    Raises ``ValueError`` at the end of a forward if ``plan`` names a site no call reached.
+    Yields the sites seen in the last forward (site -> function name), filled as the model runs. A
+    model converted with sites keeps its own routing: then ``plan`` must be None, and the block only
+    observes. Raises ``ValueError`` at the end of a forward if ``plan`` names a site no call reached.
     """
-    plan = dict(plan or {})
-    for site, op in plan.items():
-        if not isinstance(site, str) or ":" not in site or not callable(op):
-            raise TypeError(f"intercept: plan entries must be 'module:index' -> callable op, got {site!r}: {op!r}")
-    mode = _SiteMode(plan)
-    names = {m: name for name, m in model.named_modules()}
-
-    def enter(module: nn.Module, args: Any) -> None:
-        if module is model:
-            mode.counts.clear()
-        mode.stack.append(names[module])
-
-    def leave(module: nn.Module, args: Any, output: Any) -> None:
-        mode.stack.pop()
-        missing = sorted(set(plan) - set(mode.sites)) if module is model else []
-        if missing:
-            raise ValueError(f"intercept: the plan names functional site(s) {missing} that no call reached; "
-                             f"sites of this model: {sorted(mode.sites)}")
-
-    handles = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    for key, entry in (plan or {}).items():
+        if not isinstance(key, str) or not is_site(key) or not (entry is None or isinstance(entry, Sketch)
+                                                                 or callable(entry)):
+            raise TypeError(f"intercept: plan entries must be 'module:name.index' -> sketch, None or op, "
+                            f"got {key!r}: {entry!r}")
+    own = router_of(model)
+    if own is not None:
+        if plan:
+            raise TypeError("intercept: this model was converted with functional sites and routes them itself; "
+                            "convert it with a new plan instead")
+        yield own.state().seen
+        return
+    router = _Router(plan or {})
+    handles = []
     try:
-        with mode:
-            yield mode.sites
+        for name, m in model.named_modules():
+            handles.append(m.register_forward_pre_hook(_Enter(router, name, m is model), prepend=True))
+            handles.append(m.register_forward_hook(_Leave(router, m is model), always_call=True))
+        yield router.state().seen
     finally:
         for h in handles:
             h.remove()
 
 
 def functional_sites(model: nn.Module, *inputs: Any) -> dict[str, str]:
-    """Every intercepted functional call of one forward of ``model(*inputs)``: site -> function name."""
-    with torch.no_grad(), intercept(model) as sites:
+    """Every functional site of one forward of ``model(*inputs)``: site key -> function name.
+
+    Runs with autograd on (no backward): products are sites only when both operands need a gradient."""
+    with torch.enable_grad(), intercept(model) as sites:
         model(*inputs)
     return dict(sites)

@@ -1,5 +1,6 @@
 """The ``nn.Linear`` layer kind: its RAD twin (randomized weight gradient, exact input and bias
-gradients) and its variance statistics.
+gradients) and its variance statistics. Also ``NonDynamicallyQuantizableLinear``, the ``nn.Linear``
+subclass that ``nn.MultiheadAttention`` uses as ``out_proj`` (same forward; registration is by exact type).
 
 Views (:func:`radvar.ops.linear.linear_view`): ``features`` — rows i are all
 leading dims, ``C_ij = g_i x_ij`` in column j, so shared col = tot = ‖G‖², per
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ..ops import linear as linear_op
 from ..sketch import Sketch
@@ -57,7 +59,7 @@ class LinearStats:
         return w, (b if module.bias is not None else None)
 
 
-@register(nn.Linear, stats=LinearStats)
+@register(nn.Linear, NonDynamicallyQuantizableLinear, stats=LinearStats)
 class RADLinear(nn.Linear, Twin):
     """``nn.Linear`` that keeps a sketch of its input instead of the input."""
 

@@ -138,9 +138,25 @@ def register(*sources: type[nn.Module], stats: type | None = None) -> Callable[[
     return deco
 
 
+_MATCHERS: list[Callable[[type[nn.Module]], type[Twin] | None]] = []
+
+
+def register_matcher(matcher: Callable[[type[nn.Module]], type[Twin] | None]) -> Callable:
+    """Decorator: ``matcher(cls)`` returns a twin class for a module type known by what it computes rather
+    than by name (the many copies of one transformers class), or None; :func:`twin_for` registers it for
+    ``cls`` on first sight. A matcher is called for every unregistered type: it answers fast and caches."""
+    _MATCHERS.append(matcher)
+    return matcher
+
+
 def twin_for(module: nn.Module) -> type[Twin] | None:
-    """The twin class for ``module``'s exact type, or None."""
-    return _REGISTRY.get(type(module))
+    """The twin class for ``module``'s exact type (registered, or found by a matcher), or None."""
+    cls = type(module)
+    if cls not in _REGISTRY:
+        twin = next((t for t in (m(cls) for m in _MATCHERS) if t is not None), None)
+        if twin is not None:
+            register(cls)(twin)
+    return _REGISTRY.get(cls)
 
 
 def kind_for(module: nn.Module) -> Statistics | None:

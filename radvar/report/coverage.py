@@ -10,9 +10,12 @@ keepers are covered: only then does converting free it. Everything else stays
 exact, for one of these reasons (the ``why`` column):
 
 * ``no twin for <type>`` — a leaf module radvar has no twin for (LayerNorm, GELU, ...);
-* ``functional call inside <module>`` — bytes packed by a functional call in a
-  module's own ``forward`` (e.g. ``F.scaled_dot_product_attention`` in an attention
-  module), not by a child module;
+* ``functional call inside <module>`` — bytes packed by a call in a module's own
+  ``forward`` that is no functional site (e.g. ``torch.cat`` of rotary embeddings);
+* ``no RAD op for <function>`` — a functional site (a keeper named by its site key,
+  ``"<module>:<function>.<index>"``) whose function radvar intercepts but has no op for;
+* ``<function> takes <families>`` — a site whose matching plan pattern has a sketch
+  its kind does not take;
 * ``exact in the plan`` — a randomizable module the plan leaves exact;
 * ``input kept by <module>`` — a covered module whose input another, uncovered
   module keeps anyway, so sketching it frees nothing;
@@ -25,8 +28,8 @@ per-module ``bytes_plain`` and ``bytes_converted`` sum to the two ledger totals.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
-import warnings
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -34,8 +37,9 @@ import torch
 from torch import nn
 
 from .. import memory
-from ..convert import CoverageWarning, convert
+from ..convert import _convert as convert  # no CoverageWarning: this report explains it
 from ..layers import twin_for
+from ..layers.functional import FUNCTION_KINDS, is_pattern, is_site, site_entry, split_site
 from ..layers.registry import type_name
 from ..plan import Plan
 from ..sketch import Sketch
@@ -95,7 +99,10 @@ class Coverage:
 
 def _status(name: str, module: nn.Module | None, plan: Plan) -> tuple[str, str, str]:
     """(status, why, reason) of one keeper (``name`` as in the plan): ``sketched``/``compact`` with no
-    reason, or ``exact`` with one (``why`` may name the module, ``reason`` does not)."""
+    reason, or ``exact`` with one (``why`` may name the module, ``reason`` does not). A functional site
+    is ``sketched`` when the plan gives it a sketch."""
+    if is_site(name):
+        return _site_status(name, plan)
     if module is None:
         why = "the loss" if name == memory.LOSS else "outside any module"
         return "exact", why, why
@@ -110,20 +117,34 @@ def _status(name: str, module: nn.Module | None, plan: Plan) -> tuple[str, str, 
     return "exact", why, why
 
 
+def _site_status(site: str, plan: Plan) -> tuple[str, str, str]:
+    """(status, why, reason) of the functional site ``site`` under ``plan``'s site entries."""
+    function = split_site(site)[1]
+    kind = FUNCTION_KINDS.get(function)
+    if kind is None:
+        return "exact", f"no RAD op for {function}", f"no RAD op for {function}"
+    if site_entry(plan.sites, site) is not None:
+        return "sketched", "", ""
+    refused = [s for k, s in plan.sites.items() if is_pattern(k) and fnmatch.fnmatchcase(site, k)
+               and s is not None and not kind.accepts(s)]
+    if refused:
+        why = f"{function} takes {list(kind.families or [])} with view=None"
+        return "exact", why, why
+    return ("exact",) + ("exact in the plan",) * 2
+
+
 def coverage(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
              loss: Callable[..., torch.Tensor] | None = None, target: torch.Tensor | None = None,
              plan_or_sketch: Plan | Sketch | None = None) -> Coverage:
     """Saved bytes of ``loss(model(*example_inputs), target)`` plain and after
     ``convert(model, plan_or_sketch)`` (a sketch: ``Plan.uniform``), per module, with what
-    stays exact and why. Needs no :class:`CoverageWarning` from ``convert``: it explains it."""
+    stays exact and why. Functional sites are keepers of their own, named by site key."""
     if not (plan_or_sketch is None or isinstance(plan_or_sketch, (Plan, Sketch))):
         raise TypeError(f"coverage: plan_or_sketch must be a radvar.Plan, a radvar.sketch.Sketch or None, "
                         f"got {type(plan_or_sketch).__name__}")
     plan = plan_or_sketch if isinstance(plan_or_sketch, Plan) else Plan.uniform(model, plan_or_sketch)
-    plain = memory.saved_bytes(model, example_inputs, loss, target)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CoverageWarning)
-        converted = memory.saved_bytes(convert(model, plan), example_inputs, loss, target)
+    plain = memory.saved_bytes(model, example_inputs, loss, target, sites=True)
+    converted = memory.saved_bytes(convert(model, plan), example_inputs, loss, target, sites=True)
     modules = {(name or memory.TOP): (name, m) for name, m in model.named_modules()}
     status = {k: _status(*modules.get(k, (k, None)), plan)
               for k in {k for _, keepers in plain.storages for k in keepers} | set(converted.by_module)}
@@ -141,7 +162,7 @@ def coverage(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Ten
     rows = []
     for name in dict.fromkeys([*plain.by_module, *converted.by_module, *kept_by]):
         module = modules.get(name, (name, None))[1]
-        kind = type_name(type(module)) if module is not None else name
+        kind = type_name(type(module)) if module is not None else split_site(name)[1] if is_site(name) else name
         state, why, reason = status[name]
         if kept_by.get(name):
             why = "input kept by " + ", ".join(kept_by[name])

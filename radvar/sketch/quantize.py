@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 from .. import _bits
@@ -116,27 +117,41 @@ class Quantize(Sketch):
                              f"allowed: a divisor of {n}, or group=None (one offset/step per row)")
         return self.group
 
-    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(lo, Δ as stored, Δ for arithmetic, u) for a (rows, n) view; u is (rows, groups, g) in [0, L]."""
+    def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x as (rows, groups, g) in the work dtype, lo, Δ as stored, Δ for arithmetic) of a (rows, n) view."""
         rows, n = x.shape
         g = self.group_size(n)
-        work = x.to(work_dtype(x.dtype))
-        xg = work.reshape(rows, n // g, g)
-        lo, hi = xg.aminmax(dim=-1, keepdim=True)
+        xg = x.to(work_dtype(x.dtype)).reshape(rows, n // g, g)
+        lo, hi = xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True)  # two passes beat aminmax(dim) on CPU
         delta = (hi - lo) / self.levels
         step = delta.to(x.dtype)
         if step.dtype != delta.dtype:  # 16-bit storage: round the step up so lo + L·Δ still covers hi
             step = torch.where(step.to(delta.dtype) < delta, step.nextafter(step.new_full((), torch.inf)), step)
             delta = step.to(delta.dtype)
-        u = ((xg - lo) / torch.where(delta > 0, delta, 1.0)).clamp_(0.0, float(self.levels))
+        return xg, lo, step, delta
+
+    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lo, Δ as stored, Δ for arithmetic, u) for a (rows, n) view; u is (rows, groups, g) in [0, L]."""
+        xg, lo, step, delta = self._bounds(x)
+        u = torch.sub(xg, lo).div_(torch.where(delta > 0, delta, 1.0)).clamp_(0.0, float(self.levels))
         return lo, step, delta, u
 
-    def _round(self, x: torch.Tensor, gen: torch.Generator) -> Saved:
-        """(packed levels, stacked (lo, Δ)) of a (rows, n) tensor."""
+    def _round(self, x: torch.Tensor, gens: Sequence[torch.Generator]) -> list[Saved]:
+        """(packed levels, stacked (lo, Δ)) of a (rows, n) tensor, one per generator (independent draws
+        sharing the grid and the bounds tensor). The level is ⌈u − U⌉, U ~ U[0, 1): for u = ⌊u⌋ + f it is
+        ⌊u⌋ + 1 exactly when U < f, and in [0, L] since u is (one pass fewer than a compare and an add)."""
         lo, step, _, u = self._grid(x)
-        level = u.floor()
-        level += uniform(u.shape, gen, u) < (u - level)
-        return _bits.pack_codes(level.to(torch.uint8), self.bits), torch.stack([lo.to(x.dtype), step])
+        bounds = torch.stack([lo.to(x.dtype), step])
+        drawn = []
+        for i, gen in enumerate(gens):
+            noise = uniform(u.shape, gen, u)
+            level = (u.sub_(noise) if i == len(gens) - 1 else u.sub(noise)).ceil_()
+            if _bits._numpy_ok(level):  # numpy's float -> uint8 cast is several times faster than torch's on CPU
+                level = torch.from_numpy(level.detach().numpy().astype(np.uint8))
+            else:
+                level = level.to(torch.uint8)
+            drawn.append((_bits.pack_codes(level, self.bits), bounds))
+        return drawn
 
     def _values(self, saved: Saved, meta: Meta) -> torch.Tensor:
         """lo + level·Δ, shaped as the rounded tensor."""
@@ -150,9 +165,16 @@ class Quantize(Sketch):
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         if self.sample is None:
-            return self._round(x, gen), {"shape": tuple(x.shape)}
+            return self._round(x, [gen])[0], {"shape": tuple(x.shape)}
         (kept, *rest), inner = self.sample.compress(x, gen)
-        return (*self._round(kept, gen), *rest), {"shape": tuple(kept.shape), "inner": inner}
+        return (*self._round(kept, [gen])[0], *rest), {"shape": tuple(kept.shape), "inner": inner}
+
+    def compress_draws(self, x: torch.Tensor, gens: Sequence[torch.Generator]) -> list[tuple[Saved, Meta]]:
+        """As :meth:`Sketch.compress_draws`; without a sampler the draws share the grid, and one bounds
+        tensor (it depends on x only), so a ledger counts the offsets and steps once."""
+        if self.sample is not None:
+            return super().compress_draws(x, gens)
+        return [(saved, {"shape": tuple(x.shape)}) for saved in self._round(x, gens)]
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         if self.sample is None:

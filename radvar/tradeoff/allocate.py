@@ -14,7 +14,7 @@ from . import solve
 from .candidates import Candidates
 
 SOLVERS = {"exact": solve.exact, "lagrangian": solve.lagrangian}
-SHOWN = ["layer", "type", "family", "keep", "k", "bytes", "variance", "se", "method"]
+SHOWN = ["layer", "type", "family", "keep", "k", "bytes", "variance", "se", "ucb", "method"]
 
 
 @dataclasses.dataclass
@@ -35,6 +35,11 @@ class Allocation:
     @property
     def variance(self) -> float:
         return float(self.per_layer["variance"].sum())
+
+    @property
+    def ucb(self) -> float:
+        """Σ of the rows' ``ucb`` (variance + ``UCB_Z`` · se): what the solvers minimise and compare."""
+        return float(self.per_layer["ucb"].sum())
 
     @property
     def se(self) -> float:
@@ -70,12 +75,12 @@ def uniform(cands: Candidates, template: Sketch | None, keep: float = 1.0) -> Al
 
 
 def best_uniform(cands: Candidates, template: Sketch, budget: int, keeps: np.ndarray) -> Allocation | None:
-    """The lowest-variance uniform plan of ``template``'s family over ``keeps`` within ``budget``
-    (predicted bytes), or None if none fits."""
+    """The uniform plan of ``template``'s family over ``keeps`` within ``budget`` (predicted bytes) with the
+    lowest :attr:`Allocation.ucb` (the variance where it is a closed form), or None if none fits."""
     best: Allocation | None = None
     for keep in sorted(float(k) for k in keeps):
         alloc = uniform(cands, template, keep)
-        if alloc.bytes <= budget and (best is None or alloc.variance < best.variance):
+        if alloc.bytes <= budget and (best is None or alloc.ucb < best.ucb):
             best = alloc
     return best
 

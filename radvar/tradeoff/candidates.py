@@ -27,6 +27,20 @@ predictions stay upper bounds.
 Each family gives its own candidates on the keep grid (:meth:`radvar.sketch.Family.sweep`).
 Variance of each candidate is the closed form of
 :func:`radvar.variance.layer_variance` on statistics from one exact pass.
+
+Propagating sites (twins with ``propagates = True``: activations, norms, attention) are
+candidates too: exact, ``Quantize`` at each bit width and each sampling family the twin
+accepts (:meth:`radvar.layers.registry.Twin.accepts`) on :data:`SITE_KEEPS` points of the
+keep grid. Their variance is the total gradient variance they add, estimated with probe
+backward passes (:func:`radvar.variance.propagated.propagated`, every candidate probed
+from one exact pass; it has a standard error). Their bytes are measured: one ledger pass
+per candidate sketch with that sketch on every propagating site that takes it, each site
+charged the storages it alone keeps there.
+
+The solvers rank options by an upper confidence value ``ucb = variance + UCB_Z · se``:
+closed forms (se = 0) are ranked by their value; an estimate (conv Projection from sampled
+pairs, probe estimates) only by what it may be, so that noise cannot make a bad option look
+good. ``variance`` stays the point estimate.
 """
 
 from __future__ import annotations
@@ -41,12 +55,15 @@ import torch
 from torch import nn
 
 from .._data import split_batch
-from ..convert import convert
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..layers import twin_for
+from ..layers.registry import propagating
 from ..memory import saved_bytes
+from ..plan import Plan
 from ..sketch import Family, Importance, Projection, Quantize, Sketch, Subsample, as_family, kept_count
 from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
+from ..variance.propagated import propagated
 from .solve import _nondominated
 
 PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
@@ -55,7 +72,13 @@ DEFAULT_FAMILIES: tuple[Family, ...] = PAPER_FAMILIES + (Importance.family(), Qu
 DEFAULT_KEEPS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                                     0.6, 0.7, 0.8, 0.9)
 EXACT = "exact"
-COLUMNS = ["layer", "type", "family", "keep", "k", "sketch", "bytes", "variance", "se", "method"]
+COLUMNS = ["layer", "type", "family", "keep", "k", "sketch", "bytes", "variance", "se", "ucb", "method"]
+UCB_Z = 2.326
+"""One-sided 99% normal quantile: an estimated variance is ranked at ``variance + UCB_Z · se``."""
+SITE_KEEPS = 2
+"""Keep-grid points (spread over the grid) at which sampling families are probed on propagating sites."""
+SITE_PROBES = 16
+"""Probe passes per candidate of a propagating site (each candidate is ranked by its upper confidence value)."""
 
 
 def family_name(template: Family | Sketch) -> str:
@@ -124,7 +147,7 @@ def ledger_model(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torc
     exact_model = convert(model, None)
     report = saved_bytes(exact_model, inputs, loss_fn, targets)
     modules = dict(exact_model.named_modules())
-    randomizable = {n for n, m in modules.items() if (t := twin_for(m)) is not None and t.randomized and not t.propagates}
+    randomizable = {n for n, m in modules.items() if (t := twin_for(m)) is not None and t.randomized}
     fixed, alone, shared, joint = 0, {}, {}, []
     for nbytes, keepers in report.storages:
         if len(keepers) == 1 and keepers[0] in randomizable:
@@ -144,10 +167,12 @@ def ledger_model(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torc
 
 def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
     """(fixed, exact total): the ledger total of the all-exact compact model and the part of it
-    that no sketch can free (:func:`ledger_model`; storages kept jointly by randomizable layers
-    count as freeable)."""
+    that no sketch of a closed-form layer can free (:func:`ledger_model`; storages kept jointly by
+    randomizable layers count as freeable; what propagating sites alone keep counts as fixed: the
+    batch-size co-optimisation, its user, leaves them exact)."""
     ledger = ledger_model(model, inputs, loss_fn, targets)
-    return ledger.fixed, ledger.total
+    sites = {n for n, m in model.named_modules() if propagating(m)}
+    return ledger.fixed + sum(b for n, b in ledger.alone.items() if n in sites), ledger.total
 
 
 @dataclasses.dataclass
@@ -191,7 +216,7 @@ class Candidates:
     def _unit_options(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per unit: (bytes, variance, choice) with choice (options × members) indexing each member's rows.
         A group's bytes include each joint storage unless all its keepers are sketched."""
-        per = {name: (g["bytes"].to_numpy(np.int64), g["variance"].to_numpy(np.float64),
+        per = {name: (g["bytes"].to_numpy(np.int64), g["ucb"].to_numpy(np.float64),
                       np.flatnonzero(g["sketch"].isna().to_numpy()))
                for name, g in self.table.groupby("layer", sort=False)}
         out = []
@@ -205,8 +230,8 @@ class Candidates:
         return out
 
     def options(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per unit (:meth:`units`, a single layer or a group sharing storages): (bytes, variance) arrays for
-        the solvers."""
+        """Per unit (:meth:`units`, a single layer or a group sharing storages): (bytes, ucb) arrays for
+        the solvers (``ucb``: the variance, plus ``UCB_Z`` standard errors where it is an estimate)."""
         return [(m, v) for m, v, _ in self._unit_options()]
 
     def rows(self, choice: Sequence[int]) -> pd.DataFrame:
@@ -229,16 +254,20 @@ class Candidates:
     def uniform(self, template: Family | Sketch | None, keep: float) -> pd.DataFrame:
         """Each layer's row for the uniform plan ``template`` at ``keep`` (None: exact).
 
-        A layer whose view has ``k = kept_count(keep, n) = n`` runs exact (keep = 1 is exact).
+        A layer whose view has ``k = kept_count(keep, n) = n`` runs exact (keep = 1 is exact). A propagating
+        site takes its candidate row of that sketch, or stays exact if that sketch was not probed there.
         """
         out = []
         for name, g in self.table.groupby("layer", sort=False):
-            stats = self.capture[name]
             if template is None:
                 out.append(g[g["family"] == EXACT].iloc[0])
                 continue
             sketch = with_keep(template, keep)
-            row = _option(stats, sketch, family_name(template))
+            if name not in self.capture.layers:  # a propagating site: its probed row of this sketch, else exact
+                same = g[[s == sketch for s in g["sketch"]]]
+                out.append((same if len(same) else g[g["family"] == EXACT]).iloc[0])
+                continue
+            row = _option(self.capture[name], sketch, family_name(template))
             out.append(pd.Series(row))
         return self._charge_joint(pd.DataFrame(out).reset_index(drop=True))
 
@@ -276,6 +305,7 @@ def _joint_front(members: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 
 def _option(stats: LayerStats, sketch: Sketch | None, family: str) -> dict[str, Any]:
     value, method = layer_variance(stats, sketch)
+    se = layer_variance_se(stats, sketch)
     if sketch is None:
         k = None
     else:
@@ -283,8 +313,8 @@ def _option(stats: LayerStats, sketch: Sketch | None, family: str) -> dict[str, 
         k = kept_count(sketch.keep, max(ns)) if ns else None
     return {"layer": stats.name, "type": stats.type, "family": family,
             "keep": 1.0 if sketch is None else sketch.keep, "k": k, "sketch": sketch,
-            "bytes": layer_reserved(stats, sketch), "variance": float(value),
-            "se": layer_variance_se(stats, sketch), "method": method}
+            "bytes": layer_reserved(stats, sketch), "variance": float(value), "se": se,
+            "ucb": float(value) + UCB_Z * se, "method": method}
 
 
 def layer_options(stats: LayerStats, families: Sequence[Family | Sketch],
@@ -307,29 +337,76 @@ def layer_options(stats: LayerStats, families: Sequence[Family | Sketch],
     return unique
 
 
+def _spread(keeps: Sequence[float], count: int) -> list[float]:
+    """``count`` points of the sorted grid ``keeps``, evenly spread (all of it if it is shorter)."""
+    if len(keeps) <= count:
+        return list(keeps)
+    return [keeps[round(i * (len(keeps) - 1) / (count - 1))] for i in range(count)]
+
+
+def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable, families: Sequence[Family],
+                 keeps: Sequence[float], alone: dict[str, int], probes: int = SITE_PROBES) -> list[dict[str, Any]]:
+    """Candidate rows of every propagating site of ``model`` (see the module docstring): exact (``alone``: the
+    ledger bytes it alone keeps exact), then each family the site's twin accepts, on :data:`SITE_KEEPS` points of
+    ``keeps`` (Quantize: its bit widths); variance probed, bytes measured per candidate sketch."""
+    inputs, targets = split_batch(batch, "candidates")
+    modules = {n: m for n, m in model.named_modules() if propagating(m)}
+    grid = _spread(sorted(keeps), SITE_KEEPS)
+    offered: dict[str, list[tuple[str, Sketch]]] = {}
+    for name, module in modules.items():
+        twin = twin_for(module)
+        pairs = [(fam.label(), sk) for fam in families if twin.accepts(fam.template) and fam.view in (None, *twin.views)
+                 for sk in fam.sweep(grid) if not sk.exact]
+        offered[name] = list(dict.fromkeys(pairs))
+    if not modules:
+        return []
+    probed = propagated(model, batch, loss_fn, {n: [sk for _, sk in pairs] for n, pairs in offered.items()}, probes,
+                        owner="candidates")
+    measured: dict[tuple[str, Sketch], int] = {}
+    for sketch in dict.fromkeys(sk for pairs in offered.values() for _, sk in pairs):
+        users = [n for n, pairs in offered.items() if any(sk == sketch for _, sk in pairs)]
+        report = saved_bytes(convert(model, Plan({n: sketch for n in users})), inputs, loss_fn, targets)
+        for n in users:  # what the site keeps under this sketch: the storages it alone keeps
+            measured[(n, sketch)] = sum(b for b, keepers in report.storages if keepers == (n,))
+    rows = []
+    for name, pairs in offered.items():
+        rows.append({"layer": name, "type": type(modules[name]).__name__, "family": EXACT, "keep": 1.0, "k": None,
+                     "sketch": None, "bytes": alone.get(name, 0), "variance": 0.0, "se": 0.0, "ucb": 0.0,
+                     "method": "exact"})
+        for (label, sketch), est in zip(pairs, probed[name]):
+            rows.append({"layer": name, "type": type(modules[name]).__name__, "family": label, "keep": sketch.keep,
+                         "k": None, "sketch": sketch, "bytes": measured[(name, sketch)], "variance": est.variance,
+                         "se": est.se, "ucb": est.variance + UCB_Z * est.se, "method": est.method})
+    return rows
+
+
 def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
                families: Sequence[Family | Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-               *, stats: Capture | None = None) -> Candidates:
+               *, stats: Capture | None = None, probes: int = SITE_PROBES) -> Candidates:
     """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
 
     One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and
     one ledger pass (:func:`ledger_model`). Rows per layer: exact (the ledger bytes
     the layer alone keeps), then each family's candidates on the keep grid.
+    Propagating sites: :func:`site_options` (``probes`` probe passes per candidate, one
+    ledger pass per candidate sketch).
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
     inputs, targets = split_batch(batch, "candidates")
     if stats is None:
         stats = capture(model, batch, loss_fn, importance=any(f.needs_entries for f in families))
-    if not stats.layers:
-        raise ValueError(f"candidates: the model has no module radvar can randomize "
-                         f"(types: {sorted({type(m).__name__ for m in model.modules()})})")
     ledger = ledger_model(model, inputs, loss_fn, targets)
     rows = [r for s in stats.layers.values() for r in layer_options(s, families, keeps)]
     for r in rows:
         if r["sketch"] is None:
             r["bytes"] = ledger.alone.get(r["layer"], 0)
-    joint = [(b, keepers) for b, keepers in ledger.joint if all(k in stats.layers for k in keepers)]
+    rows += site_options(model, (inputs, targets), loss_fn, families, keeps, ledger.alone, probes)
+    if not rows:
+        raise ValueError(f"candidates: the model has no module radvar can randomize "
+                         f"(types: {sorted({type(m).__name__ for m in model.modules()})})")
+    names = {r["layer"] for r in rows}
+    joint = [(b, keepers) for b, keepers in ledger.joint if all(k in names for k in keepers)]
     fixed = ledger.fixed + sum(b for b, keepers in ledger.joint if (b, keepers) not in joint)
     return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, ledger.total, stats.batch_size, stats,
-                      {n: v for n, v in ledger.shared.items() if n in stats.layers}, joint)
+                      {n: v for n, v in ledger.shared.items() if n in names}, joint)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .._data import take_batch
 from .._version import __version__
-from ..convert import convert
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
@@ -28,8 +28,8 @@ from ..variance import Capture, minibatch
 from ..variance.minibatch import untouched
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from ..bench.cost import CostModel
-from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
-                         family_name)
+from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, SITE_PROBES, Candidates, candidates, check_families,
+                         check_keeps, family_name)
 from .timebudget import check_max_slowdown, option_seconds, within_time
 
 RETRIES = 3
@@ -76,8 +76,8 @@ def _choose(cands: Candidates, budget: int | None, variance_budget: float | None
     if budget is None:
         return alloc, None
     uniforms = [u for f in families if (u := best_uniform(cands, f, budget, keeps)) is not None]
-    best = min(uniforms, key=lambda u: u.variance, default=None)
-    if best is not None and best.variance < alloc.variance:
+    best = min(uniforms, key=lambda u: u.ucb, default=None)
+    if best is not None and best.ucb < alloc.ucb:
         return best, best
     return alloc, best
 
@@ -93,8 +93,8 @@ def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any
 def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budget: int | float | None = None,
          variance_budget: float | None = None, *, relative: bool = False, batch_size: int | None = None,
          families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-         solver: str = "exact", stats: Capture | None = None, max_slowdown: float | None = None,
-         cost: CostModel | None = None) -> Plan:
+         solver: str = "exact", stats: Capture | None = None, probes: int = SITE_PROBES,
+         max_slowdown: float | None = None, cost: CostModel | None = None) -> Plan:
     """A :class:`radvar.Plan` for ``model`` from statistics of one batch of ``data = (inputs, targets)``.
 
     ``budget``: bytes autograd may keep for backward (int), or a fraction in (0, 1]
@@ -109,7 +109,10 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     ``data`` (default: all of it). ``families``: sketch templates (keep ignored);
     ``keeps``: the keep grid (exact is always a candidate); ``solver``:
     ``"exact"`` or ``"lagrangian"``. ``stats``: a :func:`radvar.variance.capture` of the same
-    model on the same batch, to reuse (the capture is the expensive step).
+    model on the same batch, to reuse (the capture is the expensive step). ``probes``: probe backward passes
+    per candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`).
+    Options are ranked by ``variance + UCB_Z · se`` (:mod:`radvar.tradeoff.candidates`): an estimated variance
+    counts at an upper confidence value, a closed form at its value.
     ``max_slowdown`` (with a memory budget): the plan's predicted step time may be at most this
     multiple (> 1) of the plain step, measured on the batch; per-candidate extra seconds come from
     ``cost`` (default: :class:`radvar.bench.cost.CostModel`, cached per machine) and the two budgets
@@ -133,7 +136,7 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
             raise ValueError("tune: max_slowdown applies with a memory budget (budget=...), not with variance_budget")
     families, keeps = check_families(families), check_keeps(keeps)
     batch = take_batch(data, batch_size, "tune")
-    cands = candidates(model, batch, loss_fn, families, keeps, stats=stats)
+    cands = candidates(model, batch, loss_fn, families, keeps, stats=stats, probes=probes)
     keep_grid = sorted(set(cands.table.loc[cands.table["family"] != "exact", "keep"]))
     smallest = cands.fixed + int(cands.table.groupby("layer")["bytes"].min().sum())
     target = None if budget is None else resolve_budget(budget, cands.exact_total, smallest)
@@ -182,6 +185,7 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         "fixed_bytes": cands.fixed, "exact_bytes": cands.exact_total, "shared_inputs": cands.shared,
         "joint_inputs": [{"bytes": b, "kept_by": list(k)} for b, k in cands.joint],
         "predicted_rad_variance": alloc.variance, "predicted_rad_variance_se": alloc.se,
+        "predicted_rad_variance_ucb": alloc.ucb,
         "best_uniform": None if best_uni is None else {"plan": best_uni.label, "bytes": best_uni.bytes,
                                                         "rad_variance": best_uni.variance},
         "families": [family_name(f) for f in families], "keeps": list(keep_grid),

@@ -41,6 +41,7 @@ class Settings:
     budget: int | float | None = None
     retune_every: int | None = None
     log_dir: Path | None = None
+    co_optimize: bool | tuple[int, ...] = False
 
     @property
     def auto(self) -> bool:
@@ -100,10 +101,30 @@ def check_auto(plan: Any, budget: Any, retune_every: Any) -> tuple[int | float |
     return check_budget(budget), positive_int(200 if retune_every is None else retune_every, "retune_every")
 
 
+def check_co_optimize(co_optimize: Any, budget: Any, checkpoint: Any) -> bool | tuple[int, ...]:
+    """False, True (the default ladder of batch sizes, set by fit from the data) or the batch sizes given."""
+    if co_optimize is False:
+        return False
+    if budget is None:
+        raise ValueError(f"fit: co_optimize={co_optimize!r} applies only to plan='auto' (it re-chooses the batch "
+                         "size at a re-tune)")
+    if checkpoint is not None:
+        raise ValueError("fit: co_optimize cannot be combined with checkpoint= (a resumed run finds its place in "
+                         "the epoch by counting batches of one size)")
+    if co_optimize is True:
+        return True
+    if isinstance(co_optimize, (str, bytes)) or not isinstance(co_optimize, Sequence) or not co_optimize \
+            or any(isinstance(b, bool) or not isinstance(b, int) or b < 2 for b in co_optimize):
+        raise ValueError(f"fit: co_optimize must be False, True or a non-empty sequence of batch sizes (ints >= 2), "
+                         f"got {co_optimize!r}")
+    return tuple(sorted(set(co_optimize)))
+
+
 def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callable[..., Any]], *,
           steps: Any, epochs: Any, batch_size: Any, log_every: Any, eval_every: Any, checkpoint_every: Any,
           seed: Any, compile: Any, device: Any, amp: Any, checkpoint: Any, resume: Any,
-          progress: Any, budget: Any = None, retune_every: Any = None, log_dir: Any = None) -> Settings:
+          progress: Any, budget: Any = None, retune_every: Any = None, log_dir: Any = None,
+          co_optimize: Any = False) -> Settings:
     """Check every argument of fit except the data; return the settings."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -127,6 +148,7 @@ def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callabl
     if log_dir is not None and (budget is None or not isinstance(log_dir, (str, os.PathLike))):
         raise ValueError(f"fit: log_dir is the folder of an adaptive run's logs: a path, with plan='auto'; got "
                          f"log_dir={log_dir!r}, plan={plan!r}")
+    co_optimize = check_co_optimize(co_optimize, budget, checkpoint)
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"fit: checkpoint must be a path or None, got {checkpoint!r}")
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
@@ -142,4 +164,4 @@ def check(model: nn.Module, loss_fn: Any, plan: Any, callbacks: Sequence[Callabl
         checkpoint_every=checkpoint_every, seed=seed, compile=compile,
         device=dev, precision=resolve_amp(amp, dev), checkpoint=None if checkpoint is None else Path(checkpoint),
         resume=bool(resume), progress=bool(progress), budget=budget, retune_every=retune_every,
-        log_dir=None if log_dir is None else Path(log_dir))
+        log_dir=None if log_dir is None else Path(log_dir), co_optimize=co_optimize)

@@ -13,6 +13,7 @@ resume one from a checkpoint (:mod:`~radvar.train.state`), and the step loop
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable
@@ -36,20 +37,44 @@ def _is_tensor_pair(data: Any) -> bool:
             and all(isinstance(t, torch.Tensor) for t in data))
 
 
-def _epochs(data: Any, batch_size: int | None, seed: int) -> Iterator[tuple[int, Iterator[Batch]]]:
+def _cut(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, size: Callable[[], int]) -> Iterator[Batch]:
+    """Consecutive batches of ``order``, each as large as ``size()`` says when it is cut (the last may be smaller)."""
+    start = 0
+    while start < order.numel():
+        idx = order[start:start + size()]
+        start += idx.numel()
+        yield x[idx], y[idx]
+
+
+def _epochs(data: Any, batch_size: int | Callable[[], int] | None, seed: int) -> Iterator[tuple[int, Iterator[Batch]]]:
     """(epoch, batches) forever. Tensor data: a permutation per epoch from a generator seeded with
-    (seed, epoch), sharded over ranks; other iterables are iterated as they are."""
+    (seed, epoch), sharded over ranks, cut into batches of ``batch_size`` (a callable: read at each
+    batch); other iterables are iterated as they are."""
+    size = batch_size if callable(batch_size) else lambda: batch_size
     epoch = 0
     while True:
         if _is_tensor_pair(data):
             x, y = data
             gen = torch.Generator().manual_seed(rng.mix(seed ^ rng.mix(epoch + 1)) >> 1)
             order = distributed.shard(torch.randperm(x.shape[0], generator=gen))
-            batches = ((x[idx], y[idx]) for idx in order.split(batch_size))
+            batches = _cut(x, y, order, size)
         else:
             batches = iter(data)
         yield epoch, batches
         epoch += 1
+
+
+def _batch_ladder(data: Any, settings: arguments.Settings) -> tuple[int, ...]:
+    """The batch sizes a co-optimising run weighs: those given, or B/4, B/2, B, 2B, 4B within [2, examples]."""
+    if not _is_tensor_pair(data):
+        raise ValueError(f"fit: co_optimize needs data as an (inputs, targets) pair of tensors, which fit cuts into "
+                         f"batches of any size; the batches of a {type(data).__name__} are its own")
+    n, b = int(data[0].shape[0]), settings.batch_size
+    sizes = settings.co_optimize if settings.co_optimize is not True else \
+        tuple(sorted({min(max(2, s), n) for s in (b // 4, b // 2, b, 2 * b, 4 * b)}))
+    if sizes[-1] > n:
+        raise ValueError(f"fit: co_optimize batch sizes must be at most the {n} training examples, got {list(sizes)}")
+    return sizes
 
 
 def _check_data(data: Any, batch_size: int | None, name: str = "data") -> None:
@@ -115,7 +140,7 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
         callbacks: Sequence[Callback] = (), checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None, resume: bool = False, progress: bool = True,
         budget: int | float | None = None, retune_every: int | None = None,
-        log_dir: str | os.PathLike | None = None) -> History:
+        log_dir: str | os.PathLike | None = None, co_optimize: bool | Sequence[int] = False) -> History:
     """Train ``model`` in place on ``data`` for ``steps`` optimizer steps or ``epochs`` passes.
 
     ``data``: an (inputs, targets) tensor pair with ``batch_size`` (shuffled each
@@ -140,20 +165,26 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     (:class:`~radvar.train.retune.AutoPlan` after a :class:`~radvar.train.monitor.NoiseMonitor`
     measurement), switching between steps only. With ``log_dir``, ``noise.csv/json`` and
     ``retune.csv/json`` (each switch with its reason) are rewritten there as training goes.
-    One process only.
+    One process only. ``co_optimize=True`` (or a sequence of batch sizes) also re-chooses the batch
+    size at a re-tune (:class:`~radvar.train.retune.AutoPlan` with ``batch_sizes``): True weighs
+    B/4, B/2, B, 2B and 4B (B = ``batch_size``; sizes >= 2 and within the data). It needs ``data`` as a tensor
+    pair (fit cuts the batches; an iterable's batches are its own) and no ``checkpoint``; the
+    budget in bytes is fixed at the first re-tune and the learning rate is not rescaled.
     """
     settings = arguments.check(model, loss_fn, plan, callbacks, steps=steps, epochs=epochs, batch_size=batch_size,
                                log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                                seed=seed, compile=compile, device=device, amp=amp, checkpoint=checkpoint,
                                resume=resume, progress=progress, budget=budget, retune_every=retune_every,
-                               log_dir=log_dir)
+                               log_dir=log_dir, co_optimize=co_optimize)
     _check_data(data, settings.batch_size)
+    if settings.co_optimize is not False:
+        settings = dataclasses.replace(settings, co_optimize=_batch_ladder(data, settings))
     evals = _eval_sets(eval_data)
 
     # a copy: the ledger counts whole storages, and a slice is a view into all of the data
     first = next(iter(data)) if not _is_tensor_pair(data) else (data[0][:batch_size].clone(),
                                                                 data[1][:batch_size].clone())
-    run = state.start(model, optimizer, plan, loss_fn, first, settings)
+    run = state.start(model, optimizer, plan, loss_fn, first, settings, pool=data if settings.co_optimize else None)
     dev, autocast = settings.device, settings.precision.autocast
 
     def evaluate_all() -> dict[str, float]:
@@ -164,12 +195,13 @@ def fit(model: nn.Module, data: Batch | Iterable[Batch], *, loss_fn: Callable[..
     compiler = compile_model(net, backend="inductor" if compile is True else compile) if compile \
         else contextlib.nullcontext(net)
     with compiler as train_net:
-        loop.train(run, train_net, _epochs(data, settings.batch_size, run.seed), loss_fn, evaluate_all, callbacks)
+        size = (lambda: run.auto.batch_size) if settings.co_optimize else settings.batch_size
+        loop.train(run, train_net, _epochs(data, size, run.seed), loss_fn, evaluate_all, callbacks)
     history = History(run.rows)
     label = plan if isinstance(plan, str) else repr(plan) if plan is not None else "as given"
     history.attrs.update({"plan": label, "amp": amp, "compile": compile, "device": str(dev),
                           "world_size": run.world, "seed": run.seed})
     if run.auto is not None:
         history.attrs.update({"budget": budget, "retune_every": settings.retune_every,
-                              "switches": len(run.auto.switches)})
+                              "switches": len(run.auto.switches), "batch_size": run.auto.batch_size})
     return history

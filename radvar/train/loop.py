@@ -58,11 +58,14 @@ def _step(run: Run, net: nn.Module, loss_fn: Callable[..., torch.Tensor], x: tor
 def _maybe_retune(run: Run, loss_fn: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
     """Re-tune an adaptive run's plan on the step's batch when due; after a switch, measure the new plan's ledger.
     A partial last batch of an epoch is skipped: a plan within a byte budget there may not be at the full batch."""
-    s = run.settings
-    if run.auto is None or run.step % s.retune_every or (s.batch_size is not None and len(x) < s.batch_size):
+    s, auto = run.settings, run.auto
+    if auto is None or run.step % s.retune_every or (auto.batch_size is not None and len(x) < auto.batch_size):
         return
-    if retune(run.auto, x, y, run.step, run.settings) is not None:
-        run.ledger = ledger_bytes(run.model, (x.clone(), y.clone()), loss_fn, run.settings)
+    switch = retune(auto, x, y, run.step, run.settings)
+    if switch is not None:
+        b = switch["batch_after"]  # co-optimised: the ledger at the new batch size, on examples of the data
+        sample = (x, y) if b == len(x) else (auto.pool[0][:b], auto.pool[1][:b])
+        run.ledger = ledger_bytes(run.model, (sample[0].clone(), sample[1].clone()), loss_fn, run.settings)
 
 
 def _finished(run: Run, epoch: int) -> bool:

@@ -58,7 +58,7 @@ from torch import nn
 from .. import rng
 from .._atomic import atomic_path, write_text
 from ..memory import saved_bytes
-from ..variance.capture import LayerStats, layer_variance, layer_variance_se
+from ..variance.capture import LayerStats, hooked_pass, layer_variance, layer_variance_se
 from ..variance.kinds import kind_for
 from .history import save_figure
 
@@ -209,65 +209,65 @@ class NoiseMonitor:
                 "bytes_kept": s["bytes_kept"], "bytes_exact": s["bytes_exact"]}
 
     def _pass(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[dict[str, dict], float, int]:
-        """One exact forward/backward; per layer the RAD variance and the per-example statistics.
+        """One exact forward/backward (:func:`radvar.variance.capture.hooked_pass`); per layer the RAD
+        variance and the per-example statistics, each call reduced as its output gradient arrives.
 
         Autograd returns the output gradient of every layer call, the biases' gradients, and
         the weights' only where the statistics do not already hold ‖Ḡ_W‖² (``shared_tot`` of
         a single call's view), so the backward skips the randomized layers' weight products.
         """
         modules = {n: m for n, m in self.model.named_modules() if kind_for(m) is not None}
-        seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in modules}
-
-        def hook(name: str) -> Callable:
-            def on_forward(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-                if out.requires_grad:
-                    seen[name].append((args[0].detach(), out))
-            return on_forward
-
-        handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
-        try:
-            with rng.exact(), torch.enable_grad():
-                output = self.model(inputs)
-                loss = self.raw_loss_fn(output, targets)
-        finally:
-            for h in handles:
-                h.remove()
         sketches = {n: getattr(m, "sketch", None) for n, m in modules.items()}
-        randomized = {n for n, sk in sketches.items() if sk is not None and not sk.exact and len(seen[n]) == 1}
-        outs = [out for n in modules for _, out in seen[n]]
-        params = [m.bias for m in modules.values() if m.bias is not None]
-        params += [m.weight for n, m in modules.items() if n not in randomized and seen[n]]
-        with torch.enable_grad():
-            found = torch.autograd.grad(loss, outs + params, allow_unused=True)
-        out_grads = iter(found[:len(outs)])
-        grads = dict(zip(map(id, params), found[len(outs):]))
         count = int(inputs.shape[0])
-        if not self.rows:
-            self._check_mean_loss(output.detach(), targets, float(loss.detach()), count)
         gen = rng.generator(rng.mix(self.seed ^ rng.mix(step)) >> 1, inputs.device)
+        views: dict[str, list[dict]] = {n: [] for n in modules}
+        per_example: dict[str, list[float]] = {n: [] for n in modules}  # Σ_i ‖G_il‖² of each used call
+        randomized: set[str] = set()
+        wanted: list[torch.Tensor] = []  # the parameters autograd is asked for (set after the forward)
+        output: list[torch.Tensor] = []
+
+        def on_call(name: str, m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
+            kind, sketch = kind_for(m), sketches[name]
+            if sketch is not None and not sketch.exact:
+                views[name].append(kind.view_stats(m, x, g, gen, self.projection_pairs, sketch.needs_entries))
+            if count > 1:
+                w, b = kind.per_example_sq_norms(m, x, g * count)
+                per_example[name].append(float(w.sum()) + (float(b.sum()) if b is not None else 0.0))
+
+        def params(calls: dict[str, int]) -> list[torch.Tensor]:
+            randomized.update(n for n, sk in sketches.items() if sk is not None and not sk.exact and calls[n] == 1)
+            wanted[:] = [m.bias for m in modules.values() if m.bias is not None] + \
+                [m.weight for n, m in modules.items() if n not in randomized and calls[n]]
+            return wanted
+
+        def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            output.append(out.detach())
+            return self.raw_loss_fn(out, y)
+
+        loss, found = hooked_pass(self.model, (inputs,), targets, loss_fn, modules, on_call, params=params,
+                                  outputs=True, owner="NoiseMonitor")
+        grads = dict(zip(map(id, wanted), found))
+        if not self.rows:
+            self._check_mean_loss(output[0], targets, float(loss), count)
         layers = {}
         for name, m in modules.items():
-            kind, sketch = kind_for(m), sketches[name]
-            calls = [(x, g) for (x, _), g in zip(seen[name], out_grads) if g is not None]  # None: output unused
+            kind, sketch, calls = kind_for(m), sketches[name], views[name]
             bias_sq = _sq_norm(grads.get(id(m.bias))) if m.bias is not None else 0.0
             rad = se = 0.0
-            if sketch is not None and not sketch.exact and calls:
+            if calls:
                 stats = LayerStats(name, type(m).__name__, kind.name, kind.axes, m.weight.dtype, tuple(m.weight.shape),
-                                   float("nan"), [kind.view_stats(m, x, g, gen, self.projection_pairs,
-                                                                  sketch.needs_entries) for x, g in calls])
+                                   float("nan"), calls)
                 rad, se = layer_variance(stats, sketch)[0], layer_variance_se(stats, sketch)
-            weight_sq = stats.calls[0][kind.axes[0]].shared_tot if name in randomized and calls \
+            weight_sq = calls[0][kind.axes[0]].shared_tot if name in randomized and calls \
                 else _sq_norm(grads.get(id(m.weight)))  # an unused randomized layer: None, 0
             mean_sq = weight_sq + bias_sq
             trace = float("nan")
-            if len(calls) == 1 and count > 1:
-                w, b = kind.per_example_sq_norms(m, calls[0][0], calls[0][1] * count)
-                per_example = float(w.sum()) + (float(b.sum()) if b is not None else 0.0)
-                trace = max(per_example - count * mean_sq, 0.0) / (count - 1)
+            if len(per_example[name]) == 1:
+                trace = max(per_example[name][0] - count * mean_sq, 0.0) / (count - 1)
             layers[name] = {"type": type(m).__name__, "sketch": sketch.label() if sketch is not None else "exact",
                             "keep": sketch.keep if sketch is not None else 1.0, "rad_variance": rad, "rad_se": se,
                             "trace_sigma": trace, "grad_sq_batch": mean_sq}
-        return layers, float(loss.detach()), count
+        return layers, float(loss), count
 
     def _check_mean_loss(self, output: torch.Tensor, targets: torch.Tensor, loss: float, count: int) -> None:
         """A mean-reduced loss is the size-weighted mean of its values on the two halves of the batch."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import rng
-from ..convert import convert
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
@@ -142,11 +142,17 @@ def _auto_state(auto: AutoPlan) -> dict[str, Any]:
             "switches": auto.switches, "monitor": auto.monitor.state_dict()}
 
 
-def _new_auto(model: nn.Module, loss_fn: Callable[..., torch.Tensor], settings: Settings) -> AutoPlan:
-    """An AutoPlan (and its monitor, measuring every ``retune_every`` steps on batches the loop hands it)."""
+def _new_auto(model: nn.Module, loss_fn: Callable[..., torch.Tensor], settings: Settings,
+              pool: Batch | None = None) -> AutoPlan:
+    """An AutoPlan (and its monitor, measuring every ``retune_every`` steps on batches the loop hands it);
+    with ``settings.co_optimize``, weighing those batch sizes on examples of ``pool``."""
     monitor = NoiseMonitor(model, loss_fn, every=settings.retune_every)
     monitor.close()  # the loop passes each batch to measure(); the batch-recording hook is not needed
-    return AutoPlan(monitor, settings.budget, every=settings.retune_every)
+    co = settings.co_optimize
+    auto = AutoPlan(monitor, settings.budget, every=settings.retune_every, batch_sizes=list(co) if co else None,
+                    pool=pool if co else None)
+    auto.batch_size = settings.batch_size
+    return auto
 
 
 def retune(auto: AutoPlan, x: torch.Tensor, y: torch.Tensor, step: int, settings: Settings) -> dict[str, Any] | None:
@@ -181,10 +187,11 @@ def ledger_bytes(model: nn.Module, first: Batch, loss_fn: Callable[..., torch.Te
 
 
 def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | str | None, loss_fn: Callable[..., torch.Tensor],
-          first: Batch, settings: Settings) -> Run:
+          first: Batch, settings: Settings, pool: Batch | None = None) -> Run:
     """A fresh run, or the run in ``settings.checkpoint`` when ``settings.resume`` and the file exists.
 
-    ``first`` (a copy of the first training batch) is where the ledger is measured. On resume,
+    ``first`` (a copy of the first training batch) is where the ledger is measured; ``pool`` (the
+    training data) is where a co-optimising run draws batches of other sizes from. On resume,
     torch's global CPU/CUDA generators and radvar's stream are set to where the checkpoint left them.
     """
     saved = _existing(settings)
@@ -201,9 +208,11 @@ def start(model: nn.Module, optimizer: Any, plan: Plan | Sketch | str | None, lo
     if saved is None or not settings.resume:
         seed = _fresh_seed(settings)
         rng.seed(seed)
-        auto = _new_auto(model, loss_fn, settings) if settings.auto else None
+        auto = _new_auto(model, loss_fn, settings, pool) if settings.auto else None
         if auto is not None:
             retune(auto, first[0].to(dev), first[1].to(dev), 0, settings)
+            if auto.batch_size != len(first[0]):  # co-optimised at step 0: the ledger at the chosen batch
+                first = (pool[0][:auto.batch_size].clone(), pool[1][:auto.batch_size].clone())
         return Run(model, opt, scaler, settings, seed, ledger_bytes(model, first, loss_fn, settings), rank, world,
                    auto=auto)
     problems = _mismatches(saved, model, opt, scaler, settings)

@@ -14,6 +14,7 @@ from ..sketch import check_keep
 from .capture import Batch, capture, layer_variance, layer_variance_se
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
+from .propagated import DEFAULT_PROBES, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 
@@ -28,8 +29,13 @@ def check_keeps(keeps: Any, owner: str) -> list[float]:
 
 
 def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor], plan: Any,
-             keeps: Sequence[float] | None = None) -> VarianceReport:
-    """Closed-form E‖Ĝ − G‖²_F per planned layer on ``batch`` (see :mod:`radvar.variance.forms`).
+             keeps: Sequence[float] | None = None, probes: int = DEFAULT_PROBES) -> VarianceReport:
+    """Closed-form E‖Ĝ − G‖²_F per planned layer on ``batch`` (see :mod:`radvar.variance.forms`), and for
+    each propagating site (activations, norms, attention, functional sites) the total gradient variance it
+    adds over all parameters, estimated with ``probes`` probe backward passes
+    (:mod:`radvar.variance.propagated`; ``method`` "propagated (P probes)", ``rad_se`` its standard error).
+    The total is their sum: first order in the propagating sites (product terms of independent sketches,
+    all non-negative, are left out).
 
     With ``keeps``, one row per (layer, keep): the plan's sketch family at each
     keep. One exact capture serves the whole grid. Bytes are measured by the
@@ -37,22 +43,40 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     another keep predicts its layer's bytes as the measured plan bytes plus
     ``Sketch.saved_bytes`` at that keep minus ``Sketch.saved_bytes`` of the planned
     sketch (so the planned keep reads its measured bytes), and the total adds the
-    same differences. Non-finite data, loss or gradients raise a ValueError naming
+    same differences; with propagating sites in the plan the ledger measures the
+    plan at every keep instead (their sketched tensors are known only to their ops). Non-finite data, loss or gradients raise a ValueError naming
     the example or layer, never a NaN result.
     """
     plan = as_plan(model, plan, "analytic")
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
     validate(inputs, targets, name="analytic")
-    cap = capture(model, batch, loss_fn, names=plan, importance=needs_importance(plan))
-    ledger = measure(model, inputs, targets, loss_fn, plan, [None])
+    functional = plan_sites(model, plan, inputs)
+    sites = propagating_sites(model, list(plan)) + list(functional)
+    cap = capture(model, batch, loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
+    entries = {**plan, **functional}
+    at = {n: [s if s is None or k is None else s.at(k) for k in grid] for n, s in entries.items()}
+    probed = propagated(model, batch, loss_fn, {n: at[n] for n in sites}, probes, owner="analytic") if sites else {}
+    # Closed-form rows predict bytes at other keeps from Sketch.saved_bytes; a propagating site's sketched
+    # tensors are known only to its op, so with sites the ledger measures every keep of the grid.
+    measured = grid if sites else [None]
+    ledger = measure(model, inputs, targets, loss_fn, plan, measured)
     rows, totals = [], []
-    for keep in grid:
-        shift = 0
-        for name, sketch in plan.items():
+    for i, keep in enumerate(grid):
+        at_keep, shift = (keep if sites else None), 0
+        for name in entries:
+            sk = at[name][i]
+            if name in probed:
+                est = probed[name][i]
+                rows.append({"layer": name, "type": est.type, "sketch": sk.label() if sk else "exact",
+                             "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
+                             "bytes_plan": ledger.bytes_plan(name, at_keep) if name in plan else 0,
+                             "rad_variance": est.variance,
+                             "rad_se": est.se, "data_variance": float("nan"), "grad_norm_sq": est.grad_norm_sq,
+                             "ci_low": float("nan"), "ci_high": float("nan"), "method": est.method})
+                continue
             stats = cap[name]
-            sk = sketch if sketch is None or keep is None else sketch.at(keep)
-            delta = stats.saved_bytes(sk) - stats.saved_bytes(sketch)
+            delta = 0 if sites else stats.saved_bytes(sk) - stats.saved_bytes(plan[name])
             shift += delta
             value, method = layer_variance(stats, sk)
             if not math.isfinite(value):
@@ -60,15 +84,18 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
                                  f"although its inputs and gradient are finite; this is a bug, please report it")
             rows.append({"layer": name, "type": stats.type, "sketch": sk.label() if sk else "exact",
                          "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
-                         "bytes_plan": ledger.bytes_plan(name, None) + delta, "rad_variance": value,
+                         "bytes_plan": ledger.bytes_plan(name, at_keep) + delta, "rad_variance": value,
                          "rad_se": layer_variance_se(stats, sk), "data_variance": float("nan"),
                          "grad_norm_sq": stats.grad_sq, "ci_low": float("nan"), "ci_high": float("nan"),
                          "method": method})
-        mine = [r for r in rows[-len(plan):]] if len(plan) else []
+        mine = rows[-len(entries):] if entries else []
         totals.append({"keep": float("nan") if keep is None else keep,
                        "rad_variance": sum(r["rad_variance"] for r in mine),
                        "rad_se": sum(r["rad_se"] ** 2 for r in mine) ** 0.5,
                        "grad_norm_sq": sum(r["grad_norm_sq"] for r in mine),
-                       "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[None].total + shift})
+                       "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[at_keep].total + shift})
     meta = {"batch_size": cap.batch_size, "loss": cap.loss, "plan": plan.to_dict()}
+    if sites:
+        meta["propagated"] = {"sites": sites, "probes": probes,
+                              "total": "first order: the sum of per-site variances (product terms left out)"}
     return VarianceReport("analytic", pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(totals), meta)

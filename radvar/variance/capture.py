@@ -2,7 +2,8 @@
 
 For every module radvar can randomize, a forward hook keeps its input until
 the output gradient arrives (a tensor hook), reduces the pair to per-view
-:class:`~radvar.variance.forms.ViewStats` and drops both. ``g`` is the true
+:class:`~radvar.variance.forms.ViewStats` and drops both (:func:`hooked_pass`, which
+:class:`radvar.train.monitor.NoiseMonitor` also uses with its own reduction). ``g`` is the true
 gradient of the batch loss ``loss_fn(model(inputs), targets)`` (so of the
 *mean* loss when ``loss_fn`` is mean-reduced), and the weight gradient it implies
 is the exact ``∂loss/∂W``. RAD layers of a converted model run exactly during
@@ -12,7 +13,7 @@ capture (``radvar.exact()``); parameters' ``.grad`` are left untouched.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -105,6 +106,47 @@ class Capture:
         return len(self.layers)
 
 
+def hooked_pass(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable[..., torch.Tensor],
+                modules: Mapping[str, nn.Module], on_call: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None],
+                params: Sequence[torch.Tensor] | Callable[[Mapping[str, int]], Sequence[torch.Tensor]] = (),
+                outputs: bool = False, owner: str = "capture") -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+    """One exact forward/backward of ``loss = loss_fn(model(*inputs), targets)`` under ``radvar.exact()``.
+
+    For every call of each module in ``modules`` whose output gets a gradient,
+    ``on_call(name, module, x, g)`` runs as soon as ``g = ∂loss/∂output`` arrives (``x``: the
+    call's input; both detached), so the pair can be reduced and dropped. Returns the
+    detached loss and ``∂loss/∂p`` for ``params`` (None: unused); a callable ``params`` is
+    given, after the forward, each module's number of calls whose output requires grad. ``outputs=True`` also
+    asks autograd for every hooked output, so ``on_call`` runs for each used output even
+    when no parameter in ``params`` depends on it. Parameters' ``.grad`` are left untouched.
+    """
+    outs: list[torch.Tensor] = []
+    counts = {n: 0 for n in modules}
+
+    def forward_hook(name: str, module: nn.Module) -> Callable:
+        def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if not out.requires_grad:
+                return
+            counts[name] += 1
+            x = args[0].detach()
+            out.register_hook(lambda g: on_call(name, module, x, g.detach()))
+            if outputs:
+                outs.append(out)
+
+        return hook
+
+    handles = [m.register_forward_hook(forward_hook(n, m)) for n, m in modules.items()]
+    try:
+        with rng.exact(), torch.enable_grad():
+            loss = batch_loss(model, inputs, targets, loss_fn, owner)
+            wrt = outs + list(params(counts) if callable(params) else params)
+            found = torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else ()
+    finally:
+        for h in handles:
+            h.remove()
+    return loss.detach(), tuple(found[len(outs):])
+
+
 def capture(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor], *,
             names: Mapping[str, Any] | None = None, projection_pairs: int = 256,
             importance: bool = True) -> Capture:
@@ -124,38 +166,19 @@ def capture(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor]
     calls: dict[str, list[dict[str, ViewStats]]] = {n: [] for n in modules}
     gen = rng.generator(rng.next_key(), inputs[0].device)
 
-    def forward_hook(name: str, module: nn.Module) -> Callable:
-        kind = kind_for(module)
+    def on_call(name: str, module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
+        calls[name].append(kind_for(module).view_stats(module, x, g, gen, projection_pairs, importance))
 
-        def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            if not out.requires_grad:
-                return
-            x = args[0].detach()
-
-            def on_grad(g: torch.Tensor) -> None:
-                calls[name].append(kind.view_stats(module, x, g.detach(), gen, projection_pairs, importance))
-
-            out.register_hook(on_grad)
-
-        return hook
-
-    handles = [m.register_forward_hook(forward_hook(n, m)) for n, m in modules.items()]
-    try:
-        with rng.exact(), torch.enable_grad():
-            loss = batch_loss(model, inputs, targets, loss_fn, "capture")
-            weights = [m.weight for m in modules.values()]
-            grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else []
-    finally:
-        for h in handles:
-            h.remove()
-    require_finite(inputs, targets, "capture", loss.detach(), dict(zip(modules, grads)))
+    loss, grads = hooked_pass(model, inputs, targets, loss_fn, modules, on_call,
+                              params=[m.weight for m in modules.values()])
+    require_finite(inputs, targets, "capture", loss, dict(zip(modules, grads)))
     layers = {}
     for (name, module), grad in zip(modules.items(), grads):
         kind = kind_for(module)
         layers[name] = LayerStats(name, type(module).__name__, kind.name, kind.axes, module.weight.dtype,
                                   tuple(module.weight.shape),
                                   0.0 if grad is None else float(grad.double().square().sum()), calls[name])
-    return Capture(layers, float(loss.detach()), int(inputs[0].shape[0]))
+    return Capture(layers, float(loss), int(inputs[0].shape[0]))
 
 
 def layer_variance(stats: LayerStats, sketch: Sketch | None) -> tuple[float, str]:
@@ -187,5 +210,5 @@ def layer_variance_se(stats: LayerStats, sketch: Sketch | None) -> float:
     return sum(c[axis].standard_error(sketch) ** 2 for c in stats.calls) ** 0.5
 
 
-__all__ = ["Capture", "LayerStats", "capture", "layer_variance", "layer_variance_se", "split_batch", "batch_loss",
+__all__ = ["Capture", "LayerStats", "capture", "hooked_pass", "layer_variance", "layer_variance_se", "split_batch", "batch_loss",
            "require_finite"]

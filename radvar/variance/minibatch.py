@@ -32,12 +32,13 @@ from torch.func import functional_call, grad, vmap
 from .. import rng
 from .._data import examples, validate
 from .._hooks import run_with_pre_hooks
-from ..convert import convert
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..memory import saved_bytes
 from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
+from .propagated import propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -280,11 +281,14 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
     if plan is not None:
         batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, n - batch_size + 1, batch_size)]
         batches = batches[:max(1, rad_batches)]
+        sites = propagating_sites(model, list(plan))
         for i, (bx, by) in enumerate(batches):
-            cap = stats if i == 0 and stats is not None else capture(model, (bx, by), loss_fn, names=plan,
-                                                                      importance=needs_importance(plan))
+            cap = stats if i == 0 and stats is not None else capture(
+                model, (bx, by), loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
+            probed = propagated(model, (bx, by), loss_fn, {n: plan[n] for n in sites}, owner="minibatch")
             for name, sk in plan.items():
-                rad[name] = rad.get(name, 0.0) + layer_variance(cap[name], sk)[0] / len(batches)
+                value = probed[name][0].variance if name in probed else layer_variance(cap[name], sk)[0]
+                rad[name] = rad.get(name, 0.0) + value / len(batches)
                 sketches[name] = sk
         plan_ledger = saved_bytes(convert(model, plan), first[0], loss_fn, first[1])
         plan_total = plan_ledger.total

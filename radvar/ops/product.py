@@ -1,0 +1,107 @@
+"""RAD products of two tensors that both need a gradient: ``a * b`` and ``a @ b``.
+
+Plain autograd keeps both operands: ``∂a = g ⊙ b`` reads b and ``∂b = g ⊙ a``
+reads a (for ``C = A B``: ``∂A = G Bᵀ`` and ``∂B = Aᵀ G``). Each gradient is
+linear in the *other* operand, so keeping an unbiased sketch of each operand
+(``E[â] = a``, ``E[b̂] = b``) gives ``∂a = g ⊙ b̂`` and ``∂b = g ⊙ â``
+(``∂A = G B̂ᵀ``, ``∂B = Âᵀ G``), unbiased. The two sketches are drawn with
+different keys, so they are independent; no gradient multiplies them.
+
+An operand with no ``grad_fn`` (a parameter or a leaf input) is kept as it is:
+it outlives the forward anyway, so a sketch would add variance and bytes for
+nothing. A sketch acts on the ``(rows, features)`` view of an operand (its last
+dimension as features; a 0-d or 1-d operand is one row). Broadcast dimensions
+are summed back to each operand's shape. ``rad_matmul`` takes operands of two or
+more dimensions (``torch.matmul``'s batched case, ``torch.bmm``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .. import rng
+from ..sketch import Sketch
+from ._autocast import autocast_dtype, autocast_off, cast
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """The (rows, features) view a sketch sees: the last dimension as features."""
+    return t.reshape(-1, t.shape[-1]) if t.dim() else t.reshape(1, 1)
+
+
+def _keep(t: torch.Tensor, leaf: bool, sketch: Sketch, key: int) -> tuple[list[torch.Tensor], Any]:
+    """What backward needs of ``t``: ``t`` itself if it is a leaf, else its sketch (tensors, (meta, key, shape))."""
+    if leaf:
+        return [t], None
+    saved, meta = sketch.compress(_rows(t), rng.generator(key, t.device))
+    return list(saved), (meta, key, t.shape)
+
+
+def _restore(sketch: Sketch, saved: list[torch.Tensor], how: Any) -> torch.Tensor:
+    """The kept operand: itself, or t̂ restored with the draw it was compressed with."""
+    if how is None:
+        return saved[0]
+    meta, key, shape = how
+    return sketch.restore(tuple(saved), meta, rng.generator(key, saved[0].device)).view(shape)
+
+
+class _Product(torch.autograd.Function):
+    """``out = a ⊙ b`` or ``a @ b``; keeps â only if b needs a gradient and b̂ only if a does."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, matmul: bool, sketch: Sketch,
+                key_a: int, key_b: int) -> torch.Tensor:
+        dtype = autocast_dtype(a) if matmul else None
+        leaf_a, leaf_b = (t.grad_fn is None and dtype in (None, t.dtype) for t in (a, b))  # before the cast
+        a, b = cast(dtype, a, b)
+        with autocast_off(a, dtype):
+            out = torch.matmul(a, b) if matmul else torch.mul(a, b)
+        need_a, need_b = ctx.needs_input_grad[:2]
+        kept_b, how_b = _keep(b, leaf_b, sketch, key_b) if need_a else ([], None)
+        kept_a, how_a = _keep(a, leaf_a, sketch, key_a) if need_b else ([], None)
+        ctx.save_for_backward(*kept_a, *kept_b)
+        ctx.layout = (len(kept_a), how_a, how_b, a.shape, b.shape, matmul, sketch)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        n_a, how_a, how_b, a_shape, b_shape, matmul, sketch = ctx.layout
+        saved = list(ctx.saved_tensors)
+        need_a, need_b = ctx.needs_input_grad[:2]
+        ga = gb = None
+        if need_a:
+            b_hat = _restore(sketch, saved[n_a:], how_b)
+            g = g.to(b_hat.dtype)
+            ga = (g @ b_hat.mT if matmul else g * b_hat).sum_to_size(a_shape)
+        if need_b:
+            a_hat = _restore(sketch, saved[:n_a], how_a)
+            g = g.to(a_hat.dtype)
+            gb = (a_hat.mT @ g if matmul else g * a_hat).sum_to_size(b_shape)
+        return ga, gb, None, None, None, None
+
+
+def _plain(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> bool:
+    """Whether the product runs as plain autograd: exact sketch or mode, no grad, or no operand needing one."""
+    return (sketch is None or sketch.exact or rng.is_exact() or not torch.is_grad_enabled()
+            or not (a.requires_grad or b.requires_grad))
+
+
+def rad_mul(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> torch.Tensor:
+    """``a * b`` (broadcasting) keeping sketches â, b̂: ``∂a = Σ_bcast g ⊙ b̂``, ``∂b = Σ_bcast g ⊙ â``."""
+    if _plain(a, b, sketch):
+        return torch.mul(a, b)
+    return _Product.apply(a, b, False, sketch, rng.next_key(), rng.next_key())
+
+
+def rad_matmul(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> torch.Tensor:
+    """``a @ b``, operands of 2+ dims (batch dims broadcast), keeping Â, B̂: ``∂A = G B̂ᵀ``, ``∂B = Âᵀ G``."""
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError(f"rad_matmul: operands must have at least 2 dimensions, got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if _plain(a, b, sketch):
+        return torch.matmul(a, b)
+    return _Product.apply(a, b, True, sketch, rng.next_key(), rng.next_key())

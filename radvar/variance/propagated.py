@@ -1,0 +1,310 @@
+"""``propagated``: the gradient variance a propagating site adds, estimated with probe backward passes.
+
+A sketch of a linear layer's input perturbs only that layer's weight gradient.
+A *propagating* site (a twin with ``propagates = True``: an activation keeping a
+sketch of f'(x), a norm keeping sketches of its normalised input, attention; or
+a routed functional call, key ``"<module>:<function>.<index>"``) perturbs the gradient signal
+it sends upstream, and so every parameter gradient before it. With every other
+op exact, site k's backward turns the exact incoming gradient g into
+``ĝ_in = g_in + ε_k`` for each of its inputs (and its own parameter gradients
+into ``Ĝ_own + δ_k``), and the whole gradient's error is
+
+    Ĝ^(k) − G = J_k ε_k + δ_k,        added variance  v_k = E‖J_k ε_k + δ_k‖²,
+
+with ``J_k`` the exact backward map from the site's inputs to all parameters.
+This is exact for one site (backward is linear in its signal once the saved
+tensors are fixed). Estimator, per site: one exact forward and backward of the
+whole model with the graph kept, recording each call's inputs and output
+gradient; then per probe p = 1..P the site's op is run again alone on those
+inputs with fresh sketch draws (a new ``radvar.rng`` key each time) and the
+exact output gradient, giving ε and δ against the same op run exactly, and one
+backward of ε through the kept graph gives ``d_p = ‖J_k ε_p + δ_p‖²``
+(float64). ``v̂_k = mean(d_p)`` is unbiased; its standard error is
+``sd(d_p)/√P``. A site called several times draws every call independently in
+each probe, each against its exact output gradient.
+
+With several sites (and sketched linear inputs) randomized together, the error
+is a sum of terms multilinear in the independent zero-mean site errors; terms
+with different sets of sites are uncorrelated, so the total variance is
+``Σ_k v_k`` (first order) plus the variances of the product terms (an error at
+k passing through the sketched backward of j, ...), all non-negative:
+``Σ_k v_k`` is a lower bound of the total, tight when the sites' relative
+errors are small (second order in them). :func:`radvar.variance.empirical`
+measures the true total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from .. import rng
+from .._data import Batch, split_batch
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
+from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, is_site, site_entry, split_site
+from ..layers.registry import propagating
+from ..sketch import Sketch
+from .capture import batch_loss, require_finite
+
+DEFAULT_PROBES = 64
+CHUNK = 64  # probes pushed back in one batched backward
+
+
+def method_label(probes: int) -> str:
+    """The ``method`` of a probe estimate, e.g. ``propagated (8 probes)``."""
+    return f"propagated ({probes} probes)"
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteEstimate:
+    """One (site, sketch): the added variance E‖Ĝ^(k) − G‖² over all parameters, its standard error,
+    how it was obtained, the site's calls in the forward, and ‖G‖² of the site's own parameters."""
+
+    site: str
+    type: str
+    sketch: Sketch | None
+    variance: float
+    se: float
+    method: str
+    calls: int
+    grad_norm_sq: float
+
+
+@dataclasses.dataclass
+class _Call:
+    """One call of a site: its arguments (flattened, with graph tensors), the distinct differentiable ones
+    (an argument passed twice, as q is k is v, once) and, after the exact backward, the gradient of each
+    output that needs one."""
+
+    leaves: list[Any]
+    spec: Any
+    grad_inputs: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
+
+
+def propagating_sites(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The names among ``names`` that are propagating sites: a module with a propagating twin, or a
+    functional site key (``"<module>:<function>.<index>"``)."""
+    modules = dict(model.named_modules())
+    return [n for n in names if (n in modules and propagating(modules[n])) or (n not in modules and is_site(n))]
+
+
+def plan_sites(model: nn.Module, plan: Any, inputs: tuple) -> dict[str, Sketch]:
+    """The functional sites of one forward of ``model(*inputs)`` that ``plan.sites`` (keys and patterns such as
+    ``"*:*"``) gives a sketch, with that sketch: the concrete sites a report has rows for."""
+    entries = getattr(plan, "sites", None) or {}
+    if not entries:
+        return {}
+    found = functional_sites(convert(model, None, compact=False), *inputs)
+    picked = {site: site_entry(entries, site) for site in found}
+    return {site: sk for site, sk in picked.items() if isinstance(sk, Sketch)}
+
+
+def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any) -> None:
+    """Append the call ``args -> output`` to ``calls``; tensor hooks (kept in ``hooks``) store its output gradients."""
+    leaves, spec = tree_flatten(args)
+    grad_inputs = list({id(t): t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad}.values())
+    outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
+    call = _Call(leaves, spec, grad_inputs, [None] * len(outs))
+
+    def keep(i: int) -> Callable[[torch.Tensor], None]:
+        def hook(g: torch.Tensor) -> None:
+            call.grads[i] = g.detach()
+        return hook
+
+    hooks += [t.register_hook(keep(i)) for i, t in enumerate(outs)]
+    calls.append(call)
+
+
+class _Site:
+    """A site's op, callable alone on a recorded call: a propagating module, or a routed functional call."""
+
+    def __init__(self, name: str, module: nn.Module | None, function: str | None):
+        self.name, self.module, self.function = name, module, function
+        self.calls: list[_Call] = []
+        self.reference: list | None = None  # the calls run exactly (the probes' baseline), computed once
+
+    @property
+    def type(self) -> str:
+        return type(self.module).__name__ if self.module is not None else f"{self.function} (functional)"
+
+    @property
+    def own(self) -> list[nn.Parameter]:
+        return [] if self.module is None else [p for p in self.module.parameters() if p.requires_grad]
+
+    def run(self, call: _Call, sketch: Sketch | None) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """The call's gradients (w.r.t. its differentiable arguments, and the module's own parameters)
+        under ``sketch`` (None: exact), given the exact output gradient."""
+        fresh = {id(t): t.detach().requires_grad_(True) for t in call.grad_inputs}  # aliasing kept (q is k is v)
+        args, kwargs = tree_unflatten([fresh.get(id(t), t) if isinstance(t, torch.Tensor) else t
+                                       for t in call.leaves], call.spec)
+        with torch.enable_grad():
+            if self.module is not None:
+                self.module.adopt(sketch)
+                try:
+                    out = self.module(*args, **kwargs)
+                finally:
+                    self.module.adopt(None)
+            elif sketch is None:
+                out = FUNCTION_KINDS[self.function].functions[0](*args, **kwargs)
+            else:
+                out = FUNCTION_KINDS[self.function].factory(sketch)(*args, **kwargs)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
+        pairs = [(o, g) for o, g in zip(outs, call.grads) if g is not None]
+        wrt = list(fresh.values()) + self.own
+        if not pairs or not wrt:
+            return [None] * len(call.grad_inputs), [None] * len(self.own)
+        grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+        return list(grads[:len(call.grad_inputs)]), list(grads[len(call.grad_inputs):])
+
+
+def _sub(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return None if b is None else -b
+    return a if b is None else a - b
+
+
+def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor],
+               sites: Mapping[str, Sketch | None | Sequence[Sketch | None]], probes: int = DEFAULT_PROBES,
+               *, owner: str = "propagated") -> dict[str, list[SiteEstimate]]:
+    """Per site, per sketch: the added total gradient variance v_k = E‖J_k ε_k + δ_k‖² (module docstring).
+
+    ``sites`` maps a propagating module's name or a functional site key to a sketch, or a list of
+    sketches to estimate from the same exact pass. ``probes`` (>= 2) backward passes per (site, sketch).
+    Returns, per site, one :class:`SiteEstimate` per sketch in the order given.
+    """
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 2:
+        raise ValueError(f"{owner}: probes must be an int >= 2 (the standard error needs two), got {probes!r}")
+    inputs, targets = split_batch(batch, owner)
+    wanted = {n: list(s) if isinstance(s, (list, tuple)) else [s] for n, s in sites.items()}
+    if not wanted:
+        return {}
+    for name, sketches in wanted.items():
+        for s in sketches:
+            if s is not None and not isinstance(s, Sketch):
+                raise TypeError(f"{owner}: site {name!r}: sketch must be a radvar.sketch.Sketch or None, got {s!r}")
+    work = convert(model, None, compact=False)  # plain ops upstream: the probes' backward can be batched
+    modules, given = dict(work.named_modules()), dict(model.named_modules())
+    chosen: dict[str, _Site] = {}
+    functional = [n for n in wanted if n not in modules]
+    for name in wanted:
+        if name in modules:
+            if not propagating(modules[name]):
+                raise ValueError(f"{owner}: {name!r} is a {type(given[name]).__name__}, not a propagating site; "
+                                 f"propagating modules of this model: "
+                                 f"{[n for n, m in modules.items() if propagating(m)]}")
+            chosen[name] = _Site(name, modules[name], None)
+    handles = []
+    for site in chosen.values():
+        handles.append(site.module.register_forward_hook(
+            lambda mod, args, kwargs, out, s=site: _record(s.calls, handles, (args, kwargs), out), with_kwargs=True))
+
+    def recorder(site: _Site) -> Callable[..., Any]:
+        def op(*args: Any, **kwargs: Any) -> Any:
+            out = FUNCTION_KINDS[site.function].functions[0](*args, **kwargs)
+            _record(site.calls, handles, (args, kwargs), out)
+            return out
+        return op
+
+    for name in functional:
+        if split_site(name)[1] not in FUNCTION_KINDS:
+            raise ValueError(f"{owner}: {name!r} names no functional kind {split_site(name)[1]!r}; "
+                             f"allowed: {sorted(FUNCTION_KINDS)}")
+        chosen[name] = _Site(name, None, split_site(name)[1])
+    params = [p for p in work.parameters() if p.requires_grad]
+    try:
+        with rng.exact(), torch.enable_grad(), intercept(work, {n: recorder(chosen[n]) for n in functional}):
+            loss = batch_loss(work, inputs, targets, loss_fn, owner)
+            exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    except ValueError as e:
+        if "functional site" in str(e):
+            raise ValueError(f"{owner}: {e}") from None
+        raise
+    finally:
+        for h in handles:  # the probes' backward passes must not overwrite the recorded gradients
+            h.remove()
+    require_finite(inputs, targets, owner, loss.detach(), {})
+    index = {id(p): i for i, p in enumerate(params)}
+    out: dict[str, list[SiteEstimate]] = {}
+    for name, sketches in wanted.items():
+        site = chosen[name]
+        own = sum(float(g.double().square().sum()) for p in site.own if (g := exact[index[id(p)]]) is not None)
+        out[name] = [dataclasses.replace(_estimate(site, s, probes, params, index), grad_norm_sq=own)
+                     for s in sketches]
+    return out
+
+
+def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
+            ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[int, torch.Tensor]]:
+    """One probe: every call of ``site`` run alone under fresh draws of ``sketch``. Returns the graph tensors
+    to push the input errors ε back from, those errors, and the direct errors δ of parameters (the module's
+    own, or parameters passed as arguments) by index."""
+    direct: dict[int, torch.Tensor] = {}
+    outputs, signals = [], []
+
+    def add(j: int, eps: torch.Tensor) -> None:
+        direct[j] = direct[j] + eps if j in direct else eps
+
+    for call, (ref_in, ref_own) in zip(site.calls, reference):
+        got_in, got_own = site.run(call, sketch)
+        for t, a, b in zip(call.grad_inputs, got_in, ref_in):
+            eps = _sub(a, b)
+            if eps is None:
+                continue
+            if id(t) in index:
+                add(index[id(t)], eps)
+            elif t.grad_fn is not None:
+                outputs.append(t)
+                signals.append(eps)
+        for p, a, b in zip(site.own, got_own, ref_own):
+            if (eps := _sub(a, b)) is not None:
+                add(index[id(p)], eps)
+    return outputs, signals, direct
+
+
+def _push(outputs: list[torch.Tensor], signals: list[list[torch.Tensor]], params: list[torch.Tensor]
+          ) -> list[list[torch.Tensor | None]]:
+    """J_kᵀ-products of a chunk of probes' signals: one batched backward through the kept graph
+    (``is_grads_batched``), or one backward per probe where an op of the graph cannot be batched."""
+    if not outputs:
+        return [[None] * len(params) for _ in signals]
+    try:
+        stacked = [torch.stack(s) for s in zip(*signals)]
+        grads = torch.autograd.grad(outputs, params, stacked, retain_graph=True, allow_unused=True,
+                                    is_grads_batched=True)
+        return [[None if g is None else g[p] for g in grads] for p in range(len(signals))]
+    except RuntimeError:
+        return [list(torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True))
+                for s in signals]
+
+
+def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torch.Tensor],
+              index: dict[int, int]) -> SiteEstimate:
+    if sketch is None or sketch.exact or not site.calls:
+        return SiteEstimate(site.name, site.type, sketch, 0.0, 0.0, "exact" if site.calls else "not called",
+                            len(site.calls), 0.0)
+    if site.reference is None:
+        site.reference = [site.run(c, None) for c in site.calls]
+    reference = site.reference
+    draws: list[float] = []
+    while len(draws) < probes:
+        chunk = [_errors(site, sketch, reference, index) for _ in range(min(CHUNK, probes - len(draws)))]
+        pushed = _push(chunk[0][0], [signals for _, signals, _ in chunk], params)
+        for (_, _, direct), grads in zip(chunk, pushed):
+            d = 0.0
+            for j, g in enumerate(grads):
+                e = g if j not in direct else (direct[j] if g is None else g + direct[j])
+                if e is not None:
+                    d += float(e.double().square().sum())
+            draws.append(d)
+    values = torch.tensor(draws, dtype=torch.float64)
+    mean, se = float(values.mean()), float(values.std() / math.sqrt(probes))
+    return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls), 0.0)
+
+
+__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]
