@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -141,6 +142,12 @@ class CostCache:
                                           "entries": self.entries}, indent=1, sort_keys=True) + "\n")
 
 
+def _device(module: nn.Module) -> torch.device:
+    """Where ``module`` lives: its first parameter or buffer (CPU for a stateless module such as ReLU)."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
 def layer_key(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
               sketch: Sketch | None) -> str:
     """The cache key: module type and hyper-parameters, input shape, dtype, device type, sketch label."""
@@ -166,7 +173,7 @@ def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sk
     ``module`` plain and with ``sketch`` on a random
     ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair.
     radvar's stream is put back where it was, so whether a timing was cached never changes later draws."""
-    device = next(module.parameters()).device
+    device = _device(module)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_()
     plain = nn.Sequential(copy.deepcopy(module))
@@ -224,7 +231,7 @@ class CostModel:
     def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch) -> LayerTime | None:
         """The cached timing of ``module`` on a ``shape`` input under ``sketch``, measured on a miss
         (None on a miss when the model does not measure)."""
-        device = next(module.parameters()).device
+        device = _device(module)
         cache = self._cache_for(device)
         key = layer_key(module, shape, dtype, device, sketch)
         found = cache.get(key)
