@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +138,8 @@ class RADNormFunction(torch.autograd.Function):
                              rng.generator(key, gy.device)).to(rstd.dtype).view(shape)
               for i, (meta, key) in enumerate(zip(ctx.metas, ctx.keys))]
         g = gy.reshape(shape).to(rstd.dtype)
+        if set(PARAM_DIMS) <= set(red) and shape[1] == 1:
+            return _per_channel_backward(ctx, g, zs, weight, rstd)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             z1, z2 = zs
@@ -154,6 +156,25 @@ class RADNormFunction(torch.autograd.Function):
         if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
             gb = g.sum(PARAM_DIMS).view(ctx.bias_shape)
         return gx, gw, gb, None, None, None, None
+
+
+def _per_channel_backward(ctx: Any, g: torch.Tensor, zs: list[torch.Tensor], weight: torch.Tensor | None,
+                          rstd: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """The backward when the reduction set is everything but the channel (BatchNorm): with the sums
+    s = Σ g, s_k = Σ g ⊙ ẑ_k over it (n entries), ∂x̂ = (γ/σ)(g − s/n − ½[ẑ₁ s₂ + ẑ₂ s₁]/n),
+    ∂γ̂ = ½(s₁ + s₂), ∂β = s: three reductions, and no ĝ = γ ⊙ g tensor."""
+    n = g.numel() // g.shape[2]
+    sums = [g.sum(PARAM_DIMS, keepdim=True), *((g * z).sum(PARAM_DIMS, keepdim=True) for z in zs)]
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        scale = rstd if weight is None else rstd * weight.to(rstd.dtype).view(rstd.shape)
+        gx = (g - sums[0] / n).addcmul_(zs[0], sums[2], value=-0.5 / n).addcmul_(zs[1], sums[1], value=-0.5 / n)
+        gx = gx.mul_(scale).view(ctx.x_shape)
+    if weight is not None and ctx.needs_input_grad[1]:
+        gw = (sums[1] if len(zs) == 1 else 0.5 * (sums[1] + sums[2])).view(weight.shape)
+    if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
+        gb = sums[0].view(ctx.bias_shape)
+    return gx, gw, gb, None, None, None, None
 
 
 Run = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"],
