@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 
@@ -18,6 +17,8 @@ from radvar.layers.functional import FUNCTION_KINDS, functional_sites, intercept
 from radvar.layers.linear import RADLinear
 from radvar.ops.attention import _dropout_scale, rad_sdpa, rad_softmax
 from radvar.sketch import Bernoulli, Projection, Quantize, Subsample
+from radvar.variance.propagated import propagated
+from radvar.variance.statistics import Welford, mean_ci
 
 from .stats import assert_unbiased
 
@@ -250,7 +251,7 @@ MHA_CASES = {  # name -> (constructor kwargs, call kwargs, self-attention?)
 
 
 def _mha_inputs(module: nn.MultiheadAttention, case: str) -> tuple[torch.Tensor, ...]:
-    ctor, call, self_attn = MHA_CASES[case]
+    self_attn = MHA_CASES[case][2]
     g = torch.Generator().manual_seed(4)
     unbatched = "unbatched" in case
     lead = (5,) if unbatched else ((2, 5) if module.batch_first else (5, 2))
@@ -270,14 +271,17 @@ def _mha_grads(module: nn.Module, inputs, call) -> torch.Tensor:
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, wrt)])
 
 
-@pytest.mark.parametrize("case", list(MHA_CASES))
-def test_mha_exact_is_bitwise_and_randomized_is_unbiased(case):
+@pytest.mark.parametrize("sketch, case", [(Quantize(2), case) for case in MHA_CASES] + [
+    (sketch, "self, batch_first, padding + causal mask, weights") for sketch in SKETCHES if sketch != Quantize(2)],
+    ids=lambda x: x if isinstance(x, str) else x.label())
+def test_mha_exact_is_bitwise_and_randomized_is_unbiased(sketch, case):
+    """Every parameter's gradient (in_proj, out_proj, bias_k/v) and the query's, weights in the loss if returned."""
     ctor, call, _ = MHA_CASES[case]
     plain = _mha(**ctor)
     inputs = _mha_inputs(plain, case)
     exact = _mha_grads(plain, inputs, call)
     assert torch.equal(_mha_grads(radvar.convert(plain, None), inputs, call), exact)
-    model = radvar.convert(plain, Quantize(2))
+    model = radvar.convert(plain, sketch)
     assert isinstance(model, RADMultiheadAttention) and isinstance(model.out_proj, RADLinear)
     draws = torch.stack([_mha_grads(model, inputs, call) for _ in range(DRAWS * 3 // 4)])
     assert draws.std(0).max() > 1e-6
@@ -407,6 +411,43 @@ def test_saved_bytes_are_the_sketches_gpt2_sized():
         assert plain / rad > 6.5
 
 
+class _TwoAttentions(nn.Module):
+    """The zoo ViT's Attention (a functional sdpa site), an nn.MultiheadAttention, a head."""
+
+    def __init__(self):
+        super().__init__()
+        from radvar.apps.architectures import Attention
+
+        self.attn, self.mha, self.head = Attention(8, 2), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.attn(x)
+        return self.head(self.mha(h, h, h, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("site", ["attn:sdpa.0", pytest.param("mha", marks=pytest.mark.slow)])
+def test_propagated_variance_agrees_with_monte_carlo(site):
+    """The probe estimate of the added gradient variance against 500 draws of that site alone (99% interval)."""
+    torch.manual_seed(0)
+    model = _TwoAttentions().double()
+    x, y = torch.randn(4, 5, 8, dtype=F64), torch.tensor([0, 1, 2, 0])
+    est = propagated(model, (x, y), F.cross_entropy, {site: Quantize(2)}, probes=200)[site][0]
+    params = list(model.parameters())
+    exact = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    randomized = radvar.convert(model, radvar.Plan({"mha": Quantize(2)})) if site == "mha" else model
+    d = Welford()
+    for _ in range(500):
+        if site == "mha":
+            loss = F.cross_entropy(randomized(x), y)
+        else:
+            with intercept(model, {site: sdpa_op(Quantize(2))}):
+                loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, list(randomized.parameters()))
+        d.update(sum(float((g - e).square().sum()) for g, e in zip(grads, exact)))
+    lo, hi = mean_ci(float(d.mean), float(d.variance), 500, 0.99)
+    assert lo <= est.variance <= hi, (est, lo, hi)
+
+
 # ---- bad input ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, msg", [
@@ -429,6 +470,17 @@ def test_bad_input_names_the_value(kwargs, error, msg):
         v = v.float()
     with pytest.raises(error, match=re.escape(msg)):
         rad_sdpa(q, k, v, **kwargs)
+
+
+def test_mha_bad_input_names_the_shape():
+    model = radvar.convert(_mha(batch_first=True), Quantize(2))
+    x = torch.randn(2, 5, 6, dtype=F64)
+    with pytest.raises(RuntimeError, match=re.escape("key_padding_mask is (2, 4); allowed: (2, 5) (batch, source length)")):
+        model(x, x, x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match=re.escape("the 2-D attn_mask is (5, 4); allowed: (5, 5)")):
+        model(x, x, x, attn_mask=torch.zeros(5, 4, dtype=F64))
+    with pytest.raises(RuntimeError, match=re.escape("is_causal=True needs attn_mask")):
+        model(x, x, x, is_causal=True)
 
 
 def test_softmax_bad_input():
