@@ -3,7 +3,9 @@
 Models (batch): the paper MLP 784-300-300-300-10 (150), the paper CNN on
 3x32x32 inputs (150), a wide MLP 2048-2048-2048-2048-10 (512). For every
 sketch: bytes kept for backward (saved-tensor ledger) and the median
-forward+backward step time, each as a ratio to plain PyTorch.
+forward+backward step time, each as a ratio to plain PyTorch; ``pair_ratio`` is
+the median over rounds of the sketch's step over the plain step of the same
+round (what the README table prints, with the machine noted at the top).
 
     python benchmarks/bench_foundation.py            # table
     python benchmarks/bench_foundation.py --json     # one JSON object
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 
 import torch
@@ -21,7 +25,8 @@ import torch.nn.functional as F
 
 import radvar
 from radvar import bench, zoo
-from radvar.sketch import Bernoulli, Importance, Projection, Subsample
+from radvar.bench import cost
+from radvar.sketch import Bernoulli, Importance, Projection, Quantize, Subsample
 
 KEEP = 0.1
 SKETCHES = [
@@ -30,6 +35,7 @@ SKETCHES = [
     Bernoulli(KEEP),
     Projection(KEEP),
     Importance(KEEP),
+    Quantize(2),                          # uniform 2-bit stochastic rounding
 ]
 MODELS = {
     "paper_mlp": (zoo.mlp, (784,), 150, 40),
@@ -41,7 +47,10 @@ MODELS = {
 def run(models: list[str], quick: bool) -> dict:
     torch.manual_seed(0)
     radvar.seed(0)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "keep": KEEP, "models": {}}
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "keep": KEEP,
+           "machine": f"{platform.machine()} {cost.cpu_name()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+           "models": {}}
+    print(f"machine: {out['machine']}; torch {torch.__version__}, {out['threads']} threads", file=sys.stderr)
     for name in models:
         factory, shape, batch, reps = MODELS[name]
         x, y = zoo.synthetic(batch, shape, 10)

@@ -3,7 +3,8 @@
 A model converted with functional sites in its plan runs every forward under a
 ``TorchFunctionMode`` that sees every torch call, plus a pre- and a post-hook on
 every module (:mod:`radvar.layers.functional`). This script times, steps
-interleaved in one process (CPU, float32, median of ``--reps``):
+interleaved in one process (CPU, float32, one thread; the process's CPU time, which a
+shared machine's load does not inflate as it does wall time; median of ``--reps``):
 
 * ``exact twins`` — ``convert(model, None)``: the model's twins, no routing;
 * ``routed, sites exact`` — the same twins with routing installed and every site left
@@ -72,10 +73,10 @@ def per_call(fn, n: int = 20_000, batches: int = 15) -> float:
     """Median seconds per call of ``fn`` over ``batches`` batches of ``n`` calls."""
     times = []
     for _ in range(batches):
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(n):
             fn()
-        times.append((time.perf_counter() - start) / n)
+        times.append((time.process_time() - start) / n)
     return statistics.median(times)
 
 
@@ -97,9 +98,9 @@ def unit_costs() -> tuple[float, float]:
 
 
 def timed(fn) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def measure(name: str, reps: int, costs: tuple[float, float]) -> list[str]:
@@ -148,8 +149,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    torch.set_num_threads(1)
     header = (f"bench_routing: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads, median of {args.reps} interleaved reps\n")
+              f"{torch.get_num_threads()} thread, process CPU time, median of {args.reps} interleaved reps\n")
     costs = unit_costs()
     units = (f"unit costs: {costs[0] * 1e6:.2f} us per torch call under the mode, "
              f"{costs[1] * 1e6:.2f} us per module call for the two hooks\n")

@@ -53,7 +53,7 @@ def speed() -> None:
         t_c.append(time.perf_counter() - start)
     a, e, c = statistics.median(t_a), statistics.median(t_e), statistics.median(t_c)
     print(f"paper MLP 784-300-300-300-10, batch 150, Subsample: analytic() over {len(keeps)} keeps {a * 1e3:.1f} ms "
-          f"(one capture + one measured ledger forward per keep); empirical() 200 draws {e * 1e3:.1f} ms; "
+          f"(one capture, the ledger measured once for the plan, bytes at other keeps predicted by Sketch.saved_bytes); empirical() 200 draws {e * 1e3:.1f} ms; "
           f"ratio {e / a:.1f}x (medians of 5, interleaved)")
     print(f"capture + layer_variance over the same grid (no ledger): {c * 1e3:.1f} ms; ratio {e / c:.1f}x")
 

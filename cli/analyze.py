@@ -30,6 +30,9 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
                    "uniform plan; with --budget: the families radvar.tune chooses from.")
 @click.option("--draws", type=click.IntRange(min=0), default=0, show_default=True,
               help="Monte Carlo draws checking the plan's closed-form RAD variance (0: none; else >= 2).")
+@click.option("--max-slowdown", "slowdown_spec", metavar="RATIO",
+              help="Recommend the least-variance plan whose predicted step time is within RATIO (> 1) times "
+                   "the plain PyTorch step (per-layer timings cached per machine).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Write report.md, report.html (figures embedded), analysis.json and PNGs here.")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the analysis JSON to PATH, or to stdout with -.")
@@ -39,8 +42,8 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
 def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
             weights: str | None, seed: int, device: str, output_key: str | None, batch_size: int,
             budget_spec: str | None,
-            sketch_specs: tuple[str, ...], draws: int, out_dir: str | None, json_path: str | None,
-            fmt: str) -> None:
+            sketch_specs: tuple[str, ...], draws: int, slowdown_spec: str | None, out_dir: str | None,
+            json_path: str | None, fmt: str) -> None:
     """Where memory goes, what RAD saves, what it costs, which plan.
 
     MODEL defaults to the paper MLP on scikit-learn digits. Prints, per layer:
@@ -50,6 +53,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
     start = main.STARTED or time.perf_counter()  # the whole command, imports included, when run as `radvar`
     budget = specs.parse_budget(budget_spec) if budget_spec is not None else None
     families = [specs.parse_sketch(s) for s in sketch_specs]
+    max_slowdown = None if slowdown_spec is None else specs.parse_max_slowdown(slowdown_spec)
     if draws == 1:
         raise specs.SpecError("--draws: 1 draw has no variance; use 0 (no Monte Carlo check) or at least 2")
     if out_dir is not None:
@@ -62,11 +66,14 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
         f"batch {batch_size}")
     with progress(None, "analyze") as bar:
         tick = ticker(bar)
-        plan, source = plans.choose(problem, batch_size, budget, families)
+        (xb,), yb = take_batch((problem.x, problem.y), batch_size, "analyze")
+        stats = radvar.variance.capture(problem.model, (xb, yb), problem.loss_fn)  # shared by tune and report
+        tick("statistics")
+        plan, source = plans.choose(problem, batch_size, budget, families, stats, max_slowdown)
         tick("plan")
         analysis = report_lib.analyze(problem.model, (problem.x, problem.y), problem.loss_fn,
                                       batch_size=batch_size, plan=plan, families=families or None,
-                                      draws=draws, progress=tick)
+                                      draws=draws, progress=tick, stats=stats)
     analysis.meta = {**problem.meta, "batch_size": batch_size, "plan": source, **analysis.meta,
                      "radvar": radvar.__version__, "seconds": round(time.perf_counter() - start, 2)}
     if out_dir is not None:

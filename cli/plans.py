@@ -14,6 +14,7 @@ from radvar.convert import _convert as convert  # no CoverageWarning: the CLI re
 from radvar.sketch import Sketch, Subsample
 from radvar.tradeoff import DEFAULT_FAMILIES, tune
 from radvar._data import take_batch
+from radvar.variance import Capture
 
 from .options import Problem
 from .specs import Budget
@@ -21,9 +22,12 @@ from .specs import Budget
 PAPER = Subsample(0.1)  # the paper's "same sample" estimator at its keep fraction
 
 
-def choose(problem: Problem, batch_size: int, budget: Budget | None, families: list[Sketch]) -> tuple[Plan, str]:
-    """The plan to analyse and one line saying where it came from."""
-    if budget is None and families:
+def choose(problem: Problem, batch_size: int, budget: Budget | None, families: list[Sketch],
+           stats: Capture | None = None, max_slowdown: float | None = None) -> tuple[Plan, str]:
+    """The plan to analyse and one line saying where it came from (``stats``: the capture of the
+    first ``batch_size`` examples to tune on, when the caller has one; ``max_slowdown``: the tuner's
+    step-time budget, which also makes a plain ``--sketch`` a family to tune from)."""
+    if budget is None and families and max_slowdown is None:
         return Plan.uniform(problem.model, families[0]), f"uniform {families[0].label()} (--sketch)"
     if budget is None:
         (x,), y = take_batch((problem.x, problem.y), batch_size, "analyze")
@@ -32,5 +36,6 @@ def choose(problem: Problem, batch_size: int, budget: Budget | None, families: l
     else:
         value, source = budget.value, f"--budget {budget}"
     plan = tune(problem.model, (problem.x, problem.y), problem.loss_fn, budget=value, batch_size=batch_size,
-                families=families or DEFAULT_FAMILIES)
-    return plan, f"recommended by radvar.tune for {source}"
+                families=families or DEFAULT_FAMILIES, stats=stats, max_slowdown=max_slowdown)
+    limit = "" if max_slowdown is None else f" within {max_slowdown:g}x the plain step time"
+    return plan, f"recommended by radvar.tune for {source}{limit}"

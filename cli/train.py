@@ -91,16 +91,20 @@ def _plan(plan_path: str | None, keep: float | None, sketch_spec: str) -> radvar
                    "bytes or bytes (2000000, 2MB, 1.5MiB).")
 @click.option("--retune-every", "retune_every", metavar="N",
               help="With --budget: re-tune the plan every N steps [default: 200].")
+@click.option("--co-optimize", "co_optimize", is_flag=True,
+              help="With --budget: a re-tune may also change the batch size (B/4 .. 4B of --batch-size).")
 @click.option("--out", type=click.Path(file_okay=False), default="radvar-train", show_default=True)
 @runtime_options
 def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...], weights: str | None,
           seed: int, device: str, output_key: str | None, plan_path: str | None, keep: float | None, sketch_spec: str,
           steps: int, batch_size: int, opt_name: str, lr: float, eval_split: float, log_every: int, amp: str | None,
           compile_: bool, checkpoint: str | None, resume: bool, budget_spec: str | None, retune_every: str | None,
-          out: str) -> None:
+          co_optimize: bool, out: str) -> None:
     """Train MODEL (default: the paper MLP on digits) exactly or with RAD; write history.csv and a plot."""
     budget, every = _auto(budget_spec, retune_every, fixed=plan_path is not None or keep is not None)
     plan = "auto" if budget is not None else _plan(plan_path, keep, sketch_spec)
+    if co_optimize and budget is None:
+        raise specs.SpecError("--co-optimize needs --budget (the batch size is re-chosen at the plan's re-tunes)")
     if resume and checkpoint is None:
         raise specs.SpecError("--resume needs --checkpoint FILE")
     if checkpoint is not None and Path(out).absolute() in Path(checkpoint).absolute().parents:
@@ -125,7 +129,7 @@ def train(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
                       device=problem.meta["device"], seed=seed,
                       log_every=log_every, checkpoint=checkpoint, checkpoint_every=log_every if checkpoint else None,
                       resume=resume, progress=not quiet(), budget=budget, retune_every=every,
-                      log_dir=tmp if budget is not None else None)
+                      log_dir=tmp if budget is not None else None, co_optimize=co_optimize)
         history.save_csv(tmp / "history.csv")
         matplotlib.use("Agg")  # files only, no display
         save_figure(history.plot().figure, tmp / "learning_curve.png")

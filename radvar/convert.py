@@ -58,7 +58,8 @@ def _convert(model: nn.Module, plan_or_sketch: Plan | Sketch | None, inplace: bo
              compact: bool = True, warn: bool = False) -> nn.Module:
     """:func:`convert`, warning only if ``warn``: radvar's own tools call this, and report coverage themselves."""
     plan = Plan.coerce(model, plan_or_sketch, "convert")
-    if warn and (isinstance(plan_or_sketch, Sketch) or any(s is not None for s in [*plan.values(), *plan.sites.values()])):
+    sketches = [*plan.values(), *plan.sites.values()]
+    if warn and (isinstance(plan_or_sketch, Sketch) or any(s is not None for s in sketches)):
         _check_coverage(model, plan)
     if not inplace:
         model = copy.deepcopy(model)

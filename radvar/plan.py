@@ -132,7 +132,8 @@ class Plan(Mapping[str, "Sketch | None"]):
             "format": FORMAT,
             "version": VERSION,
             "radvar_version": __version__,
-            "entries": {k: (v.to_dict() if v is not None else "exact") for k, v in {**self._entries, **self.sites}.items()},
+            "entries": {k: (v.to_dict() if v is not None else "exact")
+                        for k, v in {**self._entries, **self.sites}.items()},
             "provenance": self.provenance,
         }
 

@@ -1,7 +1,13 @@
+import os
+import tempfile
+
 import pytest
 import torch
 
 import radvar
+
+# the step-time cost model caches per machine under the user's cache folder; tests use a private one
+os.environ.setdefault("RADVAR_CACHE_DIR", tempfile.mkdtemp(prefix="radvar-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -352,3 +352,14 @@ def test_refused_family_and_view_are_named():
         FUNCTION_KINDS["gelu"].factory(0.5)
     with pytest.raises(ValueError, match=r"softplus route: view 'rows' is not allowed"):
         FUNCTION_KINDS["softplus"].factory(Quantize(2, view="rows"))
+
+
+def test_transformers_stays_optional(monkeypatch):
+    """Without transformers no transformers twin is made (torch's are registered regardless)."""
+    import sys
+
+    from radvar.layers import activations
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    assert activations._register_hf() == {}
+    assert twin_for(nn.GELU()) is activations.RADGELU

@@ -188,11 +188,15 @@ TRAIN = [(case, GOOD, ["--data", DATA, "--keep", keep], rf"keep must be in \(0, 
     ("plan_pickle_payload", GOOD, ["--data", DATA, "--plan", "{root}/pickle_plan.json"],
      r"pickle_plan\.json: not valid JSON"),
 ]
-ANALYZE = [
+SLOWDOWN = [(f"max_slowdown_{name}", GOOD, ["--data", DATA, "--max-slowdown", value],
+             rf"--max-slowdown: '{re.escape(value)}' must be a finite number > 1")
+            for name, value in [("1", "1"), ("0.5", "0.5"), ("negative", "-2"), ("nan", "nan"), ("inf", "inf"),
+                                ("abc", "abc")]]
+ANALYZE = SLOWDOWN + [
     ("one_draw", GOOD, ["--data", DATA, "--draws", "1"], r"--draws.*1"),
     ("out_is_a_file", GOOD, ["--data", DATA, "--out", "{root}/good.py"], r"good\.py"),
 ]
-TUNE = [("plan_in_a_missing_folder", GOOD, ["--data", DATA, "-o", "{root}/no/such/plan.json"], r"no/such")]
+TUNE = SLOWDOWN + [("plan_in_a_missing_folder", GOOD, ["--data", DATA, "-o", "{root}/no/such/plan.json"], r"no/such")]
 COMMANDS = {  # command: (its quick options, writing under the test's folder; its cases)
     "analyze": (lambda out: ["--batch-size", "8", "--out", str(out / "report"), "--json", str(out / "a.json")],
                 COMMON + MORE + SKETCH + BUDGETS + ANALYZE),

@@ -232,6 +232,14 @@ def test_transformers_rms_norms_are_matched_by_formula():
     assert twin_for(Qwen3NextRMSNormGated(4)) is None
 
 
+def test_transformers_twin_pickles_and_copies(tmp_path):
+    rad = radvar.convert(nn.Sequential(LlamaRMSNorm(4)), Quantize(2))
+    torch.save(rad, tmp_path / "model.pt")
+    for back in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(rad)):
+        assert type(back[0]) is type(rad[0]) and back[0].sketch == Quantize(2)
+        assert torch.equal(back[0].weight, rad[0].weight) and twin_for(back[0]) is type(rad[0])
+
+
 @pytest.mark.parametrize("cls", [LlamaRMSNorm, Olmo2RMSNorm, T5LayerNorm, GemmaRMSNorm])
 @pytest.mark.parametrize("dtype,weight_dtype", [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16),
                                                 (torch.float16, torch.float32)])
@@ -270,7 +278,8 @@ def test_functional_routes_take_the_torch_signature_and_are_unbiased():
     model = _Functional()
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sites = functional.functional_sites(copy.deepcopy(model), x)
-    assert sites == {":0": "layer_norm", ":1": "rms_norm", ":2": "batch_norm", ":3": "group_norm"}
+    assert sites == {":layer_norm.0": "layer_norm", ":rms_norm.0": "rms_norm", ":batch_norm.0": "batch_norm",
+                     ":group_norm.0": "group_norm"}
     gy = torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     plain = copy.deepcopy(model)
     exact = _grads(plain, x, gy)
@@ -312,6 +321,19 @@ def test_ledger_counts_two_sketches_and_one_sigma_per_reduction_set(sketch, inpu
         one = sketch.saved_bytes(view)
         bounds = 2 * view[0] * (view[1] // (sketch.group or view[1])) * 4 if isinstance(sketch, Quantize) else 0
         assert total == (2 * one - bounds if input_grad else one) + 4 * sigmas, type(module).__name__
+
+
+@pytest.mark.parametrize("sketch", [Quantize(1), Quantize(4, group=4), Quantize(2, sample=Subsample(0.5)),
+                                    Subsample(0.5), Projection(0.5)], ids=lambda s: s.label())
+def test_compress_draws_are_the_draws_of_compress(sketch):
+    """Two draws at once (Quantize: one grid, one bounds tensor) equal two compress calls with the same keys."""
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    draws = sketch.compress_draws(x, [rng.generator(k, "cpu") for k in (3, 4)])
+    for (saved, meta), key in zip(draws, (3, 4)):
+        alone, meta_alone = sketch.compress(x, rng.generator(key, "cpu"))
+        assert meta == meta_alone and all(torch.equal(a, b) for a, b in zip(saved, alone))
+    if isinstance(sketch, Quantize) and sketch.sample is None:
+        assert draws[0][0][1] is draws[1][0][1]
 
 
 def test_resnet_batch_norm_and_gpt2_layer_norm_bytes():

@@ -169,8 +169,8 @@ def test_unreachable_measured_budget_names_the_smallest_feasible(first_token, mo
     model, data = first_token
     tune_module = importlib.import_module("radvar.tradeoff.tune")
     real = tune_module.measured_bytes
-    monkeypatch.setattr(tune_module, "measured_bytes", lambda *a: real(*a) + 20_000)
+    monkeypatch.setattr(tune_module, "measured_bytes", lambda *a: real(*a) + 40_000)
     cheapest = real(model, radvar.Plan.uniform(model, Subsample(0.1)), ((data[0],), data[1]), F.cross_entropy)
     with pytest.raises(ValueError, match=rf"tune: the memory budget 29,322 bytes cannot be met as measured by the "
-                                         rf"ledger; the smallest feasible budget is {cheapest + 20_000:,} bytes"):
+                                         rf"ledger; the smallest feasible budget is {cheapest + 40_000:,} bytes"):
         tune(model, data, F.cross_entropy, budget=0.9, families=[Subsample.family()], keeps=KEEPS)

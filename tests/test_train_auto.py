@@ -215,6 +215,7 @@ def test_cli_budget_retune_end_to_end(tmp_path):
     (["--budget", ""], "--budget: '' is not a fraction in (0, 1]"),
     (["--budget", "0.2", "--retune-every", "-5"], "--retune-every: '-5' is not a whole number of steps >= 1"),
     (["--budget", "0.2", "--retune-every", "2.5"], "--retune-every: '2.5' is not a whole number of steps >= 1"),
+    (["--co-optimize"], "--co-optimize needs --budget"),
 ])
 def test_cli_bad_budget_or_interval(tmp_path, args, message):
     res = CliRunner().invoke(cli, ["train", "--steps", "2", "--out", str(tmp_path / "out"), "-q", *args])
@@ -341,3 +342,14 @@ def test_bad_co_optimize(train_data, kwargs, data, message):
         fit(mlp(), given, loss_fn=F.cross_entropy, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), steps=2,
             batch_size=50, progress=False, **kwargs)
     assert message in str(info.value)
+
+
+def test_cli_co_optimize_end_to_end(tmp_path):
+    """radvar train --budget --co-optimize: the switch log holds the batch sizes before and after each switch."""
+    res = CliRunner().invoke(cli, ["train", "--model-arg", "in_features=64", "--model-arg", "hidden=32", "--budget",
+                                   "0.15", "--retune-every", "3", "--co-optimize", "--steps", "6", "--batch-size", "40",
+                                   "--log-every", "3", "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0, res.output
+    switches = pd.read_csv(tmp_path / "retune.csv")
+    assert {"batch_before", "batch_after"} <= set(switches.columns) and switches["batch_before"].iloc[0] == 40
+    assert json.loads((tmp_path / "retune.json").read_text())["settings"]["batch_sizes"] == [10, 20, 40, 80, 160]

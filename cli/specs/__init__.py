@@ -10,8 +10,8 @@ from .data import SYNTHETIC_N, Batch, load_data
 from .errors import SpecError, load_object
 from .losses import LOSSES, LossFn, check_fit, load_loss
 from .models import ZOO_DEFAULT_DATA, default_data, load_model, load_weights, parse_model_args
-from .values import Budget, parse_budget, parse_sketch, resolve_device
+from .values import Budget, parse_budget, parse_max_slowdown, parse_sketch, resolve_device
 
-__all__ = ["SpecError", "load_object", "Batch", "SYNTHETIC_N", "load_data", "LOSSES", "LossFn", "load_loss",
+__all__ = ["parse_max_slowdown", "SpecError", "load_object", "Batch", "SYNTHETIC_N", "load_data", "LOSSES", "LossFn", "load_loss",
            "check_fit", "ZOO_DEFAULT_DATA", "default_data", "load_model", "load_weights", "parse_model_args",
            "Budget", "parse_budget", "parse_sketch", "resolve_device"]

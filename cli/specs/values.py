@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -47,6 +48,18 @@ def parse_budget(text: str) -> Budget:
     if nbytes < 1:
         raise SpecError(f"--budget: {text!r} is less than one byte")
     return Budget(nbytes=int(nbytes))
+
+
+def parse_max_slowdown(text: str) -> float:
+    """``--max-slowdown``: a finite number > 1 (step time over the plain PyTorch step)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 1.0:
+        raise SpecError(f"--max-slowdown: {text!r} must be a finite number > 1 (the plan's step time over the plain "
+                        f"PyTorch step time, e.g. 1.3)")
+    return value
 
 
 def sketch_options(cls: type[Sketch]) -> dict[str, tuple[str, Any]]:

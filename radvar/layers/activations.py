@@ -130,11 +130,11 @@ class RADReLU6(SketchedActivation, nn.ReLU6):
 
 HF_DERIVATIVES: dict[str, Callable[..., act.Derivative]] = {
     "GELUActivation": lambda m: lambda x, y: act.gelu_derivative(x),
-    "GELUTanh": lambda m: lambda x, y: act.tanh_gelu_derivative(x),
-    "NewGELUActivation": lambda m: lambda x, y: act.tanh_gelu_derivative(x),
-    "AccurateGELUActivation": lambda m: lambda x, y: act.tanh_gelu_derivative(x),
+    "GELUTanh": lambda m: lambda x, y: act.gelu_derivative(x, "tanh"),
+    "NewGELUActivation": lambda m: lambda x, y: act.gelu_derivative(x, "tanh"),
+    "AccurateGELUActivation": lambda m: lambda x, y: act.gelu_derivative(x, "tanh"),
     "FastGELUActivation": lambda m: lambda x, y: act.tanh_gelu_derivative(x, FAST_GELU_C),
-    "QuickGELUActivation": lambda m: lambda x, y: act.silu_derivative(x, 1.702),
+    "QuickGELUActivation": lambda m: lambda x, y: act.quick_gelu_derivative(x),
     "SiLUActivation": lambda m: lambda x, y: act.silu_derivative(x),
     "ClippedGELUActivation": lambda m: lambda x, y: act.clipped_gelu_derivative(x, m.min, m.max),
     "MishActivation": lambda m: lambda x, y: act.mish_derivative(x),

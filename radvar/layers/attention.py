@@ -99,6 +99,8 @@ class RADMultiheadAttention(nn.MultiheadAttention, Twin):
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                    average_attn_weights, is_causal)
         sketch = self.sketch if self._randomizes() else None
+        # torch's own checks and mask canonicalisation (private helpers of multi_head_attention_forward),
+        # so that inputs and masks mean exactly what they mean to nn.MultiheadAttention
         is_batched = F._mha_shape_check(query, key, value, key_padding_mask, attn_mask, self.num_heads)
         if is_batched and self.batch_first:
             query, key, value = _same(lambda t: t.transpose(1, 0), query, key, value)

@@ -24,9 +24,11 @@ feature p's values placed at feature q, V = Σ_{p≠q} ‖D_pq‖² + ⟨D_pq, D
   feature may move to another channel);
 * Σ_{p,q} ⟨D_pq, D_qp⟩ = Σ_{b,b'} ⟨A_bb', A_b'b⟩ with A_bb' the weight gradient of
   x_b against g_b' (A_bb = A_b): per row it is the row tot; shared it needs all
-  pairs of examples, computed exactly when that is cheap (≤ ``_EXACT_FLOPS``) and
-  otherwise estimated from ``pairs`` uniformly drawn ordered pairs b ≠ b'
-  (unbiased; its standard error is kept);
+  pairs of examples, computed exactly through (B·Q)² Gram matrices when those are
+  cheaper than per-pair gradients, or over the unordered pairs when that is cheap
+  (≤ ``_EXACT_FLOPS``, or no more pairs than ``pairs``), and otherwise estimated
+  from ``pairs`` uniformly drawn ordered pairs b ≠ b' (unbiased; its standard
+  error is kept);
 * the p = q terms are the view's col, removed twice.
 """
 
@@ -47,6 +49,7 @@ from .registry import Twin, register
 
 _CHUNK = 1 << 22  # elements of per-example gradient blocks built at once
 _EXACT_FLOPS = 2e9  # budget for the exact all-pairs cross term of a shared projection
+_GRAM_ENTRIES = 1 << 22  # largest (B·Q)² Gram matrix the exact cross term builds
 
 
 def effective_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -72,17 +75,21 @@ def patches(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], p
 
 
 def _groups(module: nn.Module, p: torch.Tensor, g: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(g, P) restricted to each convolution group: (B, O/groups, Q), (B, C/groups, Q, K)."""
+    """(g, P) of each convolution group as contiguous matrices: g (B, O/groups, Q) and the patches
+    (B, Q, C/groups · K). Every product below is a plain (batched) matmul on these: einsum on the
+    strided im2col view is orders of magnitude slower."""
     cg, og = p.shape[1] // module.groups, g.shape[1] // module.groups
     for γ in range(module.groups):
-        yield g[:, γ * og:(γ + 1) * og], p[:, γ * cg:(γ + 1) * cg]
+        pg = p[:, γ * cg:(γ + 1) * cg]
+        yield (g[:, γ * og:(γ + 1) * og].contiguous(),
+               pg.permute(0, 2, 1, 3).reshape(pg.shape[0], pg.shape[2], -1).contiguous())
 
 
-def _per_example_blocks(gg: torch.Tensor, pg: torch.Tensor) -> Iterator[torch.Tensor]:
-    """A[b, c, o, κ] = Σ_q g[b,o,q] P[b,c,q,κ], a few examples at a time."""
-    per = max(1, _CHUNK // max(1, pg.shape[1] * gg.shape[1] * pg.shape[3]))
+def _per_example_blocks(gg: torch.Tensor, pf: torch.Tensor) -> Iterator[torch.Tensor]:
+    """A_b = g_b P_b (O × C·K) = Σ_q g[b,:,q] ⊗ P[b,q,:], a few examples at a time."""
+    per = max(1, _CHUNK // max(1, gg.shape[1] * pf.shape[2]))
     for s in range(0, gg.shape[0], per):
-        yield torch.einsum("boq,bcqk->bcok", gg[s:s + per], pg[s:s + per])
+        yield torch.bmm(gg[s:s + per], pf[s:s + per])
 
 
 def _prepare(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
@@ -127,20 +134,18 @@ class ConvStats:
         gs = g.double()
         x, g, p, conv = _prepare(module, x, g)
         b, c = x.shape[:2]
-        tot = shared_col = row_tot = 0.0
-        for gg, pg in _groups(module, p, g):
-            w = torch.zeros(gg.shape[1], pg.shape[1], pg.shape[3], dtype=torch.float64)
-            for a in _per_example_blocks(gg, pg):
-                row_tot += float(a.square().sum())
-                w += a.sum(0).transpose(0, 1)
-            tot += float(w.square().sum())
-            for k in range(pg.shape[3]):
-                shared_col += float(torch.einsum("boq,bcq->qoc", gg, pg[..., k]).square().sum())
+        tot = shared_col = 0.0
+        groups = list(_groups(module, p, g))
+        for gg, pf in groups:
+            tot += float((gg.transpose(1, 2).reshape(-1, gg.shape[1]).T @ pf.reshape(-1, pf.shape[2])).square().sum())
+            shared_col += _shared_col(gg, pf)
+        row_tot = float(self.per_example_sq_norms(module, x, g, prepared=(p, groups))[0].sum())
         h = self._h(module, x, gs, conv)
         row_col = float((x.square() * h).sum())
-        gram_x = torch.einsum("bcp,dcp->cbd", x.flatten(2), x.flatten(2))
+        xc = x.flatten(2).transpose(0, 1).contiguous()  # (C, B, positions)
+        gram_x = torch.bmm(xc, xc.transpose(1, 2))
         gram_g = self._gram_g(module, x, g, conv)[torch.arange(c) // (c // module.groups)]
-        cross, cross_se = self._cross(module, p, g, row_tot, gen, projection_pairs)
+        cross, cross_se = self._cross(module, p, g, groups, row_tot, gen, projection_pairs)
         method = CLOSED if cross_se == 0 else f"estimate (shared projection: {projection_pairs} example pairs)"
         return channel_view_stats(x, h, gram_x, gram_g, (shared_col, tot, row_col, row_tot), cross, method, cross_se,
                                   entries)
@@ -168,47 +173,101 @@ class ConvStats:
         b, o = g.shape[:2]
         gw = (g * nu.reshape(1, 1, -1)).reshape(b, module.groups, o // module.groups, -1)
         gg = g.reshape(b, module.groups, o // module.groups, -1)
-        return torch.einsum("bgoq,dgoq->gbd", gw, gg)
+        gw = gw.transpose(0, 1).reshape(module.groups, b, -1).contiguous()
+        gg = gg.transpose(0, 1).reshape(module.groups, b, -1).contiguous()
+        return torch.bmm(gw, gg.transpose(1, 2))
 
     @staticmethod
-    def _cross(module: nn.Module, p: torch.Tensor, g: torch.Tensor, row_tot: float, gen: torch.Generator,
-               pairs: int) -> tuple[float, float]:
-        """Σ_{b,b'} ⟨A_bb', A_b'b⟩ (exact, or from sampled pairs b ≠ b') and its standard error."""
+    def _cross(module: nn.Module, p: torch.Tensor, g: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor]],
+               row_tot: float, gen: torch.Generator, pairs: int) -> tuple[float, float]:
+        """Σ_{b,b'} ⟨A_bb', A_b'b⟩ and its standard error: exact (by :func:`_gram_cross` or over the
+        unordered pairs b < b', the term being symmetric) when that costs at most ``_EXACT_FLOPS`` or no
+        more than ``pairs`` sampled pairs would, else from ``pairs`` uniformly drawn ordered pairs b ≠ b'."""
         b = g.shape[0]
         if b == 1:
             return row_tot, 0.0
-        per_pair = 2 * p.shape[1] * (g.shape[1] // module.groups) * p.shape[3] * p.shape[2]
-        exact = b * (b - 1) * per_pair <= _EXACT_FLOPS
-        if exact:
-            left, right = torch.arange(b).repeat_interleave(b), torch.arange(b).repeat(b)
-            left, right = left[left != right], right[left != right]
+        o, (c, q, k) = g.shape[1] // module.groups, p.shape[1:]
+        per_pair = 2 * c * o * k * q
+        gram = _gram_cheaper(q, o, c * k // module.groups) and (b * q) ** 2 <= _GRAM_ENTRIES
+        if gram:
+            return sum(_gram_cross(gg, pf) for gg, pf in groups), 0.0
+        unordered = b * (b - 1) // 2
+        if unordered <= pairs or unordered * per_pair <= _EXACT_FLOPS:
+            left, right = torch.triu_indices(b, b, 1)
         else:
             left = torch.randint(0, b, (pairs,), generator=gen)
             right = (left + torch.randint(1, b, (pairs,), generator=gen)) % b
-        values = []
-        for s in range(0, left.numel(), 64):
-            lo, hi = left[s:s + 64], right[s:s + 64]
-            dot = torch.zeros(lo.numel(), dtype=torch.float64)
-            for (g1, p1), (g2, p2) in zip(_groups(module, p[lo], g[hi]), _groups(module, p[hi], g[lo])):
-                a1 = torch.einsum("noq,ncqk->nock", g1, p1)
-                a2 = torch.einsum("noq,ncqk->nock", g2, p2)
-                dot += (a1 * a2).sum((1, 2, 3))
-            values.append(dot)
-        v = torch.cat(values)
-        if exact:
-            return row_tot + float(v.sum()), 0.0
+        dots = torch.zeros(left.numel(), dtype=torch.float64)
+        for gg, pf in groups:
+            for s in range(0, left.numel(), 64):
+                lo, hi = left[s:s + 64], right[s:s + 64]
+                dots[s:s + 64] += (torch.bmm(gg[hi], pf[lo]) * torch.bmm(gg[lo], pf[hi])).sum((1, 2))
+        v = dots
+        if left.numel() == unordered and right.numel() == unordered and bool((left < right).all()):
+            return row_tot + 2 * float(v.sum()), 0.0
         return row_tot + b * (b - 1) * float(v.mean()), b * (b - 1) * float(v.std()) / pairs ** 0.5
 
-    def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
-                             g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """‖∂W_b‖², ‖∂b_b‖² per example b."""
+    def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor,
+                             prepared: tuple[torch.Tensor, list] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """‖∂W_b‖², ‖∂b_b‖² per example b (``prepared``: the float64 patches of ``x`` and their
+        :func:`_groups` when the caller has them, ``x``/``g`` then being :func:`_prepare`'s float64 input
+        and flattened gradient).
+
+        ‖A_b‖² = Σ_{q,q'} (g_bq · g_bq')(P_bq · P_bq') when the two Q×Q Gram matrices cost less than
+        the per-example gradient A_b (:func:`_gram_cheaper`), else ‖A_b‖² from A_b itself."""
         gs = g.double()
-        x, g, p, _ = _prepare(module, x, g)
+        if prepared is None:
+            x, g, p, _ = _prepare(module, x, g)
+            groups = list(_groups(module, p, g))
+        else:
+            p, groups = prepared
         w = torch.zeros(x.shape[0], dtype=torch.float64)
-        for gg, pg in _groups(module, p, g):
-            w += torch.cat([a.square().sum((1, 2, 3)) for a in _per_example_blocks(gg, pg)])
+        o, (c, q, k) = g.shape[1] // module.groups, p.shape[1:]
+        for gg, pf in groups:
+            if _gram_cheaper(q, o, c * k // module.groups):
+                w += _per_example_gram(gg, pf)
+            else:
+                w += torch.cat([a.square().sum((1, 2)) for a in _per_example_blocks(gg, pf)])
         bias = gs.reshape(gs.shape[0], gs.shape[1], -1).sum(2).square().sum(1)
         return w, (bias if module.bias is not None else None)
+
+
+def _gram_cheaper(q: int, o: int, ck: int) -> bool:
+    """Whether Q×Q Gram matrices of the gradient (O deep) and patches (C·K deep), Q²·(O + C·K) flops,
+    cost less than the weight gradient they replace, Q·O·C·K flops."""
+    return q * (o + ck) < o * ck
+
+
+def _per_example_gram(gg: torch.Tensor, pf: torch.Tensor) -> torch.Tensor:
+    """‖A_b‖² = Σ_{q,q'} (g_bq · g_bq')(P_bq · P_bq') for each example b of one group."""
+    return (gg.transpose(1, 2) @ gg).mul_(pf @ pf.transpose(1, 2)).sum((1, 2))
+
+
+def _shared_col(gg: torch.Tensor, pf: torch.Tensor) -> float:
+    """Σ_κ Σ_q ‖Σ_b g[b,:,q] P[b,:,q,κ]ᵀ‖² of one group = Σ_q ‖Σ_b g_bq ⊗ P_bq‖²: per position q either
+    Σ_{b,b'} (g_bq · g_b'q)(P_bq · P_b'q) (B×B Gram matrices, when B·(O + C·K) < O·C·K) or the
+    O × C·K matrix itself, a few positions at a time."""
+    b, o, q = gg.shape
+    ck = pf.shape[2]
+    gq = gg.permute(2, 0, 1).contiguous()  # (Q, B, O)
+    pq = pf.transpose(0, 1).contiguous()  # (Q, B, C·K)
+    if b * (o + ck) < o * ck:
+        return float((torch.bmm(gq, gq.transpose(1, 2)) * torch.bmm(pq, pq.transpose(1, 2))).sum())
+    per = max(1, _CHUNK // max(1, o * ck))
+    return sum(float(torch.bmm(gq[s:s + per].transpose(1, 2), pq[s:s + per]).square().sum())
+               for s in range(0, q, per))
+
+
+def _gram_cross(gg: torch.Tensor, pf: torch.Tensor) -> float:
+    """Σ_{b,b'} ⟨A_bb', A_b'b⟩ of one group through (B·Q)×(B·Q) Gram matrices: with A_bb' = Σ_q g_b'q ⊗ P_bq,
+    ⟨A_bb', A_b'b⟩ = Σ_{q,q'} (g_b'q · g_bq')(P_bq · P_b'q'), i.e. ⟨H, K⟩ with H[(b,q),(b',q')] =
+    g_b'q · g_bq' and K[(b,q),(b',q')] = P_bq · P_b'q'."""
+    b, o, q = gg.shape
+    flat_g = gg.transpose(1, 2).reshape(b * q, o)
+    flat_p = pf.reshape(b * q, -1)
+    kp = (flat_p @ flat_p.T).reshape(b, q, b, q)
+    hg = (flat_g @ flat_g.T).reshape(b, q, b, q)  # hg[b', q, b, q'] = g_b'q · g_bq'
+    return float((hg.permute(2, 1, 0, 3) * kp).sum())
 
 
 class _RADConv(Twin):
@@ -216,7 +275,11 @@ class _RADConv(Twin):
     views = VIEWS
     sketch: Sketch | None
 
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eager under ``torch.compile`` as a whole (one graph break per call): compiled, this frame would
+        be specialised per layer configuration and recompile once per conv shape (dynamo's recompile
+        limit on a ResNet); the RAD op runs eagerly anyway and the plain conv is one kernel."""
         if not self._randomizes():
             return self._conv_forward(x, self.weight, self.bias)
         x, padding = effective_input(self, x)

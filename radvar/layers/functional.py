@@ -20,7 +20,9 @@ that only some calls are sites (``when``; products: both operands need a gradien
 **Routing.** :func:`route` (what ``radvar.convert`` calls when a plan names sites)
 installs the hooks as picklable objects, so a routed model deep-copies, pickles
 and keeps its state_dict; the root's pre-hook enters the mode and its forward hook,
-registered with ``always_call=True``, leaves it even when forward raises. Entries
+registered with ``always_call=True``, leaves it even when forward raises. A forward
+without autograd (``torch.no_grad()``, inference) enters no mode: nothing would be
+routed, and torch's own fast paths (e.g. ``nn.MultiheadAttention``'s) stay on. Entries
 map site keys or fnmatch patterns (``"*:mul.*"``, ``"*:*"``) to a sketch or None
 (exact): a site's own key wins, else the last matching pattern whose sketch the
 site's kind takes (:func:`site_entry`). At the end of the first forward with
@@ -173,7 +175,7 @@ class _Router:
     def state(self) -> threading.local:
         st = self.local
         if not hasattr(st, "stack"):
-            st.stack, st.counts, st.seen, st.depth, st.mode = [], {}, {}, 0, _SiteMode(self)
+            st.stack, st.counts, st.seen, st.depth, st.mode, st.on = [], {}, {}, 0, _SiteMode(self), False
         return st
 
     def enter(self, name: str | None, root: bool) -> None:
@@ -182,7 +184,9 @@ class _Router:
             if st.depth == 0:
                 st.counts.clear()
                 st.seen.clear()
-                st.mode.__enter__()
+                st.on = torch.is_grad_enabled()  # without autograd nothing is routed: no mode, no cost
+                if st.on:
+                    st.mode.__enter__()
             st.depth += 1
         st.stack.append(name)
 
@@ -196,8 +200,11 @@ class _Router:
         if st.depth:
             return
         st.stack.clear()
+        if not st.on:
+            return
+        st.on = False
         st.mode.__exit__(None, None, None)
-        if self.checked or not torch.is_grad_enabled() or sys.exc_info()[0] is not None:
+        if self.checked or sys.exc_info()[0] is not None:
             return
         missing = sorted(k for k in self.entries if not is_pattern(k) and k not in st.seen)
         if missing:

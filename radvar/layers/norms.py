@@ -201,6 +201,10 @@ class _RADHFRMSNorm(_NormTwin):
         return norm_op.rad_rms_norm_with(x, weight, lambda x_, w, b: own(x_), float(getattr(self, eps_name)),
                                          torch.float32, self.sketch)
 
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickled as its transformers class and state; loading rebuilds the twin class (made at run time)."""
+        return _hf_twin_instance, (type(self).__bases__[1],), self.__dict__
+
 
 def _source(fn: Any) -> str | None:
     try:
@@ -220,6 +224,16 @@ def hf_rms_norm_twin(cls: type[nn.Module]) -> type[Twin] | None:
         return None
     return type(f"RAD{cls.__name__}", (_RADHFRMSNorm, cls),
                 {"formula": formula, "__module__": __name__, "__doc__": f"{cls.__name__} with a RAD backward."})
+
+
+def _hf_twin_instance(source: type[nn.Module]) -> nn.Module:
+    """An empty instance of the twin of ``source`` (registered), for unpickling."""
+    twin = hf_rms_norm_twin(source)
+    if twin is None:
+        raise TypeError(f"radvar: {source.__module__}.{source.__qualname__} no longer has the RMSNorm formula of "
+                        f"its pickled RAD twin")
+    register(source)(twin)
+    return twin.__new__(twin)
 
 
 # ---- functional routes ----------------------------------------------------------------------------------------

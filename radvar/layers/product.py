@@ -50,7 +50,8 @@ def mul_op(sketch: Sketch) -> Op:
 @function_kind(torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm, name="matmul", families=FAMILIES,
                when=lambda args, kwargs: _operands(args, kwargs, 2))
 def matmul_op(sketch: Sketch) -> Op:
-    """``a @ b`` (``torch.matmul``, ``torch.bmm``) keeping sketches of a and b (:func:`radvar.ops.product.rad_matmul`)."""
+    """``a @ b`` (``torch.matmul``, ``torch.bmm``) keeping sketches of a and b
+    (:func:`radvar.ops.product.rad_matmul`)."""
 
     def op(a: torch.Tensor, b: torch.Tensor) -> Any:
         return rad_matmul(a, b, sketch)

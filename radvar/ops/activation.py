@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,6 @@ def compact_leaky_relu(x: torch.Tensor, negative_slope: float = 0.01) -> torch.T
 Derivative = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``derivative(x, y)`` = f'(x) for an elementwise ``y = f(x)`` (y given for forms that read it)."""
 
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
 
@@ -116,59 +115,66 @@ def sketch_derivative(x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor]
     return SketchedDerivativeFunction.apply(x, f, derivative, sketch, rng.next_key(), inplace)
 
 
-def _kernel_derivative(backward: Callable[..., torch.Tensor], x: torch.Tensor, **options: Any) -> torch.Tensor:
-    """f'(x) from torch's own fused backward kernel ``backward(grad, x, **options)`` with grad = 1
-    (an expanded scalar): one pass over x instead of a chain of elementwise ops and temporaries."""
-    return backward(torch.ones((), dtype=x.dtype, device=x.device).expand(x.shape), x, **options)
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """A gradient of ones shaped like x (a broadcast scalar: no allocation)."""
+    return torch.ones((), dtype=x.dtype, device=x.device).expand_as(x)
 
 
 def gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """GELU'(x) = Φ(x) + x·φ(x) (Φ, φ the standard normal cdf and density); for ``approximate="tanh"``
-    the derivative of ½x(1 + tanh(c(x + 0.044715x³))), c = √(2/π) (:func:`tanh_gelu_derivative`);
-    computed by torch's ``gelu_backward`` kernel."""
-    return _kernel_derivative(torch.ops.aten.gelu_backward, x, approximate=approximate)
+    """GELU'(x) = Φ(x) + x·φ(x) (Φ, φ the standard normal cdf and density); for ``approximate="tanh"``,
+    d/dx ½x(1 + t) = ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²), t = tanh(c(x + 0.044715x³)),
+    c = √(2/π). Computed by torch's backward kernel at unit gradient, so bitwise what autograd uses."""
+    return torch.ops.aten.gelu_backward(_unit(x), x, approximate=approximate)
 
 
-def tanh_gelu_derivative(x: torch.Tensor, c: float = SQRT_2_OVER_PI) -> torch.Tensor:
-    """d/dx ½x(1 + t) = ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²), t = tanh(c(x + 0.044715x³)) (torch's
-    kernel for c = √(2/π); the formula for another c)."""
-    if c == SQRT_2_OVER_PI:
-        return gelu_derivative(x, "tanh")
+def tanh_gelu_derivative(x: torch.Tensor, c: float) -> torch.Tensor:
+    """The tanh form of GELU'(x) with the constant c in place of √(2/π) (for formulas that round it):
+    ½(1 + t) + ½x(1 − t²)·c(1 + 3·0.044715x²), t = tanh(c(x + 0.044715x³))."""
     t = torch.tanh(c * (x + GELU_CUBIC * x * x * x))
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * GELU_CUBIC * x * x)
 
 
-def silu_derivative(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """d/dx x·σ(a·x) = σ(a·x)·(1 + a·x·(1 − σ(a·x))), a = ``scale`` (SiLU: a = 1, torch's ``silu_backward``
-    kernel; QuickGELU: a = 1.702)."""
-    if scale == 1.0:
-        return _kernel_derivative(torch.ops.aten.silu_backward, x)
-    s = torch.sigmoid(scale * x)
-    return s * (1 + scale * x * (1 - s))
+def silu_derivative(x: torch.Tensor) -> torch.Tensor:
+    """d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x))) (torch's backward kernel at unit gradient)."""
+    return torch.ops.aten.silu_backward(_unit(x), x)
+
+
+def quick_gelu_derivative(x: torch.Tensor, a: float = 1.702) -> torch.Tensor:
+    """d/dx x·σ(a·x) = σ(a·x)·(1 + a·x·(1 − σ(a·x)))."""
+    s = torch.sigmoid(a * x)
+    return s * (1 + a * x * (1 - s))
 
 
 def softplus_derivative(x: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
     """softplus(x) = log(1 + e^{βx})/β, and x where βx > threshold (torch's rule), so its derivative is
-    σ(βx) = z/(z + 1) with z = e^{βx}, and 1 where βx > threshold."""
-    z = torch.exp(beta * x)
-    return torch.where(beta * x > threshold, torch.ones_like(x), z / (z + 1))
+    σ(βx) = z/(z + 1) with z = e^{βx}, and 1 where βx > threshold (torch's backward kernel)."""
+    return torch.ops.aten.softplus_backward(_unit(x), x, beta, threshold)
 
 
 def mish_derivative(x: torch.Tensor) -> torch.Tensor:
-    """d/dx x·tanh(softplus(x)) = t + x·σ(x)·(1 − t²), t = tanh(softplus(x))."""
-    t = torch.tanh(F.softplus(x))
-    return t + x * torch.sigmoid(x) * (1 - t * t)
+    """d/dx x·tanh(softplus(x)) = t + x·σ(x)·(1 − t²), t = tanh(softplus(x)) (torch's backward kernel)."""
+    return torch.ops.aten.mish_backward(_unit(x), x)
 
 
 def hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
     """hardswish(x) = x·relu6(x + 3)/6: derivative 0 for x < −3, x/3 + ½ for −3 ≤ x ≤ 3, 1 for x > 3
-    (torch's values at the kinks)."""
-    return torch.where(x < -3, torch.zeros_like(x), torch.where(x <= 3, x / 3 + 0.5, torch.ones_like(x)))
+    (torch's backward kernel, with its values at the kinks)."""
+    return torch.ops.aten.hardswish_backward(_unit(x), x)
 
 
 def hardtanh_derivative(x: torch.Tensor, min_val: float, max_val: float) -> torch.Tensor:
-    """clamp(x, min, max): 1 where min < x < max, else 0 (torch's hardtanh rule; ReLU6 is [0, 6])."""
-    return ((x > min_val) & (x < max_val)).to(x.dtype)
+    """clamp(x, min, max): 1 where min < x < max, else 0 (torch's hardtanh backward; ReLU6 is [0, 6])."""
+    return torch.ops.aten.hardtanh_backward(_unit(x), x, min_val, max_val)
+
+
+def tanh_derivative(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """tanh'(x) = 1 − y², y = tanh(x) (torch's backward kernel)."""
+    return torch.ops.aten.tanh_backward(_unit(y), y)
+
+
+def sigmoid_derivative(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """σ'(x) = y(1 − y), y = σ(x) (torch's backward kernel)."""
+    return torch.ops.aten.sigmoid_backward(_unit(y), y)
 
 
 def clipped_gelu_derivative(x: torch.Tensor, min_val: float, max_val: float) -> torch.Tensor:
@@ -192,16 +198,6 @@ def relu_squared_derivative(x: torch.Tensor) -> torch.Tensor:
 def sqrt_softplus_derivative(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """d/dx √softplus(x) = softplus'(x)/(2y), y = √softplus(x) (:func:`softplus_derivative`)."""
     return softplus_derivative(x) / (2 * y)
-
-
-def tanh_derivative(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """tanh'(x) = 1 − y², y = tanh(x)."""
-    return 1 - y * y
-
-
-def sigmoid_derivative(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """σ'(x) = y(1 − y), y = σ(x)."""
-    return y * (1 - y)
 
 
 def rad_gelu(input: torch.Tensor, approximate: str = "none", sketch: Sketch | None = None) -> torch.Tensor:

@@ -208,10 +208,10 @@ class RADAttentionFunction(torch.autograd.Function):
         q_hat, k_hat, v_hat = (_restore(sketch, kept, saved, work) for kept in (kq, kk, kv))
         p_a, p_b = (_restore(sketch, kept, saved, work) for kept in (ka, kb))
         drop = _dropout_scale(p_a.shape, ctx.dropout_p, ctx.keys.drop, p_a) if ctx.dropout_p > 0 else None
-        g_pd = torch.zeros_like(p_a) if g_probs is None else g_probs.to(work).expand_as(p_a)
+        g_pd = torch.zeros_like(p_a) if g_probs is None else g_probs.to(work).expand_as(p_a).contiguous()
         gv = None
         if g_out is not None:
-            g_out = g_out.to(work)
+            g_out = g_out.to(work).contiguous()  # an expanded gradient (of a sum) sends bmm to a slow path
             if ctx.needs_input_grad[2]:
                 pd_a = p_a if drop is None else p_a * drop
                 gv = _fold(pd_a.transpose(-2, -1) @ g_out, rep, v_shape)

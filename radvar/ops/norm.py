@@ -18,8 +18,9 @@ keys and uses
 each product multiplies independent unbiased factors, so E[∂x̂] = ∂x and
 E[∂γ̂] = ∂γ (averaging the two orders only lowers the variance). When x needs
 no gradient one sketch is kept, for ∂γ. σ (one number per reduction set) is
-kept exactly; μ is not needed. A tensor the second draw shares with the first
-(Quantize's offsets and steps, which depend on z only) is kept once.
+kept exactly; μ is not needed. The draws come from :meth:`Sketch.compress_draws`
+(Quantize shares its grid and its offsets and steps, which depend on z only,
+between them, so they are kept once).
 
 Every norm is laid out as x viewed (N, G, K, S) with γ over (G, K):
 
@@ -36,8 +37,11 @@ group      (N, G, C/G, S)    2, 3           examples: N; positions: N·C
 numbers per row.
 
 The forward output is torch's own functional forward (bitwise the plain
-output; BatchNorm's running statistics are updated by torch itself); σ and z
-are computed beside it in float32 (float64 for float64 input). BatchNorm in
+output; BatchNorm's running statistics are updated by torch itself); z and 1/σ
+come from torch's normalization kernel without the affine map
+(``native_layer_norm``, ``native_batch_norm``, ``native_group_norm``), or,
+for RMSNorm and for 16-bit input (whose kernels return a 16-bit σ), from
+:func:`standardize` in float32 (float64 for float64 input). BatchNorm in
 eval mode is the per-channel affine map y = x·s + t with exact backward; it
 keeps x only when γ needs a gradient.
 """
@@ -111,22 +115,16 @@ class RADNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                run: Callable[..., torch.Tensor], stats: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                run: Callable[..., torch.Tensor], stats: "Stats",
                 layout: Layout, sketch: Sketch, keys: tuple[int, int]) -> torch.Tensor:
         y = run(x, weight, bias)
-        z, rstd = stats(x.reshape(layout.shape))
+        z, rstd = stats(x)
         view = z.to(x.dtype).reshape(layout.rows, -1)
-        draws = 2 if ctx.needs_input_grad[0] else 1
-        first, meta1 = sketch.compress(view, rng.generator(keys[0], x.device))
-        saved, metas = list(first), [meta1]
-        if draws == 2:
-            second, meta2 = sketch.compress(view, rng.generator(keys[1], x.device))
-            saved += [a if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) else b
-                      for a, b in zip(first, second)]
-            metas.append(meta2)
-        ctx.save_for_backward(weight, rstd, *saved)
-        ctx.sketch, ctx.metas, ctx.keys, ctx.layout = sketch, metas, keys, layout
-        ctx.x_shape, ctx.split = x.shape, len(first)
+        used = keys if ctx.needs_input_grad[0] else keys[:1]
+        draws = sketch.compress_draws(view, [rng.generator(key, x.device) for key in used])
+        ctx.save_for_backward(weight, rstd, *(t for saved, _ in draws for t in saved))
+        ctx.sketch, ctx.metas, ctx.keys, ctx.layout = sketch, [meta for _, meta in draws], used, layout
+        ctx.x_shape, ctx.split = x.shape, len(draws[0][0])
         ctx.bias_shape = None if bias is None else bias.shape
         return y
 
@@ -144,47 +142,49 @@ class RADNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             z1, z2 = zs
             gh = g * weight.to(rstd.dtype).view(1, shape[1], shape[2], 1) if weight is not None else g
-            cross = z1 * (gh * z2).mean(red, keepdim=True) + z2 * (gh * z1).mean(red, keepdim=True)
-            gx = gh - 0.5 * cross
+            m1, m2 = (gh * z1).mean(red, keepdim=True), (gh * z2).mean(red, keepdim=True)
             if layout.centered:
-                gx -= gh.mean(red, keepdim=True)
-            gx = (gx * rstd).view(ctx.x_shape)
+                gx = gh - gh.mean(red, keepdim=True)
+            else:
+                gx = gh.clone() if gh is g else gh
+            gx = gx.addcmul_(z1, m2, value=-0.5).addcmul_(z2, m1, value=-0.5).mul_(rstd).view(ctx.x_shape)
         if weight is not None and ctx.needs_input_grad[1]:
-            zbar = zs[0] if len(zs) == 1 else 0.5 * (zs[0] + zs[1])
-            gw = (g * zbar).sum(PARAM_DIMS).view(weight.shape)
+            zsum = zs[0] if len(zs) == 1 else zs[0].add_(zs[1]).mul_(0.5)
+            gw = (g * zsum).sum(PARAM_DIMS).view(weight.shape)
         if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
             gb = g.sum(PARAM_DIMS).view(ctx.bias_shape)
         return gx, gw, gb, None, None, None, None, None
 
 
+Stats = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def _apply(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, run: Callable[..., torch.Tensor],
-           eps: float, layout: Layout, sketch: Sketch, acc: torch.dtype | None = None) -> torch.Tensor:
-    """:class:`RADNormFunction` with σ and z from :func:`standardize` in ``acc`` (default: :func:`accumulate_dtype`);
-    an empty input runs ``run`` under plain autograd."""
+           stats: Stats, layout: Layout, sketch: Sketch) -> torch.Tensor:
+    """:class:`RADNormFunction` with (z, 1/σ) from ``stats(x)``; an empty input runs ``run`` under plain autograd."""
     if x.numel() == 0:
         return run(x, weight, bias)
-    acc = acc or accumulate_dtype(x.dtype)
-    return RADNormFunction.apply(x, weight, bias, run, lambda x4: standardize(x4, layout, eps, acc), layout, sketch,
-                                 (rng.next_key(), rng.next_key()))
-
-
-def _apply_native(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                  native: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]], stats_shape: tuple[int, ...],
-                  layout: Layout, sketch: Sketch) -> torch.Tensor:
-    """:class:`RADNormFunction` over a torch kernel ``native(x, γ, β) -> (y, μ, 1/σ)`` (the kernel the
-    functional form runs: the same output, and the μ and 1/σ it used, shaped by ``stats_shape`` against
-    the (N, G, K, S) layout); z = x·(1/σ) − μ/σ then takes one pass, not a second reduction over x."""
-    acc, kept = accumulate_dtype(x.dtype), {}
-
-    def run(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor:
-        y, kept["mean"], kept["rstd"] = native(x, w, b)
-        return y
-
-    def stats(x4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rstd = kept["rstd"].to(acc).view(stats_shape)
-        return torch.addcmul(-kept["mean"].to(acc).view(stats_shape) * rstd, x4.to(acc), rstd), rstd
-
     return RADNormFunction.apply(x, weight, bias, run, stats, layout, sketch, (rng.next_key(), rng.next_key()))
+
+
+def _stats(native: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], layout: Layout,
+           eps: float) -> Stats:
+    """(z, 1/σ) of x: torch's own normalization kernel ``native`` (z without the affine map, and 1/σ) for
+    float32/float64 input; :func:`standardize` in float32 for 16-bit input, whose kernels return a 16-bit σ."""
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dtype not in (torch.float32, torch.float64):
+            return standardize(x.reshape(layout.shape), layout, eps, torch.float32)
+        z, rstd = native(x)
+        keep = [1 if d in layout.reduce else size for d, size in enumerate(layout.shape)]
+        return z.reshape(layout.shape), rstd.reshape(keep)
+
+    return stats
+
+
+def _standardized(layout: Layout, eps: float, acc: torch.dtype | None = None) -> Stats:
+    """(z, 1/σ) from :func:`standardize` in ``acc`` (default: :func:`accumulate_dtype` of x)."""
+    return lambda x: standardize(x.reshape(layout.shape), layout, eps, acc or accumulate_dtype(x.dtype))
 
 
 def _rows_layout(x: torch.Tensor, normalized_shape: Sequence[int], centered: bool) -> Layout:
@@ -215,10 +215,10 @@ def rad_layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], w
     if not randomizes(sketch, input, weight, bias) or not _fits(input, shape):
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     check_view(sketch, TOKEN_VIEWS, "layer_norm")
-    if input.numel() == 0:
-        return F.layer_norm(input, normalized_shape, weight, bias, eps)
-    return _apply_native(input, weight, bias, lambda x, w, b: torch.native_layer_norm(x, shape, w, b, eps),
-                         (-1, 1, 1, 1), _rows_layout(input, shape, True), sketch)
+    layout = _rows_layout(input, shape, True)
+    native = _stats(lambda x: torch.native_layer_norm(x, shape, None, None, eps)[::2], layout, eps)
+    return _apply(input, weight, bias, lambda x, w, b: F.layer_norm(x, normalized_shape, w, b, eps), native,
+                  layout, sketch)
 
 
 @torch.compiler.disable
@@ -231,16 +231,19 @@ def rad_rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], wei
         return F.rms_norm(input, normalized_shape, weight, eps)
     check_view(sketch, TOKEN_VIEWS, "rms_norm")
     eps_value = torch.finfo(accumulate_dtype(input.dtype)).eps if eps is None else eps
-    return _apply(input, weight, None, lambda x, w, b: F.rms_norm(x, normalized_shape, w, eps), eps_value,
-                  _rows_layout(input, shape, False), sketch)
+    layout = _rows_layout(input, shape, False)
+    return _apply(input, weight, None, lambda x, w, b: F.rms_norm(x, normalized_shape, w, eps),
+                  _standardized(layout, eps_value), layout, sketch)
 
 
+@torch.compiler.disable
 def rad_rms_norm_with(input: torch.Tensor, weight: torch.Tensor | None, run: Callable[..., torch.Tensor],
                       eps: float, acc: torch.dtype, sketch: Sketch) -> torch.Tensor:
     """RMSNorm over the last dim whose forward is ``run(x, γ, None)`` and whose σ and z are computed in
     ``acc`` (for modules that compute y = γ·(x/σ) their own way, e.g. in float32 whatever x's dtype)."""
     check_view(sketch, TOKEN_VIEWS, "rms_norm")
-    return _apply(input, weight, None, run, eps, _rows_layout(input, input.shape[-1:], False), sketch, acc)
+    layout = _rows_layout(input, input.shape[-1:], False)
+    return _apply(input, weight, None, run, _standardized(layout, eps, acc), layout, sketch)
 
 
 @torch.compiler.disable
@@ -251,8 +254,11 @@ def rad_group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | 
             or num_groups < 1 or input.shape[1] % num_groups):
         return F.group_norm(input, num_groups, weight, bias, eps)
     view = check_view(sketch, CHANNEL_VIEWS, "group_norm")
-    return _apply(input, weight, bias, lambda x, w, b: F.group_norm(x, num_groups, w, b, eps), eps,
-                  _channel_layout(input, num_groups, (2, 3), view), sketch)
+    layout = _channel_layout(input, num_groups, (2, 3), view)
+    n, c, s = input.shape[0], input.shape[1], layout.shape[3]
+    native = _stats(lambda x: torch.native_group_norm(x, None, None, n, c, s, num_groups, eps)[::2], layout, eps)
+    return _apply(input, weight, bias, lambda x, w, b: F.group_norm(x, num_groups, w, b, eps), native, layout,
+                  sketch)
 
 
 class BatchNormEvalFunction(torch.autograd.Function):
@@ -302,10 +308,8 @@ def rad_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     view = check_view(sketch, CHANNEL_VIEWS, "batch_norm")
     if not training:
         return BatchNormEvalFunction.apply(input, weight, bias, running_mean, running_var, eps)
-    if input.numel() == 0:
-        return F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
-    F._verify_batch_size(input.size())  # F.batch_norm's own check: more than one value per channel
-    return _apply_native(input, weight, bias,
-                         lambda x, w, b: torch.native_batch_norm(x, w, b, running_mean, running_var, True, momentum,
-                                                                 eps),  # what F.batch_norm runs (and its update)
-                         (1, 1, -1, 1), _channel_layout(input, 1, (0, 1, 3), view), sketch)
+    layout = _channel_layout(input, 1, (0, 1, 3), view)
+    native = _stats(lambda x: torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)[::2], layout, eps)
+    return _apply(input, weight, bias,
+                  lambda x, w, b: F.batch_norm(x, running_mean, running_var, w, b, True, momentum, eps), native,
+                  layout, sketch)

@@ -91,14 +91,14 @@ def _plain(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> bool:
 
 
 def rad_mul(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> torch.Tensor:
-    """``a * b`` (broadcasting) keeping sketches â, b̂: ``∂a = Σ_broadcast g ⊙ b̂``, ``∂b = Σ_broadcast g ⊙ â``."""
+    """``a * b`` (broadcasting) keeping sketches â, b̂: ``∂a = Σ_bcast g ⊙ b̂``, ``∂b = Σ_bcast g ⊙ â``."""
     if _plain(a, b, sketch):
         return torch.mul(a, b)
     return _Product.apply(a, b, False, sketch, rng.next_key(), rng.next_key())
 
 
 def rad_matmul(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> torch.Tensor:
-    """``a @ b`` for operands of 2+ dims (batch dims broadcast) keeping Â, B̂: ``∂A = G B̂ᵀ``, ``∂B = Âᵀ G``."""
+    """``a @ b``, operands of 2+ dims (batch dims broadcast), keeping Â, B̂: ``∂A = G B̂ᵀ``, ``∂B = Âᵀ G``."""
     if a.dim() < 2 or b.dim() < 2:
         raise ValueError(f"rad_matmul: operands must have at least 2 dimensions, got shapes "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")

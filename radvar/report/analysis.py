@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import memory, variance
+from .. import bench, memory, variance
+from ..bench.cost import CostModel, input_shapes
 from .._data import take_batch
 from .._hooks import run_with_pre_hooks
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
@@ -56,7 +57,8 @@ def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
 
 def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable[..., torch.Tensor], *,
             batch_size: int, plan: Plan, families: Sequence[Sketch] | None = None, draws: int = 0,
-            progress: Callable[[str], None] | None = None) -> Analysis:
+            progress: Callable[[str], None] | None = None, stats: variance.Capture | None = None,
+            timing: bool = True) -> Analysis:
     """Per-layer memory (plain -> plan), RAD variance, data noise, variance-vs-keep curves and frontier.
 
     ``data = (inputs, targets)``: data noise is measured over all of it; the first
@@ -64,7 +66,11 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     ``families``: sketch templates scanned over keep (default :data:`FAMILIES`).
     ``draws`` > 0 adds a Monte Carlo check, on the first batch, of the closed form
     ``batch_rad_variance`` of that batch (:func:`radvar.variance.empirical`:
-    ``mc_variance`` with its 99% ``ci_low``/``ci_high``).
+    ``mc_variance`` with its 99% ``ci_low``/``ci_high``). ``stats``: a
+    :func:`radvar.variance.capture` of ``model`` on that first batch (entries kept) to
+    reuse, e.g. the one the plan was tuned on. ``timing``: measure the plan's step time against
+    plain PyTorch on that batch (:func:`radvar.bench.compare`, interleaved) and predict it
+    (:func:`step_time`).
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"analyze: plan must be a radvar.Plan, got {type(plan).__name__}")
@@ -80,7 +86,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     plain = memory.saved_bytes(model, xb, loss_fn, yb)
     planned = memory.saved_bytes(convert(model, plan), xb, loss_fn, yb)
     tick("data noise and RAD variance")
-    mb = variance.minibatch(model, data, loss_fn, batch_size, plan=plan)
+    mb = variance.minibatch(model, data, loss_fn, batch_size, plan=plan, stats=stats)
     total = mb.total.iloc[0].to_dict()
     per_layer = mb.per_layer.set_index("layer")
     mc: dict[str, dict] = {}
@@ -89,7 +95,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         mc = {r["layer"]: r for r in variance.empirical(model, (xb, yb), loss_fn, plan, draws=draws)
               .per_layer.to_dict(orient="records")}
     tick("variance vs keep")
-    cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, KEEPS)
+    cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, KEEPS, stats=stats)
 
     modules = dict(model.named_modules())
     bytes_plain, bytes_plan = plain.by_module, planned.by_module
@@ -122,6 +128,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     curves = cands.table[cands.table["family"] != cand_lib.EXACT]
     curves = curves[["layer", "family", "keep", "variance"]].rename(columns={"variance": "rad_variance"})
 
+    step = step_time(model, xb, yb, loss_fn, plan) if timing else {}
     tick("frontier")
     front = frontier_lib.frontier(model, data, loss_fn, cands, total["trace_sigma"],
                                   sorted({max(1, batch_size // d) for d in (16, 8, 4, 2)}), families).table
@@ -139,11 +146,34 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         "equivalent_batch_size": total["equivalent_batch_size"],
         "small_batch_same_memory": int(total["small_batch_same_memory"]),
         "trace_sigma": total["trace_sigma"], "noise_scale": total["noise_scale"],
+        **step,
     }
     meta = {"families": [cand_lib.family_name(f) for f in families], "keeps": list(KEEPS), "draws": draws}
     return Analysis(meta=meta, per_layer=layers, total=totals, curves=curves.reset_index(drop=True),
                     frontier=frontier, plan=plan.to_dict(),
                     modules={name: type(m).__name__ for name, m in modules.items() if name})
+
+
+def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, plan: Plan,
+              cost: CostModel | None = None, reps: int = 5) -> dict[str, float]:
+    """Measured and predicted step time of ``plan`` on one batch: ``step_plain_ms``/``step_plan_ms``
+    (medians of ``reps`` interleaved steps) and ``slowdown_measured`` (their ratio); ``slowdown_predicted``
+    from the tuner's figure in the plan's provenance when it has one, else 1 + Σ_l extra seconds of
+    each sketched layer / the plain step from the timings :class:`radvar.bench.cost.CostModel` has
+    cached on this machine (NaN when one is missing: analysing does not time layers; tuning with a
+    step-time budget does)."""
+    frame = bench.compare(model, x, y, loss_fn, [plan], reps=reps, warmup=1)
+    plain_s, plan_s = frame["step_ms"].iloc[0] / 1e3, frame["step_ms"].iloc[1] / 1e3
+    tuned = (plan.provenance or {}).get("step_time")
+    if tuned:
+        predicted = float(tuned["predicted_slowdown"])
+    else:
+        cost = cost or CostModel(measure=False)
+        shapes, modules = input_shapes(model, x), dict(model.named_modules())
+        extra = sum(cost.extra_seconds(modules[n], shapes.get(n, []), s) for n, s in plan.items() if s is not None)
+        predicted = 1.0 + extra / plain_s
+    return {"step_plain_ms": plain_s * 1e3, "step_plan_ms": plan_s * 1e3, "slowdown_measured": plan_s / plain_s,
+            "slowdown_predicted": predicted}
 
 
 def _kind(curve: str) -> str:

@@ -83,6 +83,12 @@ def summary_lines(analysis: "Analysis") -> list[str]:
     verdict = "beats" if eq > small else "does not beat"
     lines.append(f"in the same memory, the plan {verdict} exact training at batch {small} "
                  f"(equivalent batch {format_float(eq)} vs {small})")
+    if not _missing(t.get("slowdown_measured")):
+        predicted = ("not predicted (no cached layer timings; tune with --max-slowdown to time the layers)"
+                     if _missing(t.get("slowdown_predicted")) else
+                     f"{t['slowdown_predicted']:.2f}x predicted by the per-layer cost model")
+        lines.append(f"step time: {t['step_plan_ms']:.3g} ms with the plan vs {t['step_plain_ms']:.3g} ms plain, "
+                     f"{t['slowdown_measured']:.2f}x measured (median of interleaved steps); {predicted}")
     return lines
 
 

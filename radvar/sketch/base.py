@@ -112,6 +112,12 @@ class Sketch(abc.ABC):
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         """Draw the sketch of ``x`` (rows, features): tensors to keep, metadata."""
 
+    def compress_draws(self, x: torch.Tensor, gens: Sequence[torch.Generator]) -> list[tuple[Saved, Meta]]:
+        """Independent sketches of one ``x``, one per generator, each the draw :meth:`compress` makes with
+        that generator (for ops that need two independent estimates of one tensor); a family may share
+        between them what does not depend on the draw."""
+        return [self.compress(x, gen) for gen in gens]
+
     @abc.abstractmethod
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         """Dense unbiased reconstruction x̂ with E[x̂] = x."""

@@ -28,8 +28,11 @@ def poisson_scale(s: torch.Tensor, tail: torch.Tensor, budget: float) -> torch.T
     """Per row, the c of π_j = min(1, c s_j) with Σ_j π_j = budget (rows with more than
     ``budget`` nonzeros). ``s`` (rows, n) is |x| sorted descending, ``tail[:, t] = Σ_{j≥t} s_j``:
     with the t largest capped, c = (budget − t) / tail_t, valid for the first t whose
-    (t+1)-th largest stays below the cap, (budget − t) s_t ≤ tail_t."""
-    t = torch.arange(s.shape[1], device=s.device, dtype=s.dtype)
+    (t+1)-th largest stays below the cap, (budget − t) s_t ≤ tail_t. That t is at most ⌈budget⌉
+    (there the left side is ≤ 0), so only the first ⌈budget⌉ + 1 columns are read."""
+    m = min(s.shape[1], math.ceil(budget) + 1)
+    s, tail = s[:, :m], tail[:, :m]
+    t = torch.arange(m, device=s.device, dtype=s.dtype)
     first = ((budget - t) * s <= tail).to(torch.int8).argmax(dim=1, keepdim=True)
     return (budget - first.to(s.dtype)) / tail.gather(1, first).clamp_min(torch.finfo(s.dtype).tiny)
 
@@ -51,14 +54,16 @@ def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
 class ImportanceStats:
     """Per row of the view, |x| sorted descending with suffix sums for π ∝ |x| capped at 1.
 
-    ``s`` (rows, n) sorted |x|; ``tail[:, t] = Σ_{j≥t} s_j``; ``sw``/``s2w`` the suffix
-    sums of ``s_j w_j`` and ``s_j² w_j`` with ``w_j = ‖C_rj‖² / x_rj²`` the weight of entry j.
+    ``s`` (rows, n) sorted |x|; ``tail[:, t] = Σ_{j≥t} s_j``; ``sw``/``s2w`` (rows, n + 1) the suffix
+    sums of ``s_j w_j`` and ``s_j² w_j`` with ``w_j = ‖C_rj‖² / x_rj²`` the weight of entry j (a zero
+    column appended); ``nnz`` (rows, 1) the nonzero count of each row.
     """
 
     s: torch.Tensor
     tail: torch.Tensor
     sw: torch.Tensor
     s2w: torch.Tensor
+    nnz: torch.Tensor
 
     @classmethod
     def build(cls, view: torch.Tensor, weight: torch.Tensor) -> "ImportanceStats":
@@ -67,25 +72,23 @@ class ImportanceStats:
         w = weight.double().expand_as(a)
         s, order = a.sort(dim=1, descending=True)
         ws = w.gather(1, order)
-        suffix = lambda t: t.flip(1).cumsum(1).flip(1)  # noqa: E731
-        return cls(s, suffix(s), suffix(s * ws), suffix(s * s * ws))
+        pad = s.new_zeros(s.shape[0], 1)
+        suffix = lambda t: torch.cat([t.flip(1).cumsum(1).flip(1), pad], 1)  # noqa: E731
+        return cls(s, suffix(s)[:, :-1], suffix(s * ws), suffix(s * s * ws), (s > 0).sum(1, keepdim=True))
 
     def variance(self, keep: float) -> float:
         """Σ_rj (1/π_rj − 1) x_rj² w_rj with π from :func:`inclusion_probabilities`.
 
         Per row π_j = min(1, c s_j) (c as there), so the sum runs over the suffix of
-        entries with c s_j < 1: ``sw[j*]/c − s2w[j*]``.
+        entries with c s_j < 1: ``sw[j*]/c − s2w[j*]``. At most ⌈keep · n⌉ entries are
+        capped, so j* is counted on that many leading columns.
         """
-        rows, n = self.s.shape
-        budget = keep * n
+        budget = keep * self.s.shape[1]
         c = poisson_scale(self.s, self.tail, budget)
-        start = (c * self.s >= 1.0).sum(1, keepdim=True)
-        pad = torch.zeros(rows, 1, dtype=self.s.dtype)
-        sw = torch.cat([self.sw, pad], 1).gather(1, start)
-        s2w = torch.cat([self.s2w, pad], 1).gather(1, start)
-        per_row = (sw / c - s2w).clamp_min(0.0)
-        nnz = (self.s > 0).sum(1, keepdim=True)
-        per_row = torch.where(nnz <= budget, torch.zeros_like(per_row), per_row)
+        head = self.s[:, :min(self.s.shape[1], math.ceil(budget))]
+        start = (c * head >= 1.0).sum(1, keepdim=True)
+        per_row = (self.sw.gather(1, start) / c - self.s2w.gather(1, start)).clamp_min(0.0)
+        per_row = torch.where(self.nnz <= budget, torch.zeros_like(per_row), per_row)
         return float(per_row.sum())
 
 

@@ -48,6 +48,7 @@ class ViewStats:
     mix_shared_se: float = 0.0
     mix_row_se: float = 0.0
     _entries: dict[type, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    _variances: dict[Sketch, tuple[float, str]] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def col_tot(self, per_example: bool) -> tuple[float, float]:
         """(col, tot) for per-row draws (``per_example``) or one shared draw."""
@@ -67,10 +68,13 @@ class ViewStats:
         return self._entries[family]
 
     def variance(self, sketch: Sketch) -> tuple[float, str]:
-        """E‖Ĝ − G‖²_F of this call's weight gradient under ``sketch`` and how it was obtained."""
+        """E‖Ĝ − G‖²_F of this call's weight gradient under ``sketch`` and how it was obtained
+        (computed once per sketch: sketches are frozen, so a tuner's repeated questions are free)."""
         if sketch.exact:
             return 0.0, EXACT
-        return sketch.variance(self)
+        if sketch not in self._variances:
+            self._variances[sketch] = sketch.variance(self)
+        return self._variances[sketch]
 
     def standard_error(self, sketch: Sketch) -> float:
         """Standard error of :meth:`variance` (non-zero only for Monte Carlo estimates)."""

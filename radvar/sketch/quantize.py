@@ -136,17 +136,22 @@ class Quantize(Sketch):
         u = torch.sub(xg, lo).div_(torch.where(delta > 0, delta, 1.0)).clamp_(0.0, float(self.levels))
         return lo, step, delta, u
 
-    def _round(self, x: torch.Tensor, gen: torch.Generator) -> Saved:
-        """(packed levels, stacked (lo, Δ)) of a (rows, n) tensor. The level is ⌈u − U⌉, U ~ U[0, 1): for
-        u = ⌊u⌋ + f it is ⌊u⌋ + 1 exactly when U < f, and in [0, L] since u is (one pass fewer than a compare
-        and an add)."""
+    def _round(self, x: torch.Tensor, gens: Sequence[torch.Generator]) -> list[Saved]:
+        """(packed levels, stacked (lo, Δ)) of a (rows, n) tensor, one per generator (independent draws
+        sharing the grid and the bounds tensor). The level is ⌈u − U⌉, U ~ U[0, 1): for u = ⌊u⌋ + f it is
+        ⌊u⌋ + 1 exactly when U < f, and in [0, L] since u is (one pass fewer than a compare and an add)."""
         lo, step, _, u = self._grid(x)
-        level = u.sub_(uniform(u.shape, gen, u)).ceil_()
-        if _bits._numpy_ok(level):  # numpy's float -> uint8 cast is several times faster than torch's on CPU
-            level = torch.from_numpy(level.detach().numpy().astype(np.uint8))
-        else:
-            level = level.to(torch.uint8)
-        return _bits.pack_codes(level, self.bits), torch.stack([lo.to(x.dtype), step])
+        bounds = torch.stack([lo.to(x.dtype), step])
+        drawn = []
+        for i, gen in enumerate(gens):
+            noise = uniform(u.shape, gen, u)
+            level = (u.sub_(noise) if i == len(gens) - 1 else u.sub(noise)).ceil_()
+            if _bits._numpy_ok(level):  # numpy's float -> uint8 cast is several times faster than torch's on CPU
+                level = torch.from_numpy(level.detach().numpy().astype(np.uint8))
+            else:
+                level = level.to(torch.uint8)
+            drawn.append((_bits.pack_codes(level, self.bits), bounds))
+        return drawn
 
     def _values(self, saved: Saved, meta: Meta) -> torch.Tensor:
         """lo + level·Δ, shaped as the rounded tensor."""
@@ -160,9 +165,16 @@ class Quantize(Sketch):
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         if self.sample is None:
-            return self._round(x, gen), {"shape": tuple(x.shape)}
+            return self._round(x, [gen])[0], {"shape": tuple(x.shape)}
         (kept, *rest), inner = self.sample.compress(x, gen)
-        return (*self._round(kept, gen), *rest), {"shape": tuple(kept.shape), "inner": inner}
+        return (*self._round(kept, [gen])[0], *rest), {"shape": tuple(kept.shape), "inner": inner}
+
+    def compress_draws(self, x: torch.Tensor, gens: Sequence[torch.Generator]) -> list[tuple[Saved, Meta]]:
+        """As :meth:`Sketch.compress_draws`; without a sampler the draws share the grid, and one bounds
+        tensor (it depends on x only), so a ledger counts the offsets and steps once."""
+        if self.sample is not None:
+            return super().compress_draws(x, gens)
+        return [(saved, {"shape": tuple(x.shape)}) for saved in self._round(x, gens)]
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         if self.sample is None:

@@ -115,7 +115,9 @@ def _exact_shapes(stats: Any) -> list[tuple[int, int]]:
 def batch_model(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
                 families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
                 groups: int = 10, base: Candidates | None = None) -> BatchModel:
-    """Fit ``v(B') = c + d/B'`` for every candidate from ``batch`` and ``groups`` disjoint sub-batches of it."""
+    """Fit ``v(B') = c + d/B'`` for every candidate from ``batch`` and ``groups`` disjoint sub-batches of it.
+
+    Layers with closed forms only: propagating sites (probe estimates) stay exact here, their bytes fixed."""
     inputs, targets = split_batch(batch, "batch_model")
     b = int(inputs[0].shape[0])
     if isinstance(groups, bool) or not isinstance(groups, int) or not 2 <= groups <= b:
@@ -125,7 +127,7 @@ def batch_model(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Call
                          "model covers views whose rows are examples (view None, 'features', 'positions', 'examples')")
     base = base or candidates(model, batch, loss_fn, families, keeps)
     s = b // groups
-    table = base.table.copy()
+    table = base.table[base.table["layer"].isin(base.capture.layers)].reset_index(drop=True)  # sites stay exact
     per_example = table["sketch"].map(lambda sk: isinstance(sk, Sketch) and sk.per_example).to_numpy()
     values = np.zeros((groups, len(table)))
     group_stats = None

@@ -63,7 +63,7 @@ from ..plan import Plan
 from ..sketch import Family, Importance, Projection, Quantize, Sketch, Subsample, as_family, kept_count
 from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
-from ..variance.propagated import DEFAULT_PROBES, propagated
+from ..variance.propagated import propagated
 from .solve import _nondominated
 
 PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
@@ -75,8 +75,10 @@ EXACT = "exact"
 COLUMNS = ["layer", "type", "family", "keep", "k", "sketch", "bytes", "variance", "se", "ucb", "method"]
 UCB_Z = 2.326
 """One-sided 99% normal quantile: an estimated variance is ranked at ``variance + UCB_Z · se``."""
-SITE_KEEPS = 4
+SITE_KEEPS = 2
 """Keep-grid points (spread over the grid) at which sampling families are probed on propagating sites."""
+SITE_PROBES = 16
+"""Probe passes per candidate of a propagating site (each candidate is ranked by its upper confidence value)."""
 
 
 def family_name(template: Family | Sketch) -> str:
@@ -165,10 +167,12 @@ def ledger_model(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torc
 
 def fixed_bytes(model: nn.Module, inputs: Any, loss_fn: Callable, targets: torch.Tensor) -> tuple[int, int]:
     """(fixed, exact total): the ledger total of the all-exact compact model and the part of it
-    that no sketch can free (:func:`ledger_model`; storages kept jointly by randomizable layers
-    count as freeable)."""
+    that no sketch of a closed-form layer can free (:func:`ledger_model`; storages kept jointly by
+    randomizable layers count as freeable; what propagating sites alone keep counts as fixed: the
+    batch-size co-optimisation, its user, leaves them exact)."""
     ledger = ledger_model(model, inputs, loss_fn, targets)
-    return ledger.fixed, ledger.total
+    sites = {n for n, m in model.named_modules() if propagating(m)}
+    return ledger.fixed + sum(b for n, b in ledger.alone.items() if n in sites), ledger.total
 
 
 @dataclasses.dataclass
@@ -341,7 +345,7 @@ def _spread(keeps: Sequence[float], count: int) -> list[float]:
 
 
 def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable, families: Sequence[Family],
-                 keeps: Sequence[float], alone: dict[str, int], probes: int = DEFAULT_PROBES) -> list[dict[str, Any]]:
+                 keeps: Sequence[float], alone: dict[str, int], probes: int = SITE_PROBES) -> list[dict[str, Any]]:
     """Candidate rows of every propagating site of ``model`` (see the module docstring): exact (``alone``: the
     ledger bytes it alone keeps exact), then each family the site's twin accepts, on :data:`SITE_KEEPS` points of
     ``keeps`` (Quantize: its bit widths); variance probed, bytes measured per candidate sketch."""
@@ -378,7 +382,7 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
 
 def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
                families: Sequence[Family | Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-               *, stats: Capture | None = None, probes: int = DEFAULT_PROBES) -> Candidates:
+               *, stats: Capture | None = None, probes: int = SITE_PROBES) -> Candidates:
     """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
 
     One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and

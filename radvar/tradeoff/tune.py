@@ -25,10 +25,11 @@ from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
 from ..variance import Capture, minibatch
-from ..variance.propagated import DEFAULT_PROBES
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
-from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, Candidates, candidates, check_families, check_keeps,
-                         family_name)
+from ..bench.cost import CostModel
+from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, SITE_PROBES, Candidates, candidates, check_families,
+                         check_keeps, family_name)
+from .timebudget import check_max_slowdown, option_seconds, within_time
 
 RETRIES = 3
 
@@ -91,7 +92,8 @@ def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any
 def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budget: int | float | None = None,
          variance_budget: float | None = None, *, relative: bool = False, batch_size: int | None = None,
          families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-         solver: str = "exact", stats: Capture | None = None, probes: int = DEFAULT_PROBES) -> Plan:
+         solver: str = "exact", stats: Capture | None = None, probes: int = SITE_PROBES,
+         max_slowdown: float | None = None, cost: CostModel | None = None) -> Plan:
     """A :class:`radvar.Plan` for ``model`` from statistics of one batch of ``data = (inputs, targets)``.
 
     ``budget``: bytes autograd may keep for backward (int), or a fraction in (0, 1]
@@ -110,6 +112,11 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     per candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`).
     Options are ranked by ``variance + UCB_Z · se`` (:mod:`radvar.tradeoff.candidates`): an estimated variance
     counts at an upper confidence value, a closed form at its value.
+    ``max_slowdown`` (with a memory budget): the plan's predicted step time may be at most this
+    multiple (> 1) of the plain step, measured on the batch; per-candidate extra seconds come from
+    ``cost`` (default: :class:`radvar.bench.cost.CostModel`, cached per machine) and the two budgets
+    are met together by :func:`radvar.tradeoff.timebudget.within_time` (the uniform-plan check is
+    then skipped).
     """
     if (budget is None) == (variance_budget is None):
         raise ValueError(f"tune: give exactly one of budget (memory) or variance_budget; got budget={budget!r}, "
@@ -122,6 +129,10 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     if not isinstance(relative, bool) or (relative and variance_budget is None):
         raise ValueError(f"tune: relative=True applies to variance_budget (a fraction of the data noise); "
                          f"got relative={relative!r}, variance_budget={variance_budget!r}")
+    if max_slowdown is not None:
+        max_slowdown = check_max_slowdown(max_slowdown, "tune")
+        if budget is None:
+            raise ValueError("tune: max_slowdown applies with a memory budget (budget=...), not with variance_budget")
     families, keeps = check_families(families), check_keeps(keeps)
     batch = take_batch(data, batch_size, "tune")
     cands = candidates(model, batch, loss_fn, families, keeps, stats=stats, probes=probes)
@@ -131,10 +142,22 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     data_variance = (float(minibatch(model, data, loss_fn, cands.batch_size).total["data_variance"].iloc[0])
                      if relative else None)
     absolute = variance_budget * data_variance if relative else variance_budget
+    timing: dict[str, Any] | None = None
+    if max_slowdown is not None:
+        cost = cost or CostModel()
+        seconds = option_seconds(cands, model, batch[0][0], cost)
+        plain = cost.step_seconds(model, batch[0][0], batch[1], loss_fn)
+        timing = {"max_slowdown": max_slowdown, "plain_step_seconds": plain}
     attempts: list[dict[str, int]] = []
     limit = target
     for attempt in range(RETRIES + 1):
-        alloc, best_uni = _choose(cands, limit, absolute, solver, families, keep_grid)
+        if timing is None:
+            alloc, best_uni = _choose(cands, limit, absolute, solver, families, keep_grid)
+        else:
+            timed = within_time(cands, seconds, limit, (max_slowdown - 1.0) * timing["plain_step_seconds"], solver)
+            alloc, best_uni = timed.allocation, None
+            timing.update(predicted_extra_seconds=timed.seconds, time_multiplier=timed.multiplier,
+                          predicted_slowdown=1.0 + timed.seconds / timing["plain_step_seconds"])
         measured = measured_bytes(model, alloc.plan(), batch, loss_fn)
         attempts.append({"solved_for": limit, "predicted_bytes": alloc.bytes, "measured_bytes": measured})
         if target is None or measured <= target or limit == smallest:
@@ -168,5 +191,6 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         "per_layer": [{"layer": r.layer, "family": r.family, "keep": float(r.keep), "bytes": int(r.bytes),
                        "rad_variance": float(r.variance), "method": r.method} for r in alloc.per_layer.itertuples()],
         "attempts": attempts,
+        "step_time": timing,
     }
     return alloc.plan(provenance)

@@ -2,7 +2,9 @@
 
 ``capture`` (one exact pass, statistics per layer) -> ``layer_variance`` (a
 closed form per sketch, cheap enough for a keep grid) -> ``analytic`` /
-``empirical`` / ``minibatch`` -> :class:`VarianceReport`. The math, with
+``empirical`` / ``minibatch`` -> :class:`VarianceReport`. Propagating sites (activations,
+norms, attention) have no closed form: ``propagated`` estimates the total gradient variance
+each adds with probe backward passes. The math, with
 sources, is in docs/variance.md and docs/design.md §3.
 """
 
@@ -11,7 +13,8 @@ from .analytic import analytic
 from .empirical import empirical
 from .minibatch import minibatch
 from .capture import Capture, LayerStats, capture, layer_variance, layer_variance_se
+from .propagated import propagated
 from .report import VarianceReport
 
 __all__ = ["capture", "Capture", "LayerStats", "layer_variance", "layer_variance_se", "analytic",
-           "empirical", "minibatch", "VarianceReport", "statistics"]
+           "empirical", "minibatch", "propagated", "VarianceReport", "statistics"]

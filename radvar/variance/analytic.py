@@ -14,7 +14,7 @@ from ..sketch import check_keep
 from .capture import Batch, capture, layer_variance, layer_variance_se
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
-from .propagated import DEFAULT_PROBES, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 
@@ -38,48 +38,62 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     all non-negative, are left out).
 
     With ``keeps``, one row per (layer, keep): the plan's sketch family at each
-    keep. One exact capture serves the whole grid; bytes are measured by the
-    ledger (exact model, and converted model at each keep). Non-finite data, loss or
-    gradients raise a ValueError naming the example or layer, never a NaN result.
+    keep. One exact capture serves the whole grid. Bytes are measured by the
+    ledger once for the exact model and once for the plan as given; a row at
+    another keep predicts its layer's bytes as the measured plan bytes plus
+    ``Sketch.saved_bytes`` at that keep minus ``Sketch.saved_bytes`` of the planned
+    sketch (so the planned keep reads its measured bytes), and the total adds the
+    same differences; with propagating sites in the plan the ledger measures the
+    plan at every keep instead (their sketched tensors are known only to their ops). Non-finite data, loss or gradients raise a ValueError naming
+    the example or layer, never a NaN result.
     """
     plan = as_plan(model, plan, "analytic")
     grid: list[float | None] = [None] if keeps is None else check_keeps(keeps, "analytic")
     inputs, targets = split_batch(batch, "analytic")
     validate(inputs, targets, name="analytic")
-    sites = propagating_sites(model, list(plan))
+    functional = plan_sites(model, plan, inputs)
+    sites = propagating_sites(model, list(plan)) + list(functional)
     cap = capture(model, batch, loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
-    at = {n: [s if s is None or k is None else s.at(k) for k in grid] for n, s in plan.items()}
+    entries = {**plan, **functional}
+    at = {n: [s if s is None or k is None else s.at(k) for k in grid] for n, s in entries.items()}
     probed = propagated(model, batch, loss_fn, {n: at[n] for n in sites}, probes, owner="analytic") if sites else {}
-    ledger = measure(model, inputs, targets, loss_fn, plan, grid)
+    # Closed-form rows predict bytes at other keeps from Sketch.saved_bytes; a propagating site's sketched
+    # tensors are known only to its op, so with sites the ledger measures every keep of the grid.
+    measured = grid if sites else [None]
+    ledger = measure(model, inputs, targets, loss_fn, plan, measured)
     rows, totals = [], []
     for i, keep in enumerate(grid):
-        for name in plan:
+        at_keep, shift = (keep if sites else None), 0
+        for name in entries:
             sk = at[name][i]
             if name in probed:
                 est = probed[name][i]
                 rows.append({"layer": name, "type": est.type, "sketch": sk.label() if sk else "exact",
                              "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
-                             "bytes_plan": ledger.bytes_plan(name, keep), "rad_variance": est.variance,
+                             "bytes_plan": ledger.bytes_plan(name, at_keep) if name in plan else 0,
+                             "rad_variance": est.variance,
                              "rad_se": est.se, "data_variance": float("nan"), "grad_norm_sq": est.grad_norm_sq,
                              "ci_low": float("nan"), "ci_high": float("nan"), "method": est.method})
                 continue
             stats = cap[name]
+            delta = 0 if sites else stats.saved_bytes(sk) - stats.saved_bytes(plan[name])
+            shift += delta
             value, method = layer_variance(stats, sk)
             if not math.isfinite(value):
                 raise ValueError(f"analytic: the RAD variance of layer {name!r} under {sk.label()} is {value} "
                                  f"although its inputs and gradient are finite; this is a bug, please report it")
             rows.append({"layer": name, "type": stats.type, "sketch": sk.label() if sk else "exact",
                          "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
-                         "bytes_plan": ledger.bytes_plan(name, keep), "rad_variance": value,
+                         "bytes_plan": ledger.bytes_plan(name, at_keep) + delta, "rad_variance": value,
                          "rad_se": layer_variance_se(stats, sk), "data_variance": float("nan"),
                          "grad_norm_sq": stats.grad_sq, "ci_low": float("nan"), "ci_high": float("nan"),
                          "method": method})
-        mine = [r for r in rows[-len(plan):]] if len(plan) else []
+        mine = rows[-len(entries):] if entries else []
         totals.append({"keep": float("nan") if keep is None else keep,
                        "rad_variance": sum(r["rad_variance"] for r in mine),
                        "rad_se": sum(r["rad_se"] ** 2 for r in mine) ** 0.5,
                        "grad_norm_sq": sum(r["grad_norm_sq"] for r in mine),
-                       "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[keep].total})
+                       "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[at_keep].total + shift})
     meta = {"batch_size": cap.batch_size, "loss": cap.loss, "plan": plan.to_dict()}
     if sites:
         meta["propagated"] = {"sites": sites, "probes": probes,

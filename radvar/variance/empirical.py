@@ -21,11 +21,12 @@ from torch import nn
 from .. import rng
 from .._data import split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
+from ..layers.functional import router_of, split_site
 from ..plan import Plan
 from .capture import Batch, batch_loss
 from .ledger import measure
 from .plan_input import as_plan
-from .propagated import propagating_sites
+from .propagated import plan_sites, propagating_sites
 from .report import COLUMNS, VarianceReport
 from .statistics import Welford, bias_pvalue, holm, mean_ci
 
@@ -38,8 +39,10 @@ def _check(draws: Any, confidence: Any) -> None:
 
 
 def _draws(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable, tensors: list[torch.Tensor],
-           exact: list[torch.Tensor], draws: int, welfords: list[Welford] | None = None) -> tuple[list[Welford], Welford]:
-    """``draws`` RAD steps: per tensor the Welford stream of d = ‖ĝ − g‖² (and of ĝ into ``welfords``), and of their sum."""
+           exact: list[torch.Tensor], draws: int,
+           welfords: list[Welford] | None = None) -> tuple[list[Welford], Welford]:
+    """``draws`` RAD steps: per tensor the Welford stream of d = ‖ĝ − g‖² (and of ĝ into ``welfords``),
+    and of their sum."""
     dist = [Welford() for _ in tensors]
     total = Welford()
     for _ in range(draws):
@@ -58,16 +61,24 @@ def _draws(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable, ten
 
 
 @contextlib.contextmanager
-def _only(model: nn.Module, plan: Plan, names: set[str]) -> Iterator[None]:
-    """Run the converted ``model`` with only the plan entries ``names`` sketched (the others exact)."""
+def _only(model: nn.Module, plan: Plan, functional: dict[str, Any], names: set[str]) -> Iterator[None]:
+    """Run the converted ``model`` with only the plan entries and functional sites in ``names`` sketched."""
     modules = dict(model.named_modules())
+    router = router_of(model)
+    saved = None if router is None else (router.entries, router.checked)
     for name, sketch in plan.items():
         modules[name].adopt(sketch if name in names else None)
+    if router is not None:
+        router.entries, router.checked = {k: v for k, v in functional.items() if k in names}, True
+        router.ops.clear()
     try:
         yield
     finally:
         for name, sketch in plan.items():
             modules[name].adopt(sketch)
+        if router is not None:
+            router.entries, router.checked = saved
+            router.ops.clear()
 
 
 def empirical(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor], plan: Any,
@@ -88,7 +99,8 @@ def empirical(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tenso
     inputs, targets = split_batch(batch, "empirical")
     converted = convert(model, plan)
     modules, original = dict(converted.named_modules()), dict(model.named_modules())
-    sites = propagating_sites(converted, list(plan))
+    functional = plan_sites(model, plan, inputs)
+    sites = propagating_sites(converted, list(plan)) + list(functional)
     names = [n for n in plan if n not in sites]
     weights = [modules[n].weight for n in names]
     params = [p for p in converted.parameters() if p.requires_grad]
@@ -100,12 +112,12 @@ def empirical(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tenso
     grads = [Welford() for _ in names]
     dist, total = [], Welford()
     if names:
-        with _only(converted, plan, set(names)):
+        with _only(converted, plan, functional, set(names)):
             dist, total = _draws(converted, inputs, targets, loss_fn, weights, exact_w, draws, grads)
     site_rows = {}
     for name in sites:
         streams = [Welford() for _ in params]
-        with _only(converted, plan, {name}):
+        with _only(converted, plan, functional, {name}):
             _, d = _draws(converted, inputs, targets, loss_fn, params, exact_p, draws, streams)
         site_rows[name] = (d, min(1.0, len(params) * min(bias_pvalue(w, e) for w, e in zip(streams, exact_p))))
     if len(sites) == 1 and not names:  # the site alone is the whole plan
@@ -117,21 +129,23 @@ def empirical(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tenso
     _, p_holm = holm(pvals, alpha)
     rows = []
     for i, name in enumerate(names + sites):
-        sk = plan[name]
+        sk = plan[name] if name in plan else functional[name]
         d = dist[i] if i < len(names) else site_rows[name][0]
         mean, var = float(d.mean), float(d.variance)
         lo, hi = mean_ci(mean, var, draws, confidence)
+        own = list(modules[name].parameters()) if name in modules else []
         norm = (float(exact_w[i].double().square().sum()) if i < len(names) else
                 sum(float(exact_p[j].double().square().sum()) for j, p in enumerate(params)
-                    if any(p is q for q in modules[name].parameters())))
-        rows.append({"layer": name, "type": type(original[name]).__name__, "sketch": sk.label() if sk else "exact",
+                    if any(p is q for q in own)))
+        kind = type(original[name]).__name__ if name in original else f"{split_site(name)[1]} (functional)"
+        rows.append({"layer": name, "type": kind, "sketch": sk.label() if sk else "exact",
                      "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
                      "bytes_plan": ledger.bytes_plan(name, None), "rad_variance": mean,
                      "rad_se": math.sqrt(var / draws), "data_variance": float("nan"),
                      "grad_norm_sq": norm, "ci_low": lo, "ci_high": hi,
                      "method": f"Monte Carlo ({draws} draws" + (", this site alone)" if name in site_rows else ")"),
                      "bias_p": pvals[i], "bias_p_holm": float(p_holm[i])})
-    rows = [rows[[r["layer"] for r in rows].index(n)] for n in plan]  # the plan's order
+    rows = [rows[[r["layer"] for r in rows].index(n)] for n in [*plan, *functional]]  # the plan's order
     mean, var = float(total.mean), float(total.variance)
     lo, hi = mean_ci(mean, var, draws, confidence)
     totals = pd.DataFrame([{"rad_variance": mean, "rad_se": math.sqrt(var / draws), "ci_low": lo, "ci_high": hi,

@@ -2,7 +2,8 @@
 
 ``bytes_exact`` comes from :func:`radvar.memory.saved_bytes` on the model run
 exactly; ``bytes_plan`` from the converted model (``radvar.convert``), once
-per keep fraction by resetting the twins' sketches in place.
+per requested keep fraction by resetting the twins' sketches in place
+(:func:`radvar.variance.analytic` asks only for the plan as given, ``None``).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
+from .propagated import propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -217,16 +218,18 @@ def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 
 
 def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], batch_size: int,
-              plan: Any = None, rad_batches: int = 4) -> VarianceReport:
+              plan: Any = None, rad_batches: int = 4, stats: Any = None) -> VarianceReport:
     """Data noise per layer and in total at ``batch_size``; with ``plan``, RAD variance, the total,
     the equivalent batch size and the memory-equivalent small batch (see the module docstring).
+    ``stats``: a :func:`capture` of the first ``batch_size`` examples (every planned layer, with entries
+    when the plan needs them) to reuse for the first RAD batch instead of capturing it again.
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
     the model's buffers and torch's global RNG are left as they were."""
     x, y = examples(data, "minibatch")
     validate((x, y), name="minibatch")
     with untouched(model, x.device):
-        return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches)
+        return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches, stats)
 
 
 def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
@@ -240,7 +243,7 @@ def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
 
 
 def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
-               batch_size: int, plan: Any, rad_batches: int) -> VarianceReport:
+               batch_size: int, plan: Any, rad_batches: int, stats: Any = None) -> VarianceReport:
     n = x.shape[0]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"minibatch: batch_size must be a positive int, got {batch_size!r}")
@@ -278,10 +281,14 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
     if plan is not None:
         batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, n - batch_size + 1, batch_size)]
         batches = batches[:max(1, rad_batches)]
-        for bx, by in batches:
-            cap = capture(model, (bx, by), loss_fn, names=plan, importance=needs_importance(plan))
+        sites = propagating_sites(model, list(plan))
+        for i, (bx, by) in enumerate(batches):
+            cap = stats if i == 0 and stats is not None else capture(
+                model, (bx, by), loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
+            probed = propagated(model, (bx, by), loss_fn, {n: plan[n] for n in sites}, owner="minibatch")
             for name, sk in plan.items():
-                rad[name] = rad.get(name, 0.0) + layer_variance(cap[name], sk)[0] / len(batches)
+                value = probed[name][0].variance if name in probed else layer_variance(cap[name], sk)[0]
+                rad[name] = rad.get(name, 0.0) + value / len(batches)
                 sketches[name] = sk
         plan_ledger = saved_bytes(convert(model, plan), first[0], loss_fn, first[1])
         plan_total = plan_ledger.total

@@ -3,7 +3,7 @@
 A sketch of a linear layer's input perturbs only that layer's weight gradient.
 A *propagating* site (a twin with ``propagates = True``: an activation keeping a
 sketch of f'(x), a norm keeping sketches of its normalised input, attention; or
-a routed functional call, key ``"<module>:<call>"``) perturbs the gradient signal
+a routed functional call, key ``"<module>:<function>.<index>"``) perturbs the gradient signal
 it sends upstream, and so every parameter gradient before it. With every other
 op exact, site k's backward turns the exact incoming gradient g into
 ``ĝ_in = g_in + ε_k`` for each of its inputs (and its own parameter gradients
@@ -46,7 +46,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from .. import rng
 from .._data import Batch, split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
-from ..layers.functional import FUNCTION_KINDS, intercept
+from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, is_site, site_entry, split_site
 from ..layers.registry import propagating
 from ..sketch import Sketch
 from .capture import batch_loss, require_finite
@@ -77,28 +77,40 @@ class SiteEstimate:
 
 @dataclasses.dataclass
 class _Call:
-    """One call of a site: its arguments (with graph tensors), which of them are differentiable, the outputs
-    that need a gradient and, after the exact backward, their gradients."""
+    """One call of a site: its arguments (flattened, with graph tensors), the distinct differentiable ones
+    (an argument passed twice, as q is k is v, once) and, after the exact backward, the gradient of each
+    output that needs one."""
 
     leaves: list[Any]
     spec: Any
-    grad_inputs: list[int]
-    outputs: list[torch.Tensor]
-    grads: list[torch.Tensor | None] = dataclasses.field(default_factory=list)
+    grad_inputs: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
 
 
 def propagating_sites(model: nn.Module, names: Sequence[str]) -> list[str]:
     """The names among ``names`` that are propagating sites: a module with a propagating twin, or a
-    functional site key (``"<module>:<call>"``)."""
+    functional site key (``"<module>:<function>.<index>"``)."""
     modules = dict(model.named_modules())
-    return [n for n in names if (n in modules and propagating(modules[n])) or (n not in modules and ":" in n)]
+    return [n for n in names if (n in modules and propagating(modules[n])) or (n not in modules and is_site(n))]
+
+
+def plan_sites(model: nn.Module, plan: Any, inputs: tuple) -> dict[str, Sketch]:
+    """The functional sites of one forward of ``model(*inputs)`` that ``plan.sites`` (keys and patterns such as
+    ``"*:*"``) gives a sketch, with that sketch: the concrete sites a report has rows for."""
+    entries = getattr(plan, "sites", None) or {}
+    if not entries:
+        return {}
+    found = functional_sites(convert(model, None, compact=False), *inputs)
+    picked = {site: site_entry(entries, site) for site in found}
+    return {site: sk for site, sk in picked.items() if isinstance(sk, Sketch)}
 
 
 def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any) -> None:
+    """Append the call ``args -> output`` to ``calls``; tensor hooks (kept in ``hooks``) store its output gradients."""
     leaves, spec = tree_flatten(args)
-    grad_inputs = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad]
+    grad_inputs = list({id(t): t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad}.values())
     outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
-    call = _Call(leaves, spec, grad_inputs, outs, [None] * len(outs))
+    call = _Call(leaves, spec, grad_inputs, [None] * len(outs))
 
     def keep(i: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
@@ -115,6 +127,7 @@ class _Site:
     def __init__(self, name: str, module: nn.Module | None, function: str | None):
         self.name, self.module, self.function = name, module, function
         self.calls: list[_Call] = []
+        self.reference: list | None = None  # the calls run exactly (the probes' baseline), computed once
 
     @property
     def type(self) -> str:
@@ -127,10 +140,9 @@ class _Site:
     def run(self, call: _Call, sketch: Sketch | None) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """The call's gradients (w.r.t. its differentiable arguments, and the module's own parameters)
         under ``sketch`` (None: exact), given the exact output gradient."""
-        leaves = list(call.leaves)
-        for i in call.grad_inputs:
-            leaves[i] = leaves[i].detach().requires_grad_(True)
-        args, kwargs = tree_unflatten(leaves, call.spec)
+        fresh = {id(t): t.detach().requires_grad_(True) for t in call.grad_inputs}  # aliasing kept (q is k is v)
+        args, kwargs = tree_unflatten([fresh.get(id(t), t) if isinstance(t, torch.Tensor) else t
+                                       for t in call.leaves], call.spec)
         with torch.enable_grad():
             if self.module is not None:
                 self.module.adopt(sketch)
@@ -144,7 +156,7 @@ class _Site:
                 out = FUNCTION_KINDS[self.function].factory(sketch)(*args, **kwargs)
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
         pairs = [(o, g) for o, g in zip(outs, call.grads) if g is not None]
-        wrt = [leaves[i] for i in call.grad_inputs] + self.own
+        wrt = list(fresh.values()) + self.own
         if not pairs or not wrt:
             return [None] * len(call.grad_inputs), [None] * len(self.own)
         grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
@@ -170,6 +182,8 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         raise ValueError(f"{owner}: probes must be an int >= 2 (the standard error needs two), got {probes!r}")
     inputs, targets = split_batch(batch, owner)
     wanted = {n: list(s) if isinstance(s, (list, tuple)) else [s] for n, s in sites.items()}
+    if not wanted:
+        return {}
     for name, sketches in wanted.items():
         for s in sketches:
             if s is not None and not isinstance(s, Sketch):
@@ -190,22 +204,21 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         handles.append(site.module.register_forward_hook(
             lambda mod, args, kwargs, out, s=site: _record(s.calls, handles, (args, kwargs), out), with_kwargs=True))
 
-    live: dict[str, str] = {}  # functional site -> torch function name, filled by intercept as calls arrive
-
-    def recorder(name: str) -> Callable[..., Any]:
+    def recorder(site: _Site) -> Callable[..., Any]:
         def op(*args: Any, **kwargs: Any) -> Any:
-            site = chosen[name]
-            site.function = live[name]
             out = FUNCTION_KINDS[site.function].functions[0](*args, **kwargs)
             _record(site.calls, handles, (args, kwargs), out)
             return out
         return op
 
-    chosen.update({n: _Site(n, None, None) for n in functional})
+    for name in functional:
+        if split_site(name)[1] not in FUNCTION_KINDS:
+            raise ValueError(f"{owner}: {name!r} names no functional kind {split_site(name)[1]!r}; "
+                             f"allowed: {sorted(FUNCTION_KINDS)}")
+        chosen[name] = _Site(name, None, split_site(name)[1])
     params = [p for p in work.parameters() if p.requires_grad]
     try:
-        with rng.exact(), torch.enable_grad(), intercept(work, {n: recorder(n) for n in functional}) as seen:
-            live = seen
+        with rng.exact(), torch.enable_grad(), intercept(work, {n: recorder(chosen[n]) for n in functional}):
             loss = batch_loss(work, inputs, targets, loss_fn, owner)
             exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     except ValueError as e:
@@ -239,8 +252,8 @@ def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
 
     for call, (ref_in, ref_own) in zip(site.calls, reference):
         got_in, got_own = site.run(call, sketch)
-        for i, a, b in zip(call.grad_inputs, got_in, ref_in):
-            eps, t = _sub(a, b), call.leaves[i]
+        for t, a, b in zip(call.grad_inputs, got_in, ref_in):
+            eps = _sub(a, b)
             if eps is None:
                 continue
             if id(t) in index:
@@ -275,7 +288,9 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torc
     if sketch is None or sketch.exact or not site.calls:
         return SiteEstimate(site.name, site.type, sketch, 0.0, 0.0, "exact" if site.calls else "not called",
                             len(site.calls), 0.0)
-    reference = [site.run(c, None) for c in site.calls]
+    if site.reference is None:
+        site.reference = [site.run(c, None) for c in site.calls]
+    reference = site.reference
     draws: list[float] = []
     while len(draws) < probes:
         chunk = [_errors(site, sketch, reference, index) for _ in range(min(CHUNK, probes - len(draws)))]
@@ -292,4 +307,4 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torc
     return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls), 0.0)
 
 
-__all__ = ["propagated", "propagating_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]
+__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]

@@ -5,6 +5,7 @@ For each configuration: bytes autograd keeps for backward (the ledger of
 Steps of all configurations are interleaved round by round, so slow drifts of
 the machine (other processes, clock changes) hit every configuration alike;
 ratios are taken against the plain model measured in the same run.
+The per-layer step-time cost model the tuner uses is :mod:`radvar.bench.cost`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ._data import validate
-from .convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
-from .memory import saved_bytes
-from .sketch import Sketch
+from .._data import validate
+from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
+from ..memory import saved_bytes
+from ..plan import Plan
+from ..sketch import Sketch
 
 PLAIN = "plain PyTorch"
 
@@ -50,16 +52,18 @@ def require_finite_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss
 
 
 def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
-            sketches: Sequence[Sketch], reps: int = 20, warmup: int = 3,
+            sketches: Sequence[Sketch | Plan], reps: int = 20, warmup: int = 3,
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """One row per configuration (plain, then each sketch): saved bytes, median step
+    """One row per configuration (plain, then each sketch, or plan: labelled ``plan``, ``plan 2``, ...): saved bytes, median step
     seconds, and both as ratios to plain (``memory_ratio`` = plain / config,
-    ``time_ratio`` = config / plain). Raises first if the data, the loss or a gradient is not
+    ``time_ratio`` = config / plain medians; ``pair_ratio`` = median over rounds of config / plain
+    in the same round, robust to a machine that other work slows down). Raises first if the data, the loss or a gradient is not
     finite (:func:`require_finite_step`), so no configuration is timed on NaN."""
     require_finite_step(model, x, y, loss_fn)
     configs: dict[str, nn.Module] = {PLAIN: model}
-    for sk in sketches:
-        configs[sk.label()] = convert(model, sk)
+    for i, sk in enumerate(sketches):
+        label = sk.label() if isinstance(sk, Sketch) else "plan" if i == 0 else f"plan {i + 1}"
+        configs[label] = convert(model, sk)
     bytes_ = {name: saved_bytes(m, x, loss_fn, y).total for name, m in configs.items()}
     times: dict[str, list[float]] = {name: [] for name in configs}
     for rep in range(warmup + reps):
@@ -77,5 +81,6 @@ def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callabl
         med = statistics.median(times[name])
         rows.append({"config": name, "saved_bytes": bytes_[name], "step_ms": med * 1e3,
                      "memory_ratio": bytes_[PLAIN] / bytes_[name],
-                     "time_ratio": med / statistics.median(times[PLAIN])})
+                     "time_ratio": med / statistics.median(times[PLAIN]),
+                     "pair_ratio": statistics.median(t / p for t, p in zip(times[name], times[PLAIN]))})
     return pd.DataFrame(rows)
