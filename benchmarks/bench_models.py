@@ -15,7 +15,8 @@ For each ``--sketch`` (uniform over what radvar can randomize; default ``quantiz
 with ``--tune F``, the plan ``radvar.tune`` picks at F times the exact bytes from those families:
 bytes autograd keeps for backward (saved-tensor ledger), their ratio to plain, the fraction of
 the plain bytes radvar can sketch (:func:`radvar.report.coverage`), the median step time
-ratio to plain, steps interleaved in one process (:func:`radvar.bench.compare`), and, with
+ratio to plain, steps interleaved in one process (:func:`radvar.bench.compare`; wall clock, and the
+process's CPU time, which other processes on a shared machine do not inflate), and, with
 ``--probes P``, the predicted RAD variance of the whole gradient, E‖Ĝ − G‖² summed over all
 parameters (:func:`radvar.variance.analytic`: closed forms for linear inputs, P probe passes for
 each sketch whose error propagates; about a CPU minute per model and configuration). Then, per
@@ -123,8 +124,10 @@ def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int
     covers = [coverage(model, x, token_loss, y, c) for c in configs]
     frame.insert(0, "model", name)
     frame["sketchable"] = [float("nan")] + [c.total["fraction_sketchable"] for c in covers]
-    frame["rad_variance"] = [0.0] + [float("nan") if probes is None else float(
-        variance.analytic(model, (x, y), token_loss, c, probes=probes).total["rad_variance"].iloc[0]) for c in configs]
+    frame["rad_variance"] = float("nan")
+    if probes is not None:
+        frame["rad_variance"] = [0.0] + [float(variance.analytic(model, (x, y), token_loss, c, probes=probes)
+                                               .total["rad_variance"].iloc[0]) for c in configs]
     left = covers[0].exact_left() if covers else pd.DataFrame(columns=["type", "reason", "bytes", "modules"])
     top = (left.assign(modules=left["modules"].map(len)).groupby("type", sort=False)
            .agg(bytes=("bytes", "sum"), modules=("modules", "sum"), why=("reason", lambda r: "; ".join(dict.fromkeys(r))))
@@ -140,13 +143,16 @@ def markdown(frame: pd.DataFrame, columns: dict[str, Callable]) -> str:
 
 
 def report(frames: list[pd.DataFrame], tops: list[pd.DataFrame], header: str) -> str:
-    main = markdown(pd.concat(frames), {
+    frame = pd.concat(frames)
+    variance_column = {} if frame["rad_variance"].isna().all() else {
+        "predicted RAD variance": lambda r: "-" if pd.isna(r["rad_variance"]) else f"{r['rad_variance']:.3g}"}
+    main = markdown(frame, {
         "model": lambda r: r["model"], "config": lambda r: r["config"],
         "saved bytes": lambda r: format_bytes(r["saved_bytes"]),
         "plain / config": lambda r: f"{r['memory_ratio']:.2f}x",
         "sketchable": lambda r: "-" if pd.isna(r["sketchable"]) else f"{r['sketchable']:.1%}",
         "step ms": lambda r: f"{r['step_ms']:.0f}", "time / plain": lambda r: f"{r['time_ratio']:.2f}x",
-        "predicted RAD variance": lambda r: "-" if pd.isna(r["rad_variance"]) else f"{r['rad_variance']:.3g}"})
+        "CPU time / plain": lambda r: f"{r['cpu_ratio']:.2f}x", **variance_column})
     exact = markdown(pd.concat(tops), {
         "model": lambda r: r["model"], "type left exact": lambda r: f"`{r['type']}`",
         "modules": lambda r: str(r["modules"]), "bytes": lambda r: format_bytes(r["bytes"]),
