@@ -472,6 +472,17 @@ def test_bad_input_names_the_value(kwargs, error, msg):
         rad_sdpa(q, k, v, **kwargs)
 
 
+def test_mha_bad_input_names_the_shape():
+    model = radvar.convert(_mha(batch_first=True), Quantize(2))
+    x = torch.randn(2, 5, 6, dtype=F64)
+    with pytest.raises(RuntimeError, match=re.escape("key_padding_mask is (2, 4); allowed: (2, 5) (batch, source length)")):
+        model(x, x, x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match=re.escape("the 2-D attn_mask is (5, 4); allowed: (5, 5)")):
+        model(x, x, x, attn_mask=torch.zeros(5, 4, dtype=F64))
+    with pytest.raises(RuntimeError, match=re.escape("is_causal=True needs attn_mask")):
+        model(x, x, x, is_causal=True)
+
+
 def test_softmax_bad_input():
     with pytest.raises(TypeError, match=re.escape("rad_softmax: sketch must be a radvar.sketch.Sketch or None")):
         rad_softmax(torch.randn(2, 3), -1, sketch=0.5)
