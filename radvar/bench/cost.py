@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import itertools
 import math
 import os
 import platform
@@ -224,7 +225,8 @@ class CostModel:
     def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch) -> LayerTime | None:
         """The cached timing of ``module`` on a ``shape`` input under ``sketch``, measured on a miss
         (None on a miss when the model does not measure)."""
-        device = next(module.parameters()).device
+        state = next(itertools.chain(module.parameters(), module.buffers()), None)
+        device = state.device if state is not None else torch.device("cpu")  # e.g. a GELU: nothing to place
         cache = self._cache_for(device)
         key = layer_key(module, shape, dtype, device, sketch)
         found = cache.get(key)
