@@ -145,14 +145,17 @@ def test_user_model_with_layers_radvar_leaves_exact(user_file):
                  "--json", "-", "--quiet")
     assert result.exit_code == 0, result.stderr
     layers = {r["layer"]: r for r in json.loads(result.stdout)["layers"]}
-    for name, kind in (("pos", "Embedding"), ("block.norm", "LayerNorm"), ("block.act", "GELU")):
-        row = layers[name]
-        assert row["type"] == kind and row["sketch"] == "exact" and not row["randomized"]
-        assert row["rad_variance"] == 0
-    assert layers["block.norm"]["bytes_exact"] > 0 and layers["block.act"]["bytes_exact"] > 0
-    assert layers["block.norm"]["bytes_plan"] == layers["block.norm"]["bytes_exact"]
+    row = layers["pos"]  # an Embedding: no twin, left exact
+    assert row["type"] == "Embedding" and row["sketch"] == "exact" and not row["randomized"]
+    assert row["rad_variance"] == 0
+    for name, kind in (("block.norm", "LayerNorm"), ("block.act", "GELU")):  # propagating twins: the tuner may
+        row = layers[name]                                                      # sketch them, never at a cost
+        assert row["type"] == kind and row["bytes_exact"] > 0
+        assert row["bytes_plan"] == row["bytes_exact"] if row["sketch"] == "exact" else \
+            row["bytes_plan"] < row["bytes_exact"]
     plan = json.loads(result.stdout)["plan"]["entries"]
-    assert sorted(plan) == ["block.down", "block.up", "head"]
+    assert {"block.down", "block.up", "head"} <= set(plan) <= {"block.down", "block.up", "head", "block.norm",
+                                                                "block.act"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -91,6 +91,8 @@ def test_losses():
 @pytest.mark.parametrize("text, fraction, nbytes", [
     ("0.25", 0.25, None), ("1", 1.0, None), ("2000000", None, 2_000_000), ("2MB", None, 2_000_000),
     ("1.5MiB", None, 1_572_864), ("64 kb", None, 64_000),
+    ("100000000000000000000000", None, 10**23), ("1e23", None, 10**23), ("123456789012345678901gb", None,
+                                                                          123456789012345678901 * 10**9),
 ])
 def test_budgets(text, fraction, nbytes):
     assert specs.parse_budget(text) == specs.Budget(fraction, nbytes)

@@ -162,6 +162,12 @@ def test_analyze_prints_what_stays_exact(tmp_path):
     assert re.search(r"^radvar can sketch \d+\.\d% of the saved bytes", result.stdout, re.M)
     assert re.search(r"torch.nn.ELU: no twin for torch.nn.ELU \[act\]$", result.stdout, re.M)
     assert re.search(r"torch.nn.Linear: input kept by torch.nn.ELU \[down\]$", result.stdout, re.M)
+    path.write_text("import torch\nfrom torch import nn\n\n\n" + inspect.getsource(Mixed)
+                    + "\n\ndef make():\n    return Mixed(6, 3)\n")
+    result = CliRunner().invoke(cli, ["analyze", f"{path}:make", "--data", "synthetic:6:3:48", "--batch-size",
+                                      "16", "--sketch", "subsample:0.5", "-q"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"mul: mul takes \['quantize'\] with view=None \[:mul.0\]$", result.stdout, re.M)
 
 
 def test_bad_plan_is_named():

@@ -129,6 +129,21 @@ def test_tune_sketches_propagating_sites_within_the_measured_budget():
     assert site[site["family"] == "exact"].iloc[0]["bytes"] == 48 * 48 * 4
 
 
+def test_tune_sketches_functional_sites_per_module():
+    """The F.gelu that Net's forward calls is a site of the model itself: the tuner offers the unit ':*' (every
+    site of that module), its bytes measured; the plan names it as a pattern and the ledger agrees."""
+    model, x, y = Net(width=32), torch.randn(64, 5), torch.arange(64) % 3
+    fams = (Quantize.family(), Subsample.family())
+    cands = candidates.candidates(model, ((x,), y), F.cross_entropy, fams, probes=16)
+    unit = cands.table[cands.table["layer"] == ":*"]
+    assert set(unit["family"]) == {"exact", "Quantize(per-row)", "Subsample(shared)"}
+    assert unit[unit["family"] == "exact"].iloc[0]["bytes"] == 64 * 32 * 4  # F.gelu keeps its float32 input
+    plan = radvar.tune(model, (x, y), F.cross_entropy, budget=0.3, families=fams, probes=16)
+    prov = plan.provenance
+    assert isinstance(plan.sites[":*"], Quantize)
+    assert prov["measured_bytes"] == prov["predicted_bytes"] <= prov["budget"]["bytes"]
+
+
 def test_estimated_variances_are_ranked_by_an_upper_confidence_value():
     """A Monte Carlo estimate that came out tiny but with a large standard error (the conv Projection case)
     loses to a closed form of moderate value at the same bytes; with se = 0 it would win."""

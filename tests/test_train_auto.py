@@ -38,8 +38,9 @@ def train_data():
 
 
 def _labels(model: torch.nn.Module) -> str:
-    """The plan in force, as the switch log writes it."""
-    return "; ".join(f"{n}: {s.label() if s is not None else 'exact'}" for n, s in current_plan(model).items())
+    """The plan in force, as the switch log writes it (modules, then site entries)."""
+    plan = current_plan(model)
+    return "; ".join(f"{n}: {s.label() if s is not None else 'exact'}" for n, s in {**plan, **plan.sites}.items())
 
 
 class PlanRecordingSGD(torch.optim.SGD):
@@ -353,3 +354,39 @@ def test_cli_co_optimize_end_to_end(tmp_path):
     switches = pd.read_csv(tmp_path / "retune.csv")
     assert {"batch_before", "batch_after"} <= set(switches.columns) and switches["batch_before"].iloc[0] == 40
     assert json.loads((tmp_path / "retune.json").read_text())["settings"]["batch_sizes"] == [10, 20, 40, 80, 160]
+
+
+
+class _GeluMLP(torch.nn.Module):
+    """Two Linears around an ``F.gelu`` call: the model's one functional site is ``":gelu.0"``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(64, 32), torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.gelu(self.a(x)))
+
+
+def test_retune_keeps_the_functional_site_routing(train_data):
+    """The plan in force includes the router's site entries (what the switch log and an adaptive run's checkpoint
+    record); a switch routes the sites the tuner's plan names."""
+    from radvar.layers.functional import router_of
+    from radvar.train.monitor import NoiseMonitor
+    from radvar.train.retune import AutoPlan
+
+    torch.manual_seed(0)
+    model = radvar.convert(_GeluMLP(), radvar.Plan({"a": None, "b": None, ":gelu.0": sketch.Quantize(4)}))
+    before = current_plan(model)
+    assert before.sites == {":gelu.0": sketch.Quantize(4)}
+    resumed = radvar.convert(_GeluMLP(), radvar.Plan.from_dict(before.to_dict()))  # as a resume converts
+    assert router_of(resumed).entries == {":gelu.0": sketch.Quantize(4)}
+    monitor = NoiseMonitor(model, F.cross_entropy, every=1)
+    monitor.close()
+    auto = AutoPlan(monitor, 0.5, every=1, families=(sketch.Quantize(8),), min_gain=0.0)
+    x, y = train_data[0][:64], train_data[1][:64]
+    switch = auto.retune(1, float(monitor.measure(x, y, step=1)[-1]["data_variance"]))
+    assert switch is not None and ":gelu.0: Quantize(4 bits" in switch["plan_before"]
+    entries = router_of(model).entries
+    assert entries and any(v is not None for v in entries.values())  # the site is still routed, sketched
+    assert current_plan(model).sites == entries and switch["plan_after"] == _labels(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -37,13 +38,13 @@ def parse_budget(text: str) -> Budget:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kmg]i?b|b)?\s*", text.lower())
     if not m:
         raise SpecError(f"--budget: {text!r} is not a fraction in (0, 1] or a size like 2000000, 2MB, 1.5MiB")
-    value, unit = float(m.group(1)), m.group(2)
+    value, unit = Fraction(m.group(1)), m.group(2)  # exact: 10**23 bytes stays 10**23, not float's rounding
     if unit is None and value <= 1:
         if value <= 0:
             raise SpecError(f"--budget: fraction {text!r} must be in (0, 1]")
-        return Budget(fraction=value)
+        return Budget(fraction=float(value))
     nbytes = value * _UNITS[unit or "b"]
-    if unit is None and not value.is_integer():
+    if unit is None and value.denominator != 1:
         raise SpecError(f"--budget: {text!r} is neither a fraction in (0, 1] nor a whole number of bytes")
     if nbytes < 1:
         raise SpecError(f"--budget: {text!r} is less than one byte")

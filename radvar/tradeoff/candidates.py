@@ -35,7 +35,8 @@ keep grid. Their variance is the total gradient variance they add, estimated wit
 backward passes (:func:`radvar.variance.propagated.propagated`, every candidate probed
 from one exact pass; it has a standard error). Their bytes are measured: one ledger pass
 per candidate sketch with that sketch on every propagating site that takes it, each site
-charged the storages it alone keeps there.
+charged the storages it alone keeps there. Functional sites are offered per module that
+calls them, as the plan pattern ``"<module>:*"`` (:func:`site_options`).
 
 The solvers rank options by an upper confidence value ``ucb = variance + UCB_Z · se``:
 closed forms (se = 0) are ranked by their value; an estimate (conv Projection from sampled
@@ -57,7 +58,9 @@ from torch import nn
 from .._data import split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..layers import twin_for
+from ..layers.functional import FUNCTION_KINDS, functional_sites, split_site
 from ..layers.registry import propagating
+from ..memory import TOP as LEDGER_TOP
 from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Family, Importance, Projection, Quantize, Sketch, Subsample, as_family, kept_count
@@ -345,39 +348,69 @@ def _spread(keeps: Sequence[float], count: int) -> list[float]:
 
 
 def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable, families: Sequence[Family],
-                 keeps: Sequence[float], alone: dict[str, int], probes: int = SITE_PROBES) -> list[dict[str, Any]]:
-    """Candidate rows of every propagating site of ``model`` (see the module docstring): exact (``alone``: the
-    ledger bytes it alone keeps exact), then each family the site's twin accepts, on :data:`SITE_KEEPS` points of
-    ``keeps`` (Quantize: its bit widths); variance probed, bytes measured per candidate sketch."""
+                 keeps: Sequence[float], alone: dict[str, int],
+                 probes: int = SITE_PROBES) -> tuple[list[dict[str, Any]], int]:
+    """Candidate rows of every propagating site of ``model`` (see the module docstring), and the bytes of the
+    all-exact ledger they account for that ``fixed`` must not count again.
+
+    A propagating module: exact (``alone``: the ledger bytes it alone keeps exact), then each family its twin
+    accepts on :data:`SITE_KEEPS` points of ``keeps`` (Quantize: its bit widths). Functional sites are grouped
+    by the module whose forward calls them, one unit ``"<module>:*"`` (a plan pattern) per module: the ledger
+    attributes their storages to that module, so its rows carry what the module alone keeps (exact, or with
+    that sketch on every site of the module whose kind takes it) and the sum of those sites' variances.
+    Variances probed; bytes measured, one ledger pass per candidate sketch."""
     inputs, targets = split_batch(batch, "candidates")
     modules = {n: m for n, m in model.named_modules() if propagating(m)}
+    calls = functional_sites(convert(model, None, compact=False), *inputs)
+    grouped: dict[str, list[str]] = {}
+    for site in calls:
+        grouped.setdefault(split_site(site)[0], []).append(site)
     grid = _spread(sorted(keeps), SITE_KEEPS)
+    candidates_of = [(fam.label(), sk) for fam in families for sk in fam.sweep(grid) if not sk.exact]
     offered: dict[str, list[tuple[str, Sketch]]] = {}
     for name, module in modules.items():
         twin = twin_for(module)
-        pairs = [(fam.label(), sk) for fam in families if twin.accepts(fam.template) and fam.view in (None, *twin.views)
-                 for sk in fam.sweep(grid) if not sk.exact]
-        offered[name] = list(dict.fromkeys(pairs))
-    if not modules:
-        return []
-    probed = propagated(model, batch, loss_fn, {n: [sk for _, sk in pairs] for n, pairs in offered.items()}, probes,
-                        owner="candidates")
+        offered[name] = list(dict.fromkeys((label, sk) for label, sk in candidates_of
+                                           if twin.accepts(sk) and sk.view in (None, *twin.views)))
+    takes = {site: [sk for _, sk in candidates_of if FUNCTION_KINDS[calls[site]].accepts(sk)] for site in calls}
+    for owner, sites in grouped.items():
+        offered[f"{owner}:*"] = list(dict.fromkeys((label, sk) for label, sk in candidates_of
+                                                   if any(sk in takes[s] for s in sites)))
+    if not offered:
+        return [], 0
+    probed = propagated(model, batch, loss_fn, {**{n: [sk for _, sk in offered[n]] for n in modules}, **takes},
+                        probes, owner="candidates")
+    keeper = {owner: owner or LEDGER_TOP for owner in grouped}  # the ledger's name for a module
+    exact_report = saved_bytes(convert(model, None), inputs, loss_fn, targets)
+    base = {owner: _alone(exact_report, keeper[owner]) for owner in grouped}
     measured: dict[tuple[str, Sketch], int] = {}
     for sketch in dict.fromkeys(sk for pairs in offered.values() for _, sk in pairs):
         users = [n for n, pairs in offered.items() if any(sk == sketch for _, sk in pairs)]
         report = saved_bytes(convert(model, Plan({n: sketch for n in users})), inputs, loss_fn, targets)
         for n in users:  # what the site keeps under this sketch: the storages it alone keeps
-            measured[(n, sketch)] = sum(b for b, keepers in report.storages if keepers == (n,))
+            measured[(n, sketch)] = _alone(report, keeper[n[:-2]] if n.endswith(":*") else n)
     rows = []
     for name, pairs in offered.items():
-        rows.append({"layer": name, "type": type(modules[name]).__name__, "family": EXACT, "keep": 1.0, "k": None,
-                     "sketch": None, "bytes": alone.get(name, 0), "variance": 0.0, "se": 0.0, "ucb": 0.0,
-                     "method": "exact"})
-        for (label, sketch), est in zip(pairs, probed[name]):
-            rows.append({"layer": name, "type": type(modules[name]).__name__, "family": label, "keep": sketch.keep,
-                         "k": None, "sketch": sketch, "bytes": measured[(name, sketch)], "variance": est.variance,
-                         "se": est.se, "ucb": est.variance + UCB_Z * est.se, "method": est.method})
-    return rows
+        owner = name[:-2] if name.endswith(":*") else None
+        kind = "functional" if owner is not None else type(modules[name]).__name__
+        rows.append({"layer": name, "type": kind, "family": EXACT, "keep": 1.0, "k": None, "sketch": None,
+                     "bytes": base[owner] if owner is not None else alone.get(name, 0), "variance": 0.0,
+                     "se": 0.0, "ucb": 0.0, "method": "exact"})
+        for label, sketch in pairs:
+            if owner is None:
+                est = [probed[name][[sk for _, sk in pairs].index(sketch)]]
+            else:
+                est = [probed[s][takes[s].index(sketch)] for s in grouped[owner] if sketch in takes[s]]
+            value, se = sum(e.variance for e in est), math.sqrt(sum(e.se ** 2 for e in est))
+            rows.append({"layer": name, "type": kind, "family": label, "keep": sketch.keep, "k": None,
+                         "sketch": sketch, "bytes": measured[(name, sketch)], "variance": value, "se": se,
+                         "ucb": value + UCB_Z * se, "method": est[0].method})
+    return rows, sum(base.values())
+
+
+def _alone(report: Any, keeper: str) -> int:
+    """Bytes of the storages that ``keeper`` alone keeps in a ledger ``report``."""
+    return sum(b for b, keepers in report.storages if keepers == (keeper,))
 
 
 def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
@@ -401,12 +434,13 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     for r in rows:
         if r["sketch"] is None:
             r["bytes"] = ledger.alone.get(r["layer"], 0)
-    rows += site_options(model, (inputs, targets), loss_fn, families, keeps, ledger.alone, probes)
+    site_rows, counted = site_options(model, (inputs, targets), loss_fn, families, keeps, ledger.alone, probes)
+    rows += site_rows
     if not rows:
         raise ValueError(f"candidates: the model has no module radvar can randomize "
                          f"(types: {sorted({type(m).__name__ for m in model.modules()})})")
     names = {r["layer"] for r in rows}
     joint = [(b, keepers) for b, keepers in ledger.joint if all(k in names for k in keepers)]
-    fixed = ledger.fixed + sum(b for b, keepers in ledger.joint if (b, keepers) not in joint)
+    fixed = ledger.fixed - counted + sum(b for b, keepers in ledger.joint if (b, keepers) not in joint)
     return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, ledger.total, stats.batch_size, stats,
                       {n: v for n, v in ledger.shared.items() if n in names}, joint)

@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
+from ..layers.functional import router_of
 from ..plan import Plan
 from ..sketch import Sketch
 from ..tradeoff import DEFAULT_FAMILIES, DEFAULT_KEEPS, co_optimize, tune
@@ -55,8 +56,12 @@ SWITCH_COLUMNS = ["step", "reason", "rad_before", "rad_after", "data_variance", 
 
 
 def current_plan(model: torch.nn.Module) -> Plan:
-    """The sketch each randomizable module of ``model`` carries now (None: exact)."""
-    return Plan({n: getattr(m, "sketch", None) for n, m in model.named_modules() if kind_for(m) is not None})
+    """The sketch each randomizable module of ``model`` carries now (None: exact), and the functional-site
+    entries (keys and patterns) its router holds (:attr:`Plan.sites`)."""
+    router = router_of(model)
+    sites = {} if router is None else {k: v for k, v in router.entries.items() if v is None or isinstance(v, Sketch)}
+    return Plan({**{n: getattr(m, "sketch", None) for n, m in model.named_modules() if kind_for(m) is not None},
+                 **sites})
 
 
 def _check_co(batch_sizes: Any, pool: Any) -> tuple[list[int] | None, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -79,7 +84,8 @@ def _check_co(batch_sizes: Any, pool: Any) -> tuple[list[int] | None, tuple[torc
 
 
 def _labels(plan: Plan) -> str:
-    return "; ".join(f"{n}: {s.label() if s is not None else 'exact'}" for n, s in plan.items())
+    """``name: sketch; ...`` over the plan's modules, then its site entries."""
+    return "; ".join(f"{n}: {s.label() if s is not None else 'exact'}" for n, s in {**plan, **plan.sites}.items())
 
 
 class AutoPlan:
