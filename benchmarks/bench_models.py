@@ -11,15 +11,19 @@ Models, random weights, no downloads, CPU float32, train mode:
   (scaled_dot_product_attention). The loss is a token-level cross entropy on the logits
   against random tokens (logits and the loss's saved tensors grow with the vocabulary).
 
-For each ``--sketch`` (uniform over what radvar can randomize; default ``subsample:0.1``) and,
+For each ``--sketch`` (uniform over what radvar can randomize; default ``quantize:2``) and,
 with ``--tune F``, the plan ``radvar.tune`` picks at F times the exact bytes from those families:
 bytes autograd keeps for backward (saved-tensor ledger), their ratio to plain, the fraction of
-the plain bytes radvar can sketch (:func:`radvar.report.coverage`), and the median step time
-ratio to plain, steps interleaved in one process (:func:`radvar.bench.compare`). Then, per model,
-the five module types that keep the most bytes exact, and why.
+the plain bytes radvar can sketch (:func:`radvar.report.coverage`), the median step time
+ratio to plain, steps interleaved in one process (:func:`radvar.bench.compare`; wall clock, and the
+process's CPU time, which other processes on a shared machine do not inflate), and, with
+``--probes P``, the predicted RAD variance of the whole gradient, E‖Ĝ − G‖² summed over all
+parameters (:func:`radvar.variance.analytic`: closed forms for linear inputs, P probe passes for
+each sketch whose error propagates; about a CPU minute per model and configuration). Then, per
+model, the five module types that keep the most bytes exact, and why.
 
-    python benchmarks/bench_models.py [--models gpt2 ...] [--sketch subsample:0.1 ...] [--tune 0.15]
-                                      [--reps 5] [--out benchmarks/results/bench_models.txt]
+    python benchmarks/bench_models.py [--models gpt2 ...] [--sketch quantize:2 ...] [--tune 0.15]
+                                      [--reps 5] [--probes 2] [--out benchmarks/results/bench_models.txt]
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from torch import nn
 
 import radvar
 from radvar_cli.specs import parse_sketch
-from radvar import bench, zoo
+from radvar import bench, variance, zoo
 from radvar.report import coverage, format_bytes, write_text
 
 LAYERS, HIDDEN, HEADS, SEQ, TOKEN_BATCH = 4, 256, 4, 128, 8
@@ -102,7 +106,8 @@ MODELS: dict[str, Callable[[int], tuple[nn.Module, torch.Tensor, torch.Tensor]]]
     "resnet18": resnet18, "vit_tiny": vit_tiny, "gpt2": gpt2, "bert": bert, "llama": llama}
 
 
-def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int,
+            probes: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per configuration, the five types keeping the most exact bytes under the first sketch)."""
     torch.manual_seed(0)
     radvar.seed(0)
@@ -119,6 +124,10 @@ def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int
     covers = [coverage(model, x, token_loss, y, c) for c in configs]
     frame.insert(0, "model", name)
     frame["sketchable"] = [float("nan")] + [c.total["fraction_sketchable"] for c in covers]
+    frame["rad_variance"] = float("nan")
+    if probes is not None:
+        frame["rad_variance"] = [0.0] + [float(variance.analytic(model, (x, y), token_loss, c, probes=probes)
+                                               .total["rad_variance"].iloc[0]) for c in configs]
     left = covers[0].exact_left() if covers else pd.DataFrame(columns=["type", "reason", "bytes", "modules"])
     top = (left.assign(modules=left["modules"].map(len)).groupby("type", sort=False)
            .agg(bytes=("bytes", "sum"), modules=("modules", "sum"), why=("reason", lambda r: "; ".join(dict.fromkeys(r))))
@@ -134,12 +143,16 @@ def markdown(frame: pd.DataFrame, columns: dict[str, Callable]) -> str:
 
 
 def report(frames: list[pd.DataFrame], tops: list[pd.DataFrame], header: str) -> str:
-    main = markdown(pd.concat(frames), {
+    frame = pd.concat(frames)
+    variance_column = {} if frame["rad_variance"].isna().all() else {
+        "predicted RAD variance": lambda r: "-" if pd.isna(r["rad_variance"]) else f"{r['rad_variance']:.3g}"}
+    main = markdown(frame, {
         "model": lambda r: r["model"], "config": lambda r: r["config"],
         "saved bytes": lambda r: format_bytes(r["saved_bytes"]),
         "plain / config": lambda r: f"{r['memory_ratio']:.2f}x",
         "sketchable": lambda r: "-" if pd.isna(r["sketchable"]) else f"{r['sketchable']:.1%}",
-        "step ms": lambda r: f"{r['step_ms']:.0f}", "time / plain": lambda r: f"{r['time_ratio']:.2f}x"})
+        "step ms": lambda r: f"{r['step_ms']:.0f}", "time / plain": lambda r: f"{r['time_ratio']:.2f}x",
+        "CPU time / plain": lambda r: f"{r['cpu_ratio']:.2f}x", **variance_column})
     exact = markdown(pd.concat(tops), {
         "model": lambda r: r["model"], "type left exact": lambda r: f"`{r['type']}`",
         "modules": lambda r: str(r["modules"]), "bytes": lambda r: format_bytes(r["bytes"]),
@@ -152,11 +165,13 @@ def report(frames: list[pd.DataFrame], tops: list[pd.DataFrame], header: str) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--sketch", nargs="+", default=["subsample:0.1"], metavar="KIND:KEEP[:OPT]",
+    ap.add_argument("--sketch", nargs="+", default=["quantize:2"], metavar="KIND:KEEP[:OPT]",
                     help="uniform sketches to compare, as in `radvar analyze --sketch`")
     ap.add_argument("--tune", type=float, metavar="F", help="add radvar.tune's plan at F x the exact bytes")
     ap.add_argument("--vocab", type=int, default=1024, help="vocabulary of the transformers models")
     ap.add_argument("--reps", type=int, default=5, help="timed steps per configuration (after 1 warm-up)")
+    ap.add_argument("--probes", type=int, metavar="P",
+                    help="add the predicted RAD variance, with P probe passes per propagating site")
     ap.add_argument("--out", metavar="PATH", help="also write the report here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -165,13 +180,15 @@ def main() -> None:
     start = time.perf_counter()
     frames, tops = [], []
     for name in args.models:
-        frame, top = measure(name, sketches, args.tune, args.vocab, args.reps)
+        frame, top = measure(name, sketches, args.tune, args.vocab, args.reps, args.probes)
         frames.append(frame)
         tops.append(top)
         print(f"{name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     header = (f"bench_models: torch {torch.__version__}, {platform.machine()} CPU ({os.cpu_count()} cores, load "
               f"{os.getloadavg()[0]:.1f} at the end), 1 thread, float32, median of {args.reps} interleaved steps; "
-              f"vocab {args.vocab}; {time.perf_counter() - start:.0f} s")
+              f"vocab {args.vocab}"
+              + (f"; predicted variance by radvar.variance.analytic ({args.probes} probes per propagating site)"
+                 if args.probes else "") + f"; {time.perf_counter() - start:.0f} s")
     text = report(frames, tops, header)
     print(text)
     if args.out:

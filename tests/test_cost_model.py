@@ -46,8 +46,8 @@ class FakeCost(cost_lib.CostModel):
 
 
 def test_cache_round_trip_measures_once_and_respects_umask(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(cost_lib, "time_layer", lambda *a, **k: calls.append(a) or fake_time(*a))
+    calls = []  # measurements kept (a process's first timing is a discarded warm-up with reps=1)
+    monkeypatch.setattr(cost_lib, "time_layer", lambda *a, **k: (a[4] > 1 and calls.append(a)) or fake_time(*a))
     path = tmp_path / "sub" / "cost.json"
     layer = nn.Linear(6, 4)
     old = os.umask(0o027)
@@ -188,3 +188,24 @@ def test_a_cache_only_model_never_measures(monkeypatch):
     cm = cost_lib.CostModel(cost_lib.CostCache(None), measure=False)
     assert math.isnan(cm.extra_seconds(nn.Linear(3, 2), [((4, 3), torch.float32)], Subsample(0.5)))
     assert cm.extra_seconds(nn.Linear(3, 2), [((4, 3), torch.float32)], None) == 0.0
+
+
+def test_timing_leaves_radvar_stream_and_grads_as_they_were(monkeypatch):
+    import radvar
+    layer = nn.Linear(5, 4)
+    radvar.seed(11)
+    before = radvar.rng.get_state()
+    cost_lib.time_layer(layer, (6, 5), torch.float32, Subsample(0.5), reps=1, warmup=0)
+    assert radvar.rng.get_state() == before
+    model = nn.Sequential(nn.Linear(5, 3))
+    marker = torch.ones_like(model[0].weight)
+    model[0].weight.grad = marker
+    cost_lib.CostModel(cost_lib.CostCache(None)).step_seconds(model, torch.randn(4, 5), torch.tensor([0, 1, 2, 0]),
+                                                              F.cross_entropy, reps=1, warmup=0)
+    assert model[0].weight.grad is marker and radvar.rng.get_state() == before
+
+
+def test_a_stateless_module_is_timed_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(cost_lib, "time_layer", lambda *a, **k: fake_time(*a))
+    cm = cost_lib.CostModel(cost_lib.CostCache(None))
+    assert cm.extra_seconds(nn.ReLU(), [((4, 3), torch.float32)], Subsample(0.5)) == pytest.approx(0.1e-3 * 0.5)

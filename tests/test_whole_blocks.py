@@ -27,7 +27,7 @@ transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 HIDDEN, HEADS, SEQ, BATCH = 16, 2, 6, 2
-DRAWS = 200
+DRAWS = 120
 
 
 class LlamaLayer(nn.Module):

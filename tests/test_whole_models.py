@@ -1,5 +1,6 @@
 """Whole transformers models (GPT-2, BERT, Llama from tiny configs, random weights): convert, train a step,
-and the coverage report agrees with the saved-tensor ledger to the byte."""
+the coverage report agrees with the saved-tensor ledger to the byte, and uniform Quantize(2) keeps the byte
+ratio floors (ResNet-18 and GPT-2)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import radvar
-from radvar import memory
+from radvar import memory, zoo
 from radvar.report import coverage
-from radvar.sketch import Subsample
+from radvar.sketch import Quantize, Subsample
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,3 +98,24 @@ def test_coverage_totals_are_the_ledger_totals(factory):
         "bytes_converted"].sum()
     assert 0 < cov.total["fraction_sketchable"] < 1
     assert (frame[frame["status"] == "exact"]["why"] != "").all()
+
+
+# The issue's "never below" floors of plain / converted saved bytes under uniform Quantize(2) (measured at full
+# size by benchmarks/bench_models.py); byte counts are deterministic, so small configurations check them fast.
+BYTE_FLOORS = {"resnet18": 6.0, "gpt2": 4.0}
+
+
+def _resnet18_batch() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, object]:
+    return (zoo.resnet18(classes=10).train(), *zoo.synthetic(2, (3, 64, 64), 10), F.cross_entropy)
+
+
+def _gpt2_batch() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, object]:
+    return (gpt2().train(), *tokens(), token_loss)
+
+
+@pytest.mark.parametrize("name,factory", [("resnet18", _resnet18_batch), ("gpt2", _gpt2_batch)])
+def test_uniform_two_bit_saves_at_least_the_floor(name, factory):
+    model, x, y, loss = factory()
+    plain = memory.saved_bytes(model, x, loss, y).total
+    converted = memory.saved_bytes(radvar.convert(model, Quantize(2)), x, loss, y).total
+    assert plain / converted >= BYTE_FLOORS[name], (name, plain, converted, plain / converted)

@@ -57,7 +57,8 @@ def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callabl
     """One row per configuration (plain, then each sketch, or plan: labelled ``plan``, ``plan 2``, ...): saved bytes, median step
     seconds, and both as ratios to plain (``memory_ratio`` = plain / config,
     ``time_ratio`` = config / plain medians; ``pair_ratio`` = median over rounds of config / plain
-    in the same round, robust to a machine that other work slows down). Raises first if the data, the loss or a gradient is not
+    in the same round, robust to a machine that other work slows down; ``cpu_ms`` and ``cpu_ratio`` the same
+    from the process's CPU time, which other processes on a shared machine do not inflate). Raises first if the data, the loss or a gradient is not
     finite (:func:`require_finite_step`), so no configuration is timed on NaN."""
     require_finite_step(model, x, y, loss_fn)
     configs: dict[str, nn.Module] = {PLAIN: model}
@@ -66,21 +67,25 @@ def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callabl
         configs[label] = convert(model, sk)
     bytes_ = {name: saved_bytes(m, x, loss_fn, y).total for name, m in configs.items()}
     times: dict[str, list[float]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}
     for rep in range(warmup + reps):
         for name, m in configs.items():
             if progress:
                 progress(name)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             _step(m, x, y, loss_fn)
             if x.is_cuda:
                 torch.cuda.synchronize()
             if rep >= warmup:
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
     rows = []
     for name in configs:
         med = statistics.median(times[name])
         rows.append({"config": name, "saved_bytes": bytes_[name], "step_ms": med * 1e3,
                      "memory_ratio": bytes_[PLAIN] / bytes_[name],
                      "time_ratio": med / statistics.median(times[PLAIN]),
-                     "pair_ratio": statistics.median(t / p for t, p in zip(times[name], times[PLAIN]))})
+                     "pair_ratio": statistics.median(t / p for t, p in zip(times[name], times[PLAIN])),
+                     "cpu_ms": statistics.median(cpu[name]) * 1e3,
+                     "cpu_ratio": statistics.median(cpu[name]) / statistics.median(cpu[PLAIN])})
     return pd.DataFrame(rows)

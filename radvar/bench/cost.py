@@ -2,8 +2,9 @@
 
 :meth:`CostModel.layer` times one layer alone — a copy of the module, on a random
 input of the shape it sees in the model — plain and converted with a sketch, steps
-interleaved pair by pair (``reps`` pairs after ``warmup``), and keeps the median of
-each (:class:`LayerTime`). A measurement is taken once per (module type and
+interleaved pair by pair (``reps`` pairs after ``warmup``), and keeps the fastest of
+each (:class:`LayerTime`): load from other work only ever adds time, so minima taken at
+different moments stay comparable where medians drift with the load. A measurement is taken once per (module type and
 hyper-parameters, input shape, dtype, device, sketch) and cached per machine in a
 JSON file under :func:`cache_dir` (``RADVAR_CACHE_DIR``, else ``$XDG_CACHE_HOME/radvar``,
 else ``~/.cache/radvar``), named by :func:`machine_id` (host, CPU, torch version,
@@ -12,8 +13,8 @@ did not write (no ``"format": "radvar-cost-cache"``) is never overwritten: the m
 then measures without caching and says so once.
 
 A plan's predicted step time is ``T_plain + Σ_l Σ_calls (r − 1) t_plain``: the
-measured plain step plus each sketched layer's extra seconds (``r`` the layer's
-median per-pair ratio, ``t_plain`` its median plain time); its slowdown is that
+fastest plain step plus each sketched layer's extra seconds (``r`` the ratio of the
+layer's fastest times, ``t_plain`` its fastest plain time); its slowdown is that
 over ``T_plain``. Between timed keeps (:data:`TIMED_KEEPS`) a family's extra time is
 interpolated linearly in keep, so a tuner's keep grid costs a few timings per family.
 """
@@ -23,11 +24,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
 import platform
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from .._atomic import write_text
+from .. import rng
 from .._hooks import run_with_pre_hooks
 from ..convert import convert
 from ..layers import twin_for
@@ -82,8 +84,7 @@ def machine_id(device: torch.device) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LayerTime:
-    """Median seconds of one forward+backward of a layer, plain and with a sketch, and their
-    median per-pair ratio."""
+    """Fastest seconds of one forward+backward of a layer, plain and with a sketch, and their ratio."""
 
     plain: float
     sketched: float
@@ -91,8 +92,7 @@ class LayerTime:
 
     @property
     def extra(self) -> float:
-        """Seconds the sketch adds to one call (negative when it is faster): (ratio − 1) · plain, from the
-        per-pair ratio, which back-to-back pairs keep robust to a machine that other work slows down."""
+        """Seconds the sketch adds to one call (negative when it is faster): (ratio − 1) · plain."""
         return (self.ratio - 1.0) * self.plain
 
 
@@ -161,11 +161,19 @@ def _pair_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
     return elapsed
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters or buffers live (the CPU for one with neither, e.g. a GELU)."""
+    state = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return state.device if state is not None else torch.device("cpu")
+
+
 def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch,
                reps: int = 5, warmup: int = 1) -> LayerTime:
-    """Median forward+backward seconds of a copy of ``module`` plain and with ``sketch`` on a random
-    ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair."""
-    device = next(module.parameters()).device
+    """Fastest forward+backward seconds (other work on the machine only ever adds time) of a copy of
+    ``module`` plain and with ``sketch`` on a random
+    ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair.
+    radvar's stream is put back where it was, so whether a timing was cached never changes later draws."""
+    device = module_device(module)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_()
     plain = nn.Sequential(copy.deepcopy(module))
@@ -175,17 +183,21 @@ def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sk
     with torch.no_grad():
         grad = torch.randn(plain(x).shape, generator=gen, device=device, dtype=dtype)
     a, b = [], []
-    for rep in range(warmup + reps):
-        ta, tb = _pair_step(plain, x, grad), _pair_step(twin, x, grad)
-        if rep >= warmup:
-            a.append(ta)
-            b.append(tb)
-    ratio = statistics.median(tb_ / max(ta_, 1e-12) for ta_, tb_ in zip(a, b))
-    return LayerTime(statistics.median(a), statistics.median(b), ratio)
+    state = rng.get_state()
+    try:
+        for rep in range(warmup + reps):
+            ta, tb = _pair_step(plain, x, grad), _pair_step(twin, x, grad)
+            if rep >= warmup:
+                a.append(ta)
+                b.append(tb)
+    finally:
+        rng.set_state(state)
+    return LayerTime(min(a), min(b), min(b) / max(min(a), 1e-12))
 
 
 def input_shapes(model: nn.Module, inputs: Any) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
-    """(shape, dtype) of the first positional input of every call of each randomizable weight layer."""
+    """(shape, dtype) of the first positional input of every call of each randomizable module (weight
+    layers and propagating twins: activations, norms, attention)."""
     seen: dict[str, list[tuple[tuple[int, ...], torch.dtype]]] = {}
 
     def hook(name: str) -> Callable:
@@ -195,7 +207,7 @@ def input_shapes(model: nn.Module, inputs: Any) -> dict[str, list[tuple[tuple[in
         return record
 
     layers = [(m, hook(n)) for n, m in model.named_modules()
-              if (t := twin_for(m)) is not None and t.randomized and not t.propagates]
+              if (t := twin_for(m)) is not None and t.randomized]
     run_with_pre_hooks(model, inputs, layers)
     return seen
 
@@ -209,6 +221,7 @@ class CostModel:
         self.cache = cache
         self.reps, self.warmup, self.measure = reps, warmup, measure
         self._measured = 0
+        self._warm = False
 
     def _cache_for(self, device: torch.device) -> CostCache:
         if self.cache is None:
@@ -218,11 +231,14 @@ class CostModel:
     def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch) -> LayerTime | None:
         """The cached timing of ``module`` on a ``shape`` input under ``sketch``, measured on a miss
         (None on a miss when the model does not measure)."""
-        device = next(module.parameters()).device
+        device = module_device(module)
         cache = self._cache_for(device)
         key = layer_key(module, shape, dtype, device, sketch)
         found = cache.get(key)
         if found is None and self.measure:
+            if not self._warm:  # the first timing in a process pays one-time set-up costs: discard it
+                time_layer(module, shape, dtype, sketch, 1, 1)
+                self._warm = True
             found = time_layer(module, shape, dtype, sketch, self.reps, self.warmup)
             cache.put(key, found)
             self._measured += 1
@@ -257,16 +273,24 @@ class CostModel:
 
     def step_seconds(self, model: nn.Module, x: torch.Tensor, y: Any, loss_fn: Callable, reps: int = 5,
                      warmup: int = 1) -> float:
-        """Median seconds of a plain forward+backward step of ``model`` (not cached: it is the reference)."""
+        """Fastest seconds of a plain forward+backward step of ``model`` (not cached: it is the reference);
+        the parameters' ``.grad`` and radvar's stream are left as they were."""
+        params = list(model.parameters())
+        grads, state = [p.grad for p in params], rng.get_state()
         times = []
-        for rep in range(warmup + reps):
-            start = time.perf_counter()
-            _step(model, x, y, loss_fn)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            if rep >= warmup:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        try:
+            for rep in range(warmup + reps):
+                start = time.perf_counter()
+                _step(model, x, y, loss_fn)
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
+                if rep >= warmup:
+                    times.append(time.perf_counter() - start)
+        finally:
+            for p, g in zip(params, grads):
+                p.grad = g
+            rng.set_state(state)
+        return min(times)
 
 
 __all__ = ["CostModel", "CostCache", "LayerTime", "TIMED_KEEPS", "cache_dir", "machine_id", "layer_key",

@@ -152,6 +152,12 @@ class _SiteMode(TorchFunctionMode):
         return func(*args, **kwargs) if name is None else self.router.call(func, name, args, kwargs)
 
 
+def _on_top(mode: TorchFunctionMode) -> bool:
+    """Whether ``mode`` is the innermost active torch function mode."""
+    depth = torch._C._len_torch_function_stack()
+    return depth > 0 and torch._C._get_function_stack_at(depth - 1) is mode
+
+
 class _Router:
     """The site entries of one model and, per thread, the stack of running modules (None for one
     with its own twin), the call counts and the sites seen in the current forward."""
@@ -176,6 +182,7 @@ class _Router:
         st = self.local
         if not hasattr(st, "stack"):
             st.stack, st.counts, st.seen, st.depth, st.mode, st.on = [], {}, {}, 0, _SiteMode(self), False
+            st.lifted = []  # per stack entry: whether entering it took the mode off torch's mode stack
         return st
 
     def enter(self, name: str | None, root: bool) -> None:
@@ -189,17 +196,26 @@ class _Router:
                     st.mode.__enter__()
             st.depth += 1
         st.stack.append(name)
+        # inside a module with its own twin no call is a site, and most of a forward's torch calls run there
+        # (the twins' own ops): take the mode off the stack until the module leaves, so they skip Python
+        lifted = name is None and st.on and _on_top(st.mode)
+        if lifted:
+            torch._C._pop_torch_function_stack()
+        st.lifted.append(lifted)
 
     def leave(self, root: bool) -> None:
         st = self.state()
         if st.stack:
             st.stack.pop()
+        if st.lifted and st.lifted.pop():
+            torch._C._push_on_torch_function_stack(st.mode)
         if not root or st.depth == 0:
             return
         st.depth -= 1
         if st.depth:
             return
         st.stack.clear()
+        st.lifted.clear()
         if not st.on:
             return
         st.on = False

@@ -36,12 +36,13 @@ group      (N, G, C/G, S)    2, 3           examples: N; positions: N·C
 (rows, features) in x's own memory order, so its per-row offsets cost two
 numbers per row.
 
-The forward output is torch's own functional forward (bitwise the plain
-output; BatchNorm's running statistics are updated by torch itself); z and 1/σ
-come from torch's normalization kernel without the affine map
-(``native_layer_norm``, ``native_batch_norm``, ``native_group_norm``), or,
-for RMSNorm and for 16-bit input (whose kernels return a 16-bit σ), from
-:func:`standardize` in float32 (float64 for float64 input). BatchNorm in
+y, μ and 1/σ come from the kernel that torch's functional forward runs
+(``native_layer_norm``, ``native_group_norm``; ``native_batch_norm`` on CPU),
+so y is bitwise the plain output and BatchNorm's running statistics are updated
+by torch itself; z = (x − μ)/σ is one more pass. RMSNorm, BatchNorm off CPU
+and 16-bit input (whose kernels keep a 16-bit σ) compute z and 1/σ with
+:func:`standardize` in float32 (float64 for float64 input) beside torch's
+forward. BatchNorm in
 eval mode is the per-channel affine map y = x·s + t with exact backward; it
 keeps x only when γ needs a gradient.
 """
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,23 +103,22 @@ def check_view(sketch: Sketch, views: tuple[str, ...], owner: str) -> str:
 
 def randomizes(sketch: Sketch | None, *tensors: torch.Tensor | None) -> bool:
     """Whether a norm call draws a sketch: a non-exact sketch, outside ``radvar.exact()``, with
-    grad enabled and some tensor requiring grad."""
+    grad enabled, a non-empty input (the first tensor) and some tensor requiring grad."""
     if sketch is not None and not isinstance(sketch, Sketch):
         raise TypeError(f"norm op: sketch must be a radvar.sketch.Sketch or None, got {sketch!r}")
     if sketch is None or sketch.exact or rng.is_exact() or not torch.is_grad_enabled():
         return False
-    return any(t is not None and t.requires_grad for t in tensors)
+    return tensors[0].numel() > 0 and any(t is not None and t.requires_grad for t in tensors)
 
 
 class RADNormFunction(torch.autograd.Function):
-    """y = run(x, γ, β) (torch's forward); keeps 1/σ and one or two sketches of z (see the module docstring)."""
+    """(y, z, 1/σ) = run(x, γ, β), y by torch's forward; keeps 1/σ and one or two sketches of z (see the
+    module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                run: Callable[..., torch.Tensor], stats: "Stats",
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, run: "Run",
                 layout: Layout, sketch: Sketch, keys: tuple[int, int]) -> torch.Tensor:
-        y = run(x, weight, bias)
-        z, rstd = stats(x)
+        y, z, rstd = run(x, weight, bias)
         view = z.to(x.dtype).reshape(layout.rows, -1)
         used = keys if ctx.needs_input_grad[0] else keys[:1]
         draws = sketch.compress_draws(view, [rng.generator(key, x.device) for key in used])
@@ -138,6 +138,8 @@ class RADNormFunction(torch.autograd.Function):
                              rng.generator(key, gy.device)).to(rstd.dtype).view(shape)
               for i, (meta, key) in enumerate(zip(ctx.metas, ctx.keys))]
         g = gy.reshape(shape).to(rstd.dtype)
+        if set(PARAM_DIMS) <= set(red) and shape[1] == 1:
+            return _per_channel_backward(ctx, g, zs, weight, rstd)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             z1, z2 = zs
@@ -153,38 +155,60 @@ class RADNormFunction(torch.autograd.Function):
             gw = (g * zsum).sum(PARAM_DIMS).view(weight.shape)
         if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
             gb = g.sum(PARAM_DIMS).view(ctx.bias_shape)
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None
 
 
-Stats = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+def _per_channel_backward(ctx: Any, g: torch.Tensor, zs: list[torch.Tensor], weight: torch.Tensor | None,
+                          rstd: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """The backward when the reduction set is everything but the channel (BatchNorm): with the sums
+    s = Σ g, s_k = Σ g ⊙ ẑ_k over it (n entries), ∂x̂ = (γ/σ)(g − s/n − ½[ẑ₁ s₂ + ẑ₂ s₁]/n),
+    ∂γ̂ = ½(s₁ + s₂), ∂β = s: three reductions, and no ĝ = γ ⊙ g tensor."""
+    n = g.numel() // g.shape[2]
+    sums = [g.sum(PARAM_DIMS, keepdim=True), *((g * z).sum(PARAM_DIMS, keepdim=True) for z in zs)]
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        scale = rstd if weight is None else rstd * weight.to(rstd.dtype).view(rstd.shape)
+        gx = (g - sums[0] / n).addcmul_(zs[0], sums[2], value=-0.5 / n).addcmul_(zs[1], sums[1], value=-0.5 / n)
+        gx = gx.mul_(scale).view(ctx.x_shape)
+    if weight is not None and ctx.needs_input_grad[1]:
+        gw = (sums[1] if len(zs) == 1 else 0.5 * (sums[1] + sums[2])).view(weight.shape)
+    if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
+        gb = sums[0].view(ctx.bias_shape)
+    return gx, gw, gb, None, None, None, None
 
 
-def _apply(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, run: Callable[..., torch.Tensor],
-           stats: Stats, layout: Layout, sketch: Sketch) -> torch.Tensor:
-    """:class:`RADNormFunction` with (z, 1/σ) from ``stats(x)``; an empty input runs ``run`` under plain autograd."""
-    if x.numel() == 0:
-        return run(x, weight, bias)
-    return RADNormFunction.apply(x, weight, bias, run, stats, layout, sketch, (rng.next_key(), rng.next_key()))
+Run = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"],
+               tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _stats(native: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], layout: Layout,
-           eps: float) -> Stats:
-    """(z, 1/σ) of x: torch's own normalization kernel ``native`` (z without the affine map, and 1/σ) for
-    float32/float64 input; :func:`standardize` in float32 for 16-bit input, whose kernels return a 16-bit σ."""
+def _apply(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, run: Run, layout: Layout,
+           sketch: Sketch) -> torch.Tensor:
+    return RADNormFunction.apply(x, weight, bias, run, layout, sketch, (rng.next_key(), rng.next_key()))
 
-    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _kernel(native: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]], layout: Layout, eps: float) -> Run:
+    """(y, z, 1/σ) from torch's kernel ``native(x, γ, β) -> (y, μ, 1/σ)`` (the kernel torch's functional
+    forward runs, so y is bitwise the plain output) and one pass z = (x − μ)/σ; 16-bit input (whose
+    kernels keep a 16-bit σ) takes z and 1/σ from :func:`standardize` in float32."""
+
+    def run(x: torch.Tensor, weight: torch.Tensor | None,
+            bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, mean, rstd = native(x, weight, bias)
         if x.dtype not in (torch.float32, torch.float64):
-            return standardize(x.reshape(layout.shape), layout, eps, torch.float32)
-        z, rstd = native(x)
+            return y, *standardize(x.reshape(layout.shape), layout, eps, torch.float32)
         keep = [1 if d in layout.reduce else size for d, size in enumerate(layout.shape)]
-        return z.reshape(layout.shape), rstd.reshape(keep)
+        mean, rstd = mean.reshape(keep), rstd.reshape(keep)
+        return y, (x.reshape(layout.shape) - mean).mul_(rstd), rstd
 
-    return stats
+    return run
 
 
-def _standardized(layout: Layout, eps: float, acc: torch.dtype | None = None) -> Stats:
-    """(z, 1/σ) from :func:`standardize` in ``acc`` (default: :func:`accumulate_dtype` of x)."""
-    return lambda x: standardize(x.reshape(layout.shape), layout, eps, acc or accumulate_dtype(x.dtype))
+def _beside(forward: Callable[..., torch.Tensor], layout: Layout, eps: float,
+            acc: torch.dtype | None = None) -> Run:
+    """(y, z, 1/σ) with y = ``forward(x, γ, β)`` and z, 1/σ from :func:`standardize` in ``acc`` (default:
+    :func:`accumulate_dtype` of x)."""
+    return lambda x, w, b: (forward(x, w, b),
+                            *standardize(x.reshape(layout.shape), layout, eps, acc or accumulate_dtype(x.dtype)))
 
 
 def _rows_layout(x: torch.Tensor, normalized_shape: Sequence[int], centered: bool) -> Layout:
@@ -216,9 +240,8 @@ def rad_layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], w
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     check_view(sketch, TOKEN_VIEWS, "layer_norm")
     layout = _rows_layout(input, shape, True)
-    native = _stats(lambda x: torch.native_layer_norm(x, shape, None, None, eps)[::2], layout, eps)
-    return _apply(input, weight, bias, lambda x, w, b: F.layer_norm(x, normalized_shape, w, b, eps), native,
-                  layout, sketch)
+    return _apply(input, weight, bias, _kernel(lambda x, w, b: torch.native_layer_norm(x, shape, w, b, eps), layout,
+                                               eps), layout, sketch)
 
 
 @torch.compiler.disable
@@ -232,8 +255,8 @@ def rad_rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], wei
     check_view(sketch, TOKEN_VIEWS, "rms_norm")
     eps_value = torch.finfo(accumulate_dtype(input.dtype)).eps if eps is None else eps
     layout = _rows_layout(input, shape, False)
-    return _apply(input, weight, None, lambda x, w, b: F.rms_norm(x, normalized_shape, w, eps),
-                  _standardized(layout, eps_value), layout, sketch)
+    return _apply(input, weight, None, _beside(lambda x, w, b: F.rms_norm(x, normalized_shape, w, eps), layout,
+                                               eps_value), layout, sketch)
 
 
 @torch.compiler.disable
@@ -243,7 +266,7 @@ def rad_rms_norm_with(input: torch.Tensor, weight: torch.Tensor | None, run: Cal
     ``acc`` (for modules that compute y = γ·(x/σ) their own way, e.g. in float32 whatever x's dtype)."""
     check_view(sketch, TOKEN_VIEWS, "rms_norm")
     layout = _rows_layout(input, input.shape[-1:], False)
-    return _apply(input, weight, None, run, _standardized(layout, eps, acc), layout, sketch)
+    return _apply(input, weight, None, _beside(run, layout, eps, acc), layout, sketch)
 
 
 @torch.compiler.disable
@@ -256,9 +279,9 @@ def rad_group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | 
     view = check_view(sketch, CHANNEL_VIEWS, "group_norm")
     layout = _channel_layout(input, num_groups, (2, 3), view)
     n, c, s = input.shape[0], input.shape[1], layout.shape[3]
-    native = _stats(lambda x: torch.native_group_norm(x, None, None, n, c, s, num_groups, eps)[::2], layout, eps)
-    return _apply(input, weight, bias, lambda x, w, b: F.group_norm(x, num_groups, w, b, eps), native, layout,
-                  sketch)
+    return _apply(input, weight, bias,
+                  _kernel(lambda x, w, b: torch.native_group_norm(x, w, b, n, c, s, num_groups, eps), layout, eps),
+                  layout, sketch)
 
 
 class BatchNormEvalFunction(torch.autograd.Function):
@@ -309,7 +332,11 @@ def rad_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     if not training:
         return BatchNormEvalFunction.apply(input, weight, bias, running_mean, running_var, eps)
     layout = _channel_layout(input, 1, (0, 1, 3), view)
-    native = _stats(lambda x: torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)[::2], layout, eps)
-    return _apply(input, weight, bias,
-                  lambda x, w, b: F.batch_norm(x, running_mean, running_var, w, b, True, momentum, eps), native,
-                  layout, sketch)
+    if input.device.type == "cpu":  # F.batch_norm runs native_batch_norm on CPU (elsewhere it may take cuDNN)
+        F._verify_batch_size(input.size())  # F.batch_norm's own check (the kernel has none)
+        run = _kernel(lambda x, w, b: torch.native_batch_norm(x, w, b, running_mean, running_var, True, momentum,
+                                                              eps), layout, eps)
+    else:
+        run = _beside(lambda x, w, b: F.batch_norm(x, running_mean, running_var, w, b, True, momentum, eps),
+                      layout, eps)
+    return _apply(input, weight, bias, run, layout, sketch)

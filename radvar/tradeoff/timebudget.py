@@ -7,7 +7,7 @@ measured plain step, a plan meets ``max_slowdown`` when ``T + Σ_l s_l ≤ max_s
 The problem — minimise Σ v_l subject to Σ m_l ≤ M and Σ s_l ≤ S — is a multiple-choice
 knapsack with two constraints. :func:`within_time` relaxes the time constraint with a
 Lagrange multiplier μ ≥ 0: for fixed μ it solves the one-constraint problem (memory) on
-``v_lj + μ (s_lj − min_j s_lj)`` with the memory solver, and it searches μ by doubling
+``v_lj + μ (s_lj − min_j s_lj)`` (the solvers' ranking value ``ucb`` shifted alike) with the memory solver, and it searches μ by doubling
 then bisection (``STEPS`` solves) for the smallest μ whose plan meets the time budget.
 Every returned plan meets both budgets (as predicted); as with any Lagrangian relaxation
 of an integer problem it may not be the optimum (the duality gap is not bounded here).
@@ -44,12 +44,13 @@ def check_max_slowdown(value: Any, owner: str = "tune") -> float:
 
 
 def option_seconds(cands: Candidates, model: nn.Module, inputs: Any, cost: CostModel) -> np.ndarray:
-    """Extra seconds per step of every row of ``cands.table`` (exact rows 0), from ``cost``."""
+    """Extra seconds per step of every row of ``cands.table`` (exact rows 0), from ``cost``. Functional
+    sites (plan patterns ``"<module>:*"``, no module of their own to time alone) count 0."""
     shapes = input_shapes(model, inputs)
     modules = dict(model.named_modules())
     out = np.zeros(len(cands.table))
     for i, (layer, sketch) in enumerate(zip(cands.table["layer"], cands.table["sketch"])):
-        if sketch is not None and not (isinstance(sketch, float) and math.isnan(sketch)):
+        if layer in modules and sketch is not None and not (isinstance(sketch, float) and math.isnan(sketch)):
             out[i] = cost.extra_seconds(modules[layer], shapes.get(layer, []), sketch)
     cost.save()
     return out
@@ -58,7 +59,9 @@ def option_seconds(cands: Candidates, model: nn.Module, inputs: Any, cost: CostM
 def _penalised(cands: Candidates, seconds: np.ndarray, mu: float) -> Candidates:
     table = cands.table.copy()
     floor = table.assign(_s=seconds).groupby("layer", sort=False)["_s"].transform("min").to_numpy()
-    table["variance"] = table["variance"].to_numpy() + mu * (seconds - floor)
+    for column in ("variance", "ucb"):  # the solvers rank by ucb (variance + z · se) where it exists
+        if column in table:
+            table[column] = table[column].to_numpy() + mu * (seconds - floor)
     return dataclasses.replace(cands, table=table)
 
 

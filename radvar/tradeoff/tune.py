@@ -25,6 +25,7 @@ from ..memory import saved_bytes
 from ..plan import Plan
 from ..sketch import Sketch
 from ..variance import Capture, minibatch
+from ..variance.minibatch import untouched
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from ..bench.cost import CostModel
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, SITE_PROBES, Candidates, candidates, check_families,
@@ -145,8 +146,9 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     timing: dict[str, Any] | None = None
     if max_slowdown is not None:
         cost = cost or CostModel()
-        seconds = option_seconds(cands, model, batch[0][0], cost)
-        plain = cost.step_seconds(model, batch[0][0], batch[1], loss_fn)
+        with untouched(model, batch[0][0].device):  # BatchNorm statistics and torch's RNG as they were
+            seconds = option_seconds(cands, model, batch[0][0], cost)
+            plain = cost.step_seconds(model, batch[0][0], batch[1], loss_fn)
         timing = {"max_slowdown": max_slowdown, "plain_step_seconds": plain}
     attempts: list[dict[str, int]] = []
     limit = target
