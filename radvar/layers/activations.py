@@ -53,11 +53,6 @@ class SketchedActivation(Twin):
     families = FAMILIES
     sketch: Sketch | None
 
-    def _randomizes(self) -> bool:
-        """Whether a forward with grad draws a sketch (the op also skips inputs that need no gradient)."""
-        sketch = self.sketch
-        return sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
-
     def extra_repr(self) -> str:
         return ", ".join(s for s in (super().extra_repr(), self.sketch_label()) if s)
 

@@ -84,10 +84,6 @@ class RADMultiheadAttention(nn.MultiheadAttention, Twin):
     families = FAMILIES
     sketch: Sketch | None
 
-    def _randomizes(self) -> bool:
-        sketch = self.sketch
-        return sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
-
     def _out_proj_randomizes(self) -> bool:
         out = self.out_proj
         return isinstance(out, Twin) and out.randomized and torch.is_grad_enabled() and out._randomizes()

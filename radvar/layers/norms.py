@@ -57,12 +57,6 @@ class _NormTwin(Twin):
     families = FAMILIES
     sketch: Sketch | None
 
-    def _randomizes(self) -> bool:
-        """A non-exact sketch, outside ``radvar.exact()``, with grad enabled (the op then checks that
-        the input or a parameter needs a gradient: a norm without affine parameters has no weight)."""
-        sketch = getattr(self, "sketch", None)
-        return sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.sketch_label()}"
 

@@ -94,10 +94,12 @@ class Twin(nn.Module):
         return f"sketch={sketch.label() if sketch is not None else 'exact'}"
 
     def _randomizes(self) -> bool:
-        """Draw a sketch only when a weight gradient will be computed and is not exact."""
+        """Draw a sketch only with grad enabled, outside ``radvar.exact()``, under a non-exact sketch, and
+        for a weight-gradient twin only when its weight trains (a propagating twin's op itself skips
+        inputs that need no gradient)."""
         sketch = getattr(self, "sketch", None)
         return (sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
-                and self.weight.requires_grad)
+                and (self.propagates or self.weight.requires_grad))
 
 
 _REGISTRY: dict[type[nn.Module], type[Twin]] = {}
