@@ -121,6 +121,7 @@ def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int
         except ValueError as e:  # e.g. a budget below what the exact part alone keeps
             NOTES.append(f"{name}: no tuned plan at {tune:g} of the exact bytes: {e}")
     frame = bench.compare(model, x, y, token_loss, configs, reps=reps, warmup=1)
+    frame["config"] = [frame["config"].iloc[0]] + [c.label() for c in configs]  # compare numbers plans
     covers = [coverage(model, x, token_loss, y, c) for c in configs]
     frame.insert(0, "model", name)
     frame["sketchable"] = [float("nan")] + [c.total["fraction_sketchable"] for c in covers]
