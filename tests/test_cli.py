@@ -182,6 +182,32 @@ def test_analyze_shows_the_probed_variance_of_propagating_layers(user_file, tmp_
     assert "first order" in result.stdout
 
 
+def test_analysis_rows_for_functional_sites_carry_their_probe_estimate():
+    """A functional site of the plan (F.gelu, key ":gelu.0" from the pattern "*:*") gets a row with its probed
+    variance and standard error; the RAD total is the sum of the rows."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(F.gelu(self.a(x)))
+
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(32) % 3
+    plan = radvar.Plan({"a": radvar.sketch.Subsample(0.5), "*:*": radvar.sketch.Quantize(2)})
+    a = radvar.report.analyze(Net(), (x, y), F.cross_entropy, batch_size=16, plan=plan, timing=False)
+    rows = a.per_layer.set_index("layer")
+    site = rows.loc[":gelu.0"]
+    assert site["type"] == "gelu (functional)" and site["sketch"] == "Quantize(2 bits, per-row)"
+    assert site["method"].startswith("propagated") and 0 < site["rad_se"] < site["rad_variance"] < float("inf")
+    assert a.total["rad_variance"].iloc[0] == pytest.approx(rows["rad_variance"].sum(), rel=1e-12)
+
+
 @pytest.mark.parametrize("args, message", [
     (["analyze", "missing/model.py:make"], "MODEL: file 'missing/model.py' does not exist"),
     (["analyze", "{user}:nope"], "has no attribute 'nope'"),
