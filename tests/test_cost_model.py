@@ -203,3 +203,9 @@ def test_timing_leaves_radvar_stream_and_grads_as_they_were(monkeypatch):
     cost_lib.CostModel(cost_lib.CostCache(None)).step_seconds(model, torch.randn(4, 5), torch.tensor([0, 1, 2, 0]),
                                                               F.cross_entropy, reps=1, warmup=0)
     assert model[0].weight.grad is marker and radvar.rng.get_state() == before
+
+
+def test_a_stateless_module_is_timed_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(cost_lib, "time_layer", lambda *a, **k: fake_time(*a))
+    cm = cost_lib.CostModel(cost_lib.CostCache(None))
+    assert cm.extra_seconds(nn.ReLU(), [((4, 3), torch.float32)], Subsample(0.5)) == pytest.approx(0.1e-3 * 0.5)

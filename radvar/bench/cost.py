@@ -24,8 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import itertools
+import json
 import math
 import os
 import platform
@@ -161,13 +161,19 @@ def _pair_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
     return elapsed
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters or buffers live (the CPU for one with neither, e.g. a GELU)."""
+    state = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return state.device if state is not None else torch.device("cpu")
+
+
 def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch,
                reps: int = 5, warmup: int = 1) -> LayerTime:
     """Fastest forward+backward seconds (other work on the machine only ever adds time) of a copy of
     ``module`` plain and with ``sketch`` on a random
     ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair.
     radvar's stream is put back where it was, so whether a timing was cached never changes later draws."""
-    device = next(module.parameters()).device
+    device = module_device(module)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_()
     plain = nn.Sequential(copy.deepcopy(module))
@@ -225,8 +231,7 @@ class CostModel:
     def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch) -> LayerTime | None:
         """The cached timing of ``module`` on a ``shape`` input under ``sketch``, measured on a miss
         (None on a miss when the model does not measure)."""
-        state = next(itertools.chain(module.parameters(), module.buffers()), None)
-        device = state.device if state is not None else torch.device("cpu")  # e.g. a GELU: nothing to place
+        device = module_device(module)
         cache = self._cache_for(device)
         key = layer_key(module, shape, dtype, device, sketch)
         found = cache.get(key)
