@@ -153,9 +153,59 @@ def test_user_model_with_layers_radvar_leaves_exact(user_file):
         assert row["type"] == kind and row["bytes_exact"] > 0
         assert row["bytes_plan"] == row["bytes_exact"] if row["sketch"] == "exact" else \
             row["bytes_plan"] < row["bytes_exact"]
+        if row["sketch"] != "exact":  # the report shows what the sketch costs: its probed variance
+            assert row["method"].startswith("propagated") and 0 < row["rad_variance"] < float("inf"), row
     plan = json.loads(result.stdout)["plan"]["entries"]
     assert {"block.down", "block.up", "head"} <= set(plan) <= {"block.down", "block.up", "head", "block.norm",
                                                                 "block.act"}
+
+
+def test_analyze_shows_the_probed_variance_of_propagating_layers(user_file, tmp_path):
+    """LayerNorm and GELU rows carry their probe-estimated RAD variance (finite, with a standard error and a
+    "propagated" method), the table prints it, and the RAD total is the sum of the rows."""
+    path = tmp_path / "analysis.json"
+    result = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--batch-size", "32",
+                 "--sketch", "subsample:0.5", "--json", str(path), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(path.read_text())
+    layers = {r["layer"]: r for r in doc["layers"]}
+    for name, kind in (("block.norm", "LayerNorm"), ("block.act", "GELU")):
+        row = layers[name]
+        assert row["type"] == kind and row["sketch"] == "Subsample(0.5, shared)", row
+        assert row["method"].startswith("propagated"), row
+        assert 0 < row["rad_variance"] < float("inf") and 0 < row["rad_se"] < row["rad_variance"], row
+        assert 0 < row["batch_rad_variance"] < float("inf") and row["data_variance"] is None, row
+        line = re.search(rf"^\s*{re.escape(name)}\s+{kind}\s.*$", result.stdout, re.M).group(0)
+        assert f"{row['rad_variance']:.3g} ± {row['rad_se']:.3g}" in line, line
+    assert doc["totals"]["rad_variance"] == pytest.approx(sum(r["rad_variance"] for r in doc["layers"]), rel=1e-12)
+    assert doc["totals"]["rad_total"].startswith("first order")
+    assert "first order" in result.stdout
+
+
+def test_analysis_rows_for_functional_sites_carry_their_probe_estimate():
+    """A functional site of the plan (F.gelu, key ":gelu.0" from the pattern "*:*") gets a row with its probed
+    variance and standard error; the RAD total is the sum of the rows."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(F.gelu(self.a(x)))
+
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(32) % 3
+    plan = radvar.Plan({"a": radvar.sketch.Subsample(0.5), "*:*": radvar.sketch.Quantize(2)})
+    a = radvar.report.analyze(Net(), (x, y), F.cross_entropy, batch_size=16, plan=plan, timing=False)
+    rows = a.per_layer.set_index("layer")
+    site = rows.loc[":gelu.0"]
+    assert site["type"] == "gelu (functional)" and site["sketch"] == "Quantize(2 bits, per-row)"
+    assert site["method"].startswith("propagated") and 0 < site["rad_se"] < site["rad_variance"] < float("inf")
+    assert a.total["rad_variance"].iloc[0] == pytest.approx(rows["rad_variance"].sum(), rel=1e-12)
 
 
 @pytest.mark.parametrize("args, message", [

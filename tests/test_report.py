@@ -49,6 +49,20 @@ def test_json_round_trip_keeps_every_record():
     assert "saved for backward: 264 B exact -> 80 B" in back.summary()
 
 
+def test_probed_rows_show_their_standard_error_and_round_trip():
+    a = small_analysis()
+    a.per_layer.loc[1, ["sketch", "rad_variance", "method"]] = ["Quantize(2 bits, per-row)", 0.25,
+                                                              "propagated (64 probes)"]
+    a.per_layer["rad_se"] = [0.0, 0.02, 0.0]
+    d = json.loads(json.dumps(a.to_dict()))
+    assert d["layers"][1]["rad_se"] == 0.02
+    back = report.Analysis.from_dict(d)
+    assert back.to_dict() == d
+    text = back.summary()
+    assert re.search(r"^\s*act\s+ReLU\s.*0\.25 ± 0\.02", text, re.M)
+    assert "RAD variance of act (ReLU): the variance each adds to every parameter gradient upstream" in text
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.update(format="radvar.plan"), "not a radvar analysis"),
     (lambda d: d.update(version=99), "unsupported analysis version 99"),

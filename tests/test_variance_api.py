@@ -53,7 +53,10 @@ def test_minibatch_trace_and_total_picture():
     assert tot["data_variance"] == pytest.approx(trace / 3, rel=1e-9)
     assert tot["equivalent_batch_size"] == pytest.approx(trace / (trace / 3 + tot["rad_variance"]), rel=1e-9)
     assert 0 < tot["equivalent_batch_size"] < 3 and tot["small_batch_bytes"] <= tot["bytes_plan"]
-    assert set(rep.per_layer["layer"]) == {"0", "4"}
+    rows = rep.per_layer.set_index("layer")
+    assert set(rows.index) == {"0", "1", "4"}  # the ReLU "1" propagates: its own row, a probe estimate
+    assert rows.at["1", "method"].startswith("propagated") and rows.at["1", "rad_se"] > 0
+    assert tot["rad_variance"] == pytest.approx(rows["rad_variance"].sum(), rel=1e-12)
 
 
 def test_keep_grid_and_importance_fast_form():

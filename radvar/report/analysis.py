@@ -9,7 +9,10 @@ Nothing here estimates anything new; it gathers, per layer:
   over batches, per weight gradient, with the totals built on them (data noise
   of all parameters + RAD; the equivalent batch size B_eq = tr Σ / total; the
   largest exact batch whose measured bytes fit in the plan's) —
-  :func:`radvar.variance.minibatch` (docs/design.md §4);
+  :func:`radvar.variance.minibatch` (docs/design.md §4); a propagating site (activation,
+  norm, attention, functional site) has no closed form: its row carries the variance it adds
+  over all parameters, a probe estimate with its standard error ``rad_se``
+  (:mod:`radvar.variance.propagated`), and the RAD total (first order in the sites) sums all rows;
 * RAD variance against keep for each sketch family and the memory–variance
   frontier — closed forms on one exact pass
   (:func:`radvar.tradeoff.candidates.candidates`, :func:`radvar.tradeoff.frontier.frontier`),
@@ -31,6 +34,7 @@ from .._data import take_batch
 from .._hooks import run_with_pre_hooks
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..layers import twin_for
+from ..layers.functional import site_entry
 from ..plan import Plan
 from ..sketch import Sketch
 from ..tradeoff import candidates as cand_lib
@@ -89,6 +93,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     mb = variance.minibatch(model, data, loss_fn, batch_size, plan=plan, stats=stats)
     total = mb.total.iloc[0].to_dict()
     per_layer = mb.per_layer.set_index("layer")
+    probed = mb.meta.get("propagated", {})  # propagating sites: probe estimates (rad_se, method) per row
     mc: dict[str, dict] = {}
     if draws:
         tick(f"Monte Carlo ({draws} draws)")
@@ -102,23 +107,30 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     rows = []
     order = {name: i for i, name in enumerate(modules)}  # containers before their children; "(loss)" last
     leaves = [n for n in shapes if next(modules[n].children(), None) is None]
-    for name in sorted(dict.fromkeys([*leaves, *bytes_plain, *bytes_plan]), key=lambda n: order.get(n, len(order))):
+    names = [*leaves, *bytes_plain, *bytes_plan, *probed.get("sites", [])]
+    for name in sorted(dict.fromkeys(names), key=lambda n: order.get(n.split(":")[0], len(order))):
         module = modules.get(name)
         twin = twin_for(module) if module is not None else None
-        sketch = plan.get(name)
-        if sketch is None:
+        sketch = plan.get(name) if module is not None else site_entry(plan.sites, name)
+        rad_se = 0.0
+        if name in probed.get("first_batch", {}):
+            batch_value, method = probed["first_batch"][name], per_layer.at[name, "method"]
+            rad_se = float(per_layer.at[name, "rad_se"])
+        elif sketch is None:
             batch_value, method = 0.0, "exact"
         elif name in cands.capture:
             batch_value, method = variance.layer_variance(cands.capture[name], sketch)
         else:
             batch_value, method = math.nan, f"no variance statistics for {type(module).__name__}"
+        kind = type(module).__name__ if module is not None else per_layer["type"].get(name, name)
         rows.append({
-            "layer": name, "type": type(module).__name__ if module is not None else name,
-            "shape": shapes.get(name, ""), "randomized": bool(twin is not None and twin.randomized),
+            "layer": name, "type": kind,
+            "shape": shapes.get(name, ""), "randomized": bool(twin is not None and twin.randomized) or name in probed.get("sites", []),
             "bytes_exact": int(bytes_plain.get(name, 0)), "bytes_plan": int(bytes_plan.get(name, 0)),
             "sketch": sketch.label() if sketch is not None else "exact",
             "keep": sketch.keep if sketch is not None else None,
             "rad_variance": float(per_layer["rad_variance"].get(name, 0.0 if sketch is None else math.nan)),
+            "rad_se": rad_se,
             "data_variance": float(per_layer["data_variance"].get(name, math.nan)), "method": method,
             "batch_rad_variance": float(batch_value),
             **{f"{col}": mc.get(name, {}).get(src, math.nan)
@@ -142,6 +154,8 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         "memory_saved": plain.total - planned.total,
         "memory_ratio": plain.total / planned.total if planned.total else math.inf,
         "data_variance": total["data_variance"], "rad_variance": total["rad_variance"],
+        "rad_se": math.sqrt(float((layers["rad_se"] ** 2).sum())),
+        "rad_total": probed.get("total", "exact: the sum of closed-form per-layer variances"),
         "variance_added": total["rad_variance"] / total["data_variance"] if total["data_variance"] > 0 else math.inf,
         "equivalent_batch_size": total["equivalent_batch_size"],
         "small_batch_same_memory": int(total["small_batch_same_memory"]),

@@ -6,12 +6,16 @@ Frames (one row each):
   entry, in the model's module order: ``layer``, ``type``, ``shape`` (its input), ``randomized`` (radvar
   can sketch it), ``bytes_exact``/``bytes_plan`` (the saved-tensor ledger on
   the exact and the converted model), ``sketch``/``keep`` (the plan; ``exact``
-  otherwise), ``rad_variance`` (E‖Ĝ − G‖²_F added by the plan), ``data_variance``
+  otherwise), ``rad_variance`` (E‖Ĝ − G‖²_F added by the plan; for a propagating site — activation,
+  norm, attention, functional site — the variance it adds over all parameters, a probe estimate),
+  ``rad_se`` (its standard error; 0 for closed forms; optional), ``data_variance``
   (tr Σ / B, the minibatch noise of the same weight gradient), ``method``,
   ``batch_rad_variance`` (the closed form on the first batch alone; ``rad_variance``
   averages batches), and with a Monte Carlo check on that batch ``mc_variance``,
   ``ci_low``, ``ci_high`` (else null).
-* ``total`` — one row: the sums and the equivalent batch size.
+* ``total`` — one row: the sums and the equivalent batch size; ``rad_se`` (the RAD total's
+  standard error) and ``rad_total`` (how the RAD total is formed: with propagating sites, their
+  first-order sum).
 * ``curves`` — RAD variance vs keep: ``layer``, ``family``, ``keep``, ``rad_variance``.
 * ``frontier`` — memory vs total gradient variance (data + RAD): ``config``
   (the curve), ``kind`` (``exact``, ``uniform RAD``, ``tuned``, ``exact small
@@ -38,6 +42,7 @@ FORMAT = "radvar.analysis"
 VERSION = 1
 LAYER_COLUMNS = ["layer", "type", "shape", "randomized", "bytes_exact", "bytes_plan", "sketch", "keep",
                  "rad_variance", "data_variance", "method", "batch_rad_variance", "mc_variance", "ci_low", "ci_high"]
+SE_COLUMN = "rad_se"  # optional: analyses written before it existed lack it (closed forms only)
 CURVE_COLUMNS = ["layer", "family", "keep", "rad_variance"]
 FRONTIER_COLUMNS = ["config", "kind", "label", "bytes", "variance"]
 
@@ -86,7 +91,7 @@ class Analysis(Result):
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "meta": self.meta,
                 "totals": records(self.total)[0],
-                "layers": records(self.per_layer[LAYER_COLUMNS]),
+                "layers": records(self.per_layer[LAYER_COLUMNS + [c for c in (SE_COLUMN,) if c in self.per_layer]]),
                 "curves": records(self.curves[CURVE_COLUMNS]),
                 "frontier": records(self.frontier[FRONTIER_COLUMNS]),
                 "plan": self.plan, "modules": self.modules}
@@ -105,7 +110,10 @@ class Analysis(Result):
         modules = d.get("modules", {})
         if not isinstance(modules, dict) or not all(isinstance(v, str) for v in modules.values()):
             raise ValueError("analysis JSON: 'modules' must be an object of module types by name")
-        return cls(meta=d["meta"], total=d["totals"], per_layer=_frame(d, "layers", LAYER_COLUMNS),
+        layers = _frame(d, "layers", LAYER_COLUMNS)
+        if any(SE_COLUMN in r for r in d["layers"]):
+            layers[SE_COLUMN] = pd.to_numeric([r.get(SE_COLUMN, 0.0) for r in d["layers"]], errors="coerce")
+        return cls(meta=d["meta"], total=d["totals"], per_layer=layers,
                    curves=_frame(d, "curves", CURVE_COLUMNS), frontier=_frame(d, "frontier", FRONTIER_COLUMNS),
                    plan=d.get("plan"), modules=modules)
 

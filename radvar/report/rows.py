@@ -55,6 +55,8 @@ def _merge(part: pd.DataFrame, name: str, kind: str) -> dict[str, Any]:
         "bytes_exact": int(part["bytes_exact"].sum()), "bytes_plan": int(part["bytes_plan"].sum()),
         "sketch": _sketches(part), "keep": keeps[0] if len(keeps) == 1 else math.nan,
         "rad_variance": _sum(part["rad_variance"]), "data_variance": _sum(part["data_variance"]),
+        # independent estimates: standard errors add in quadrature
+        "rad_se": math.sqrt(_sum(part["rad_se"] ** 2)) if "rad_se" in part else 0.0,
         "method": ", ".join(dict.fromkeys(part["method"].dropna().astype(str))),
         "batch_rad_variance": _sum(part["batch_rad_variance"]), "mc_variance": _sum(part["mc_variance"]),
         "ci_low": math.nan, "ci_high": math.nan,  # a sum of intervals is no interval

@@ -48,7 +48,8 @@ def layer_table(analysis: "Analysis", limit: int = LIMIT) -> pd.DataFrame:
         rows.append({
             "layer": r["layer"], "type": r["type"], "shape": r["shape"],
             "saved exact -> plan": f"{format_bytes(r['bytes_exact'])} -> {format_bytes(r['bytes_plan'])}",
-            "RAD variance": format_float(r["rad_variance"]),
+            "RAD variance": format_float(r["rad_variance"]) + (
+                f" ± {format_float(r['rad_se'])}" if not _missing(r.get("rad_se")) and r["rad_se"] > 0 else ""),
             "data noise": format_float(r["data_variance"]),
             "plan": r["sketch"] or "exact",
         })
@@ -61,8 +62,18 @@ def layer_table(analysis: "Analysis", limit: int = LIMIT) -> pd.DataFrame:
 
 
 def table_notes(analysis: "Analysis", limit: int = LIMIT) -> list[str]:
-    """What :func:`layer_table` folded: modules keeping 0 B, blocks, the rest summed."""
-    return shown(analysis, limit)[1]
+    """What :func:`layer_table` folded (modules keeping 0 B, blocks, the rest summed), and how the RAD variance
+    of propagating rows (activations, norms, attention, functional sites) was obtained."""
+    notes = shown(analysis, limit)[1]
+    layers = analysis.per_layer
+    probed = layers[layers["method"].astype(str).str.startswith("propagated")]
+    if len(probed):
+        names = ", ".join(f"{n} ({t})" for n, t in zip(probed["layer"], probed["type"]))
+        notes.append(f"RAD variance of {names}: the variance each adds to every parameter gradient upstream "
+                     f"(its error propagates), {probed['method'].iloc[0]} ± one standard error; data noise '-': "
+                     f"not split per module for these (the noise of their own parameters, e.g. a norm's γ and β, "
+                     f"is in the data-noise total)")
+    return notes
 
 
 def _ratio(v: Any, fmt: str) -> str:
@@ -77,6 +88,9 @@ def summary_lines(analysis: "Analysis") -> list[str]:
     added = "" if _missing(t["variance_added"]) else f" (+{100 * t['variance_added']:.0f}%)"
     lines.append(f"gradient variance: data noise {format_float(t['data_variance'])} (all parameters, batch "
                  f"{t['batch_size']}) + RAD {format_float(t['rad_variance'])}{added}")
+    if not _missing(t.get("rad_se")) and t["rad_se"] > 0:
+        lines.append(f"RAD total ± {format_float(t['rad_se'])} (one standard error of the probe estimates); "
+                     f"{t.get('rad_total')}")
     eq, small = t["equivalent_batch_size"], t["small_batch_same_memory"]
     lines.append(f"equivalent exact batch size: {format_float(eq)} of {t['batch_size']}; "
                  f"the exact batch that fits in the plan's memory: {small}")

@@ -13,7 +13,11 @@ backward of Σ_i ℓ_i; ‖G_i‖² from ``kinds``), every other parameter by
   ``rad_batches`` disjoint batches of B; total = tr Σ_all/B + RAD; the
   equivalent batch size B_eq = tr Σ_all / total (the exact batch with the same
   variance); and the largest exact small batch whose measured saved bytes fit in
-  the plan's measured bytes at B, with its variance tr Σ_all / b.
+  the plan's measured bytes at B, with its variance tr Σ_all / b. A propagating
+  site of the plan (module or functional site) gets a row of its own: the variance it
+  adds over all parameters, a probe estimate (``rad_se``, ``method`` "propagated (P
+  probes)"; data columns NaN: its parameters' data noise is in the total); the RAD
+  total sums every row, first order in the sites (:mod:`radvar.variance.propagated`).
 
 Examples must not interact in the forward pass: BatchNorm in training mode is measured with the
 batch statistics held fixed (:func:`batch_stats_frozen`); active dropout draws one mask per example.
@@ -22,6 +26,7 @@ batch statistics held fixed (:func:`batch_stats_frozen`); active dropout draws o
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterator
 
 import pandas as pd
@@ -38,7 +43,7 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
-from .propagated import propagated, propagating_sites
+from .propagated import SiteEstimate, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -269,6 +274,7 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
 
     rad: dict[str, float] = {}
     sketches: dict[str, Any] = {}
+    estimates: dict[str, list[SiteEstimate]] = {}  # per propagating site, its probe estimate on each batch
     modules = dict(model.named_modules())
     bytes_exact_mod: dict[str, int] = {}
     bytes_plan_mod: dict[str, int] = {}
@@ -282,12 +288,18 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
         batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, n - batch_size + 1, batch_size)]
         batches = batches[:max(1, rad_batches)]
         sites = propagating_sites(model, list(plan))
+        functional = plan_sites(model, plan, (first[0],))
         for i, (bx, by) in enumerate(batches):
             cap = stats if i == 0 and stats is not None else capture(
                 model, (bx, by), loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
-            probed = propagated(model, (bx, by), loss_fn, {n: plan[n] for n in sites}, owner="minibatch")
-            for name, sk in plan.items():
-                value = probed[name][0].variance if name in probed else layer_variance(cap[name], sk)[0]
+            probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional},
+                                owner="minibatch")
+            for name, sk in {**dict(plan.items()), **functional}.items():
+                if name in probed:
+                    est = probed[name][0]
+                    value, estimates[name] = est.variance, [*estimates.get(name, []), est]
+                else:
+                    value = layer_variance(cap[name], sk)[0]
                 rad[name] = rad.get(name, 0.0) + value / len(batches)
                 sketches[name] = sk
         plan_ledger = saved_bytes(convert(model, plan), first[0], loss_fn, first[1])
@@ -307,6 +319,14 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
                      "ci_low": float("nan"), "ci_high": float("nan"),
                      "method": "per-example gradients (fast path)", "trace_sigma": trace[name],
                      "noise_scale": trace[name] / mean_sq[name] if mean_sq[name] > 0 else float("inf")})
+    for name, ests in estimates.items():  # the mean over batches of independent estimates: se = √(Σ se²)/count
+        sk = sketches[name]
+        rows.append({"layer": name, "type": ests[0].type, "sketch": sk.label() if sk else "exact",
+                     "keep": sk.keep if sk else 1.0, "bytes_exact": bytes_exact_mod.get(name, 0),
+                     "bytes_plan": bytes_plan_mod.get(name, 0), "rad_variance": rad[name],
+                     "rad_se": math.sqrt(sum(e.se ** 2 for e in ests)) / len(ests), "data_variance": float("nan"),
+                     "grad_norm_sq": ests[0].grad_norm_sq, "ci_low": float("nan"), "ci_high": float("nan"),
+                     "method": ests[0].method, "trace_sigma": float("nan"), "noise_scale": float("nan")})
     data_var = trace_all / batch_size
     total = {"batch_size": batch_size, "examples": n, "trace_sigma": trace_all, "grad_norm_sq": mean_all,
              "noise_scale": trace_all / mean_all if mean_all > 0 else float("inf"),
@@ -322,6 +342,9 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
                       "rad_beats_small_batch": bool(data_var + rad_total < small_var)})
     meta = {"batch_size": batch_size, "examples": n, "rad_batches": len(rad) and min(rad_batches, n // batch_size),
             "plan": plan.to_dict() if plan is not None else None}
+    if estimates:
+        meta["propagated"] = {"sites": list(estimates), "first_batch": {n: e[0].variance for n, e in estimates.items()},
+                              "total": "first order: the sum of per-site variances (product terms left out)"}
     frame = pd.DataFrame(rows, columns=COLUMNS + ["trace_sigma", "noise_scale"])
     return VarianceReport("minibatch", frame, pd.DataFrame([total]), meta)
 
