@@ -117,7 +117,7 @@ def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int
     if tune is not None:
         try:
             plan = radvar.tune(model, (x, y), token_loss, budget=tune, families=sketches)
-            configs.append(TunedPlan(dict(plan), plan.provenance))
+            configs.append(TunedPlan(plan, plan.provenance))  # dict(plan) would drop its sites
         except ValueError as e:  # e.g. a budget below what the exact part alone keeps
             NOTES.append(f"{name}: no tuned plan at {tune:g} of the exact bytes: {e}")
     frame = bench.compare(model, x, y, token_loss, configs, reps=reps, warmup=1)

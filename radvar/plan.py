@@ -40,6 +40,8 @@ class Plan(Mapping[str, "Sketch | None"]):
     """An immutable mapping: module name -> sketch (or None = exact); ``sites``: site key or pattern -> sketch."""
 
     def __init__(self, entries: Mapping[str, Sketch | None], provenance: Mapping[str, Any] | None = None):
+        if isinstance(entries, Plan):  # a Plan iterates its module entries only: copy its sites too
+            entries = {**entries._entries, **entries.sites}
         for name, sketch in entries.items():
             if not isinstance(name, str):
                 raise TypeError(f"Plan: module names must be str, got {name!r}")
