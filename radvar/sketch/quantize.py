@@ -145,11 +145,12 @@ class Quantize(Sketch):
         drawn = []
         for i, gen in enumerate(gens):
             noise = uniform(u.shape, gen, u)
-            level = (u.sub_(noise) if i == len(gens) - 1 else u.sub(noise)).ceil_()
-            if _bits._numpy_ok(level):  # numpy's float -> uint8 cast is several times faster than torch's on CPU
-                level = torch.from_numpy(level.detach().numpy().astype(np.uint8))
+            if _bits._numpy_ok(noise):  # in place on the fresh draws; numpy's float -> uint8 cast is several
+                draws = noise.numpy()   # times faster than torch's on CPU
+                level = torch.from_numpy(np.ceil(np.subtract(u.detach().numpy(), draws, out=draws),
+                                                 out=draws).astype(np.uint8))
             else:
-                level = level.to(torch.uint8)
+                level = (u.sub_(noise) if i == len(gens) - 1 else u.sub(noise)).ceil_().to(torch.uint8)
             drawn.append((_bits.pack_codes(level, self.bits), bounds))
         return drawn
 
