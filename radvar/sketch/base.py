@@ -236,20 +236,22 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """U[0, 1) draws of ``shape`` on ``like``'s device, in :func:`work_dtype` of ``like``, at that dtype's
     full uniform resolution (2⁻²⁴ for float32, 2⁻⁵³ for float64), a function of ``gen``'s state.
 
     On CPU (outside ``torch.compile``) ``gen`` gives one 62-bit seed and numpy's PCG64 fills the tensor
     (about twice as fast as torch's mt19937, with the same resolution: float32 draws are k·2⁻²⁴ for a
-    uniform 24-bit k); elsewhere torch's ``rand`` draws from ``gen`` directly."""
+    uniform 24-bit k); elsewhere torch's ``rand`` draws from ``gen`` directly. ``out`` (contiguous, of
+    ``shape`` and that dtype) receives the draws instead of a new tensor; the draws are the same."""
     dtype = work_dtype(like.dtype)
     if like.device.type == "cpu" and not torch.compiler.is_compiling():
         seed = int(torch.randint(0, 1 << 62, (), generator=gen))
         draws = np.random.Generator(np.random.PCG64(seed)).random(
-            shape, dtype=np.float64 if dtype == torch.float64 else np.float32)
-        return torch.from_numpy(draws)
-    return torch.rand(shape, generator=gen, device=like.device, dtype=dtype)
+            shape, dtype=np.float64 if dtype == torch.float64 else np.float32, out=None if out is None else out.numpy())
+        return torch.from_numpy(draws) if out is None else out
+    return torch.rand(shape, generator=gen, device=like.device, dtype=dtype, out=out)
 
 
 def count_margin(var: float) -> int:

@@ -45,6 +45,7 @@ rounding of x̂ itself.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -60,6 +61,19 @@ if TYPE_CHECKING:
 
 BITS = _bits.CODE_BITS
 SAMPLERS = ("subsample", "projection")  # families whose kept values are one (rows, k) tensor
+
+
+_BUFFERS = threading.local()
+
+
+def _scratch(like: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of ``like``'s shape and dtype whose storage this thread reuses from call to call (grown
+    as needed): its contents last only until the next call."""
+    key, numel = like.dtype, like.numel()
+    buffers = _BUFFERS.__dict__.setdefault("by_dtype", {})
+    if key not in buffers or buffers[key].numel() < numel:
+        buffers[key] = torch.empty(numel, dtype=key)
+    return buffers[key][:numel].view(like.shape)
 
 
 @dataclasses.dataclass
@@ -144,12 +158,13 @@ class Quantize(Sketch):
         bounds = torch.stack([lo.to(x.dtype), step])
         drawn = []
         for i, gen in enumerate(gens):
-            noise = uniform(u.shape, gen, u)
-            if _bits._numpy_ok(noise):  # in place on the fresh draws; numpy's float -> uint8 cast is several
-                draws = noise.numpy()   # times faster than torch's on CPU
+            if _bits._numpy_ok(u):  # in place on draws into a reused buffer (no fresh pages per call); numpy's
+                draws = uniform(u.shape, gen, u, _scratch(u)).numpy()  # float -> uint8 cast is several
+                # times faster than torch's on CPU
                 level = torch.from_numpy(np.ceil(np.subtract(u.detach().numpy(), draws, out=draws),
                                                  out=draws).astype(np.uint8))
             else:
+                noise = uniform(u.shape, gen, u)
                 level = (u.sub_(noise) if i == len(gens) - 1 else u.sub(noise)).ceil_().to(torch.uint8)
             drawn.append((_bits.pack_codes(level, self.bits), bounds))
         return drawn
