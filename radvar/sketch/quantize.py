@@ -176,8 +176,8 @@ class Quantize(Sketch):
         groups = bounds.shape[2]  # bounds: (2, rows, groups, 1)
         work = work_dtype(bounds.dtype)
         levels = _bits.unpack_codes(codes, (rows, groups, n // groups), self.bits, work)
-        lo, step = bounds.to(work).unbind(0)
-        return torch.addcmul(lo, levels, step).view(rows, n).to(bounds.dtype)
+        lo, step = bounds.to(work).unbind(0)  # in place on the fresh levels: beats a broadcast addcmul on CPU
+        return levels.mul_(step).add_(lo).view(rows, n).to(bounds.dtype)
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         if self.sample is None:
