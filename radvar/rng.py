@@ -5,7 +5,9 @@ Contract:
 * Every RAD draw comes from a ``torch.Generator`` seeded from a 64-bit key
   that :func:`next_key` hands out. The key is a Python ``int``: an op keeps it
   in its context and rebuilds the same generator in backward, so indices and
-  projection matrices are regenerated, never stored.
+  projection matrices are regenerated, never stored. (Bulk uniforms on CPU,
+  :func:`radvar.sketch.base.uniform`, come from a numpy PCG64 stream seeded
+  by one draw of that generator: still a pure function of the key.)
 * Keys are a pure function of (base seed, distributed rank, call counter).
   :func:`seed` sets the base seed and resets the counter, so the same program
   run twice on the same device draws bitwise the same sketches; each rank of a

@@ -82,11 +82,16 @@ class _Kept(NamedTuple):
     shape: torch.Size
 
 
-def _keep(sketch: Sketch, x: torch.Tensor, key: int, saved: list[torch.Tensor]) -> _Kept:
-    """Compress ``x`` on its (rows, last dim) view with draw ``key``; append what it keeps to ``saved``."""
-    parts, meta = sketch.compress(x.reshape(-1, x.shape[-1]), rng.generator(key, x.device))
-    saved.extend(parts)
-    return _Kept(len(parts), meta, key, x.shape)
+def _keep(sketch: Sketch, x: torch.Tensor, keys: tuple[int, ...], saved: list[torch.Tensor]) -> list[_Kept]:
+    """Compress ``x`` on its (rows, last dim) view with one independent draw per key
+    (:meth:`Sketch.compress_draws`, which may share between draws what does not depend on them);
+    append what each keeps to ``saved``."""
+    draws = sketch.compress_draws(x.reshape(-1, x.shape[-1]), [rng.generator(key, x.device) for key in keys])
+    kept = []
+    for (parts, meta), key in zip(draws, keys):
+        saved.extend(parts)
+        kept.append(_Kept(len(parts), meta, key, x.shape))
+    return kept
 
 
 def _restore(sketch: Sketch, kept: _Kept, saved: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -191,8 +196,9 @@ class RADAttentionFunction(torch.autograd.Function):
         pd = p * _dropout_scale(p.shape, dropout_p, keys.drop, p) if dropout_p > 0 else p
         out = (pd @ _repeat(v, rep).to(work)).to(q.dtype)
         saved: list[torch.Tensor] = []
-        ctx.kept = [_keep(sketch, t, key, saved) for t, key in
-                    ((q, keys.q), (k, keys.k), (v, keys.v), (p.to(q.dtype), keys.p_a), (p.to(q.dtype), keys.p_b))]
+        ctx.kept = [kept for t, draws in ((q, (keys.q,)), (k, (keys.k,)), (v, (keys.v,)),
+                                          (p.to(q.dtype), (keys.p_a, keys.p_b)))
+                    for kept in _keep(sketch, t, draws, saved)]
         ctx.save_for_backward(*saved)
         ctx.sketch, ctx.keys, ctx.dropout_p, ctx.scale, ctx.rep = sketch, keys, dropout_p, scale, rep
         ctx.shapes = (q.shape, k.shape, v.shape, None if mask is None else mask.shape)
@@ -293,7 +299,7 @@ class RADSoftmaxFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, sketch: Sketch, key_a: int, key_b: int) -> torch.Tensor:
         y = torch.softmax(x, dim=-1)
         saved: list[torch.Tensor] = []
-        ctx.kept = [_keep(sketch, y, key, saved) for key in (key_a, key_b)]
+        ctx.kept = _keep(sketch, y, (key_a, key_b), saved)
         ctx.save_for_backward(*saved)
         ctx.sketch = sketch
         return y

@@ -65,19 +65,43 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
     return AdaptiveAvgPool2dFunction.apply(x, output_size)
 
 
+def _window(kernel: Sequence[int], dilation: Sequence[int], w_in: int, device: torch.device) -> torch.Tensor:
+    """Flat input index of window offset o = i·k₁ + j relative to the window's corner: i·d₀·w_in + j·d₁."""
+    o = torch.arange(kernel[0] * kernel[1], device=device)
+    return (o // kernel[1]) * (dilation[0] * w_in) + (o % kernel[1]) * dilation[1]
+
+
+def _corners(out: torch.Size, stride: Sequence[int], padding: Sequence[int], w_in: int,
+             device: torch.device) -> torch.Tensor:
+    """(H_out, W_out) flat input index of each window's (padded) corner: (oh·s₀ − p₀)·w_in + ow·s₁ − p₁."""
+    oh = torch.arange(out[-2], device=device).view(-1, 1)
+    ow = torch.arange(out[-1], device=device).view(1, -1)
+    return (oh * stride[0] - padding[0]) * w_in + (ow * stride[1] - padding[1])
+
+
 class MaxPool2dFunction(torch.autograd.Function):
+    """Keeps the window offset o of each max; flat index = corner + :func:`_window`\\[o], no division."""
+
     @staticmethod
     def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):
         y, flat = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
         w_in = x.shape[-1]
-        oh = torch.arange(y.shape[-2], device=x.device).view(-1, 1)
-        ow = torch.arange(y.shape[-1], device=x.device).view(1, -1)
-        h0, w0 = oh * stride[0] - padding[0], ow * stride[1] - padding[1]
-        local_h = (flat // w_in - h0) // dilation[0]
-        local_w = (flat % w_in - w0) // dilation[1]
-        offset = local_h * kernel[1] + local_w
         small = torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int16
-        ctx.save_for_backward(offset.to(small))
+        rel = flat - _corners(y.shape, stride, padding, w_in, x.device)
+        if rel.numel() and int(rel.amin()) < 0:  # torch's index for a window that lies wholly in the padding
+            raise ValueError(f"max_pool2d: a window lies wholly in the padding (input {tuple(x.shape)}, kernel "
+                             f"{kernel}, padding {padding}, dilation {dilation}), where torch returns no valid "
+                             f"index; allowed: settings whose every window overlaps the input")
+        if (kernel[1] - 1) * dilation[1] < w_in:  # rel = i·d₀·w_in + j·d₁ is one-to-one in o: invert by lookup
+            window = _window(kernel, dilation, w_in, x.device)
+            inverse = torch.zeros(int(window[-1]) + 1, dtype=small, device=x.device)
+            inverse[window] = torch.arange(window.numel(), device=x.device).to(small)
+            offset = torch.take(inverse, rel)
+        else:  # a dilated window row as wide as the input: rel is not one-to-one, split flat into (h, w)
+            h0 = torch.arange(y.shape[-2], device=x.device).view(-1, 1) * stride[0] - padding[0]
+            w0 = torch.arange(y.shape[-1], device=x.device).view(1, -1) * stride[1] - padding[1]
+            offset = ((flat // w_in - h0) // dilation[0] * kernel[1] + (flat % w_in - w0) // dilation[1]).to(small)
+        ctx.save_for_backward(offset)
         ctx.args, ctx.x_shape = (kernel, stride, padding, dilation), x.shape
         return y
 
@@ -87,12 +111,8 @@ class MaxPool2dFunction(torch.autograd.Function):
         (offset,) = ctx.saved_tensors
         kernel, stride, padding, dilation = ctx.args
         w_in = ctx.x_shape[-1]
-        offset = offset.long()
-        oh = torch.arange(gy.shape[-2], device=gy.device).view(-1, 1)
-        ow = torch.arange(gy.shape[-1], device=gy.device).view(1, -1)
-        h = oh * stride[0] - padding[0] + (offset // kernel[1]) * dilation[0]
-        w = ow * stride[1] - padding[1] + (offset % kernel[1]) * dilation[1]
-        flat = (h * w_in + w).flatten(-2)
+        window = _window(kernel, dilation, w_in, gy.device)
+        flat = (torch.take(window, offset.long()) + _corners(gy.shape, stride, padding, w_in, gy.device)).flatten(-2)
         gx = gy.new_zeros(*ctx.x_shape[:-2], ctx.x_shape[-2] * w_in)
         gx.scatter_add_(-1, flat, gy.flatten(-2))
         return (gx.view(ctx.x_shape),) + (None,) * 5

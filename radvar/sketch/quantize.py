@@ -45,6 +45,7 @@ rounding of x̂ itself.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -60,6 +61,19 @@ if TYPE_CHECKING:
 
 BITS = _bits.CODE_BITS
 SAMPLERS = ("subsample", "projection")  # families whose kept values are one (rows, k) tensor
+
+
+_BUFFERS = threading.local()
+
+
+def _scratch(like: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of ``like``'s shape and dtype whose storage this thread reuses from call to call (grown
+    as needed): its contents last only until the next call."""
+    key, numel = like.dtype, like.numel()
+    buffers = _BUFFERS.__dict__.setdefault("by_dtype", {})
+    if key not in buffers or buffers[key].numel() < numel:
+        buffers[key] = torch.empty(numel, dtype=key)
+    return buffers[key][:numel].view(like.shape)
 
 
 @dataclasses.dataclass
@@ -144,12 +158,14 @@ class Quantize(Sketch):
         bounds = torch.stack([lo.to(x.dtype), step])
         drawn = []
         for i, gen in enumerate(gens):
-            noise = uniform(u.shape, gen, u)
-            level = (u.sub_(noise) if i == len(gens) - 1 else u.sub(noise)).ceil_()
-            if _bits._numpy_ok(level):  # numpy's float -> uint8 cast is several times faster than torch's on CPU
-                level = torch.from_numpy(level.detach().numpy().astype(np.uint8))
+            if _bits._numpy_ok(u):  # in place on draws into a reused buffer (no fresh pages per call); numpy's
+                draws = uniform(u.shape, gen, u, _scratch(u)).numpy()  # float -> uint8 cast is several
+                # times faster than torch's on CPU
+                level = torch.from_numpy(np.ceil(np.subtract(u.detach().numpy(), draws, out=draws),
+                                                 out=draws).astype(np.uint8))
             else:
-                level = level.to(torch.uint8)
+                noise = uniform(u.shape, gen, u)
+                level = (u.sub_(noise) if i == len(gens) - 1 else u.sub(noise)).ceil_().to(torch.uint8)
             drawn.append((_bits.pack_codes(level, self.bits), bounds))
         return drawn
 
@@ -160,8 +176,8 @@ class Quantize(Sketch):
         groups = bounds.shape[2]  # bounds: (2, rows, groups, 1)
         work = work_dtype(bounds.dtype)
         levels = _bits.unpack_codes(codes, (rows, groups, n // groups), self.bits, work)
-        lo, step = bounds.to(work).unbind(0)
-        return torch.addcmul(lo, levels, step).view(rows, n).to(bounds.dtype)
+        lo, step = bounds.to(work).unbind(0)  # in place on the fresh levels: beats a broadcast addcmul on CPU
+        return levels.mul_(step).add_(lo).view(rows, n).to(bounds.dtype)
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         if self.sample is None:
