@@ -54,8 +54,9 @@ from torch.autograd.function import once_differentiable
 
 from .. import rng
 from ..sketch import Sketch
-from ..sketch.base import Meta, uniform, work_dtype
+from ..sketch.base import uniform, work_dtype
 from ._autocast import autocast_dtype, autocast_off, cast
+from ._kept import keep, restore
 
 VIEWS = ("features",)
 
@@ -71,35 +72,6 @@ def check_sketch(sketch: Any, owner: str) -> None:
 def _randomizes(sketch: Sketch | None, *tensors: torch.Tensor | None) -> bool:
     return (sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
             and any(t is not None and t.requires_grad for t in tensors))
-
-
-class _Kept(NamedTuple):
-    """One sketched tensor: how many saved tensors are its, the sketch's metadata, its key and its shape."""
-
-    count: int
-    meta: Meta
-    key: int
-    shape: torch.Size
-
-
-def _keep(sketch: Sketch, x: torch.Tensor, keys: tuple[int, ...], saved: list[torch.Tensor]) -> list[_Kept]:
-    """Compress ``x`` on its (rows, last dim) view with one independent draw per key
-    (:meth:`Sketch.compress_draws`, which may share between draws what does not depend on them);
-    append what each keeps to ``saved``."""
-    draws = sketch.compress_draws(x.reshape(-1, x.shape[-1]), [rng.generator(key, x.device) for key in keys])
-    kept = []
-    for (parts, meta), key in zip(draws, keys):
-        saved.extend(parts)
-        kept.append(_Kept(len(parts), meta, key, x.shape))
-    return kept
-
-
-def _restore(sketch: Sketch, kept: _Kept, saved: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """The reconstruction of a :func:`_keep`'d tensor in its shape; pops its tensors off the front of ``saved``."""
-    parts = tuple(saved[:kept.count])
-    del saved[:kept.count]
-    device = parts[0].device
-    return sketch.restore(parts, kept.meta, rng.generator(kept.key, device)).view(kept.shape).to(dtype)
 
 
 # ---- attention ---------------------------------------------------------------------------------------------
@@ -198,7 +170,7 @@ class RADAttentionFunction(torch.autograd.Function):
         saved: list[torch.Tensor] = []
         ctx.kept = [kept for t, draws in ((q, (keys.q,)), (k, (keys.k,)), (v, (keys.v,)),
                                           (p.to(q.dtype), (keys.p_a, keys.p_b)))
-                    for kept in _keep(sketch, t, draws, saved)]
+                    for kept in keep(sketch, t, draws, saved)]
         ctx.save_for_backward(*saved)
         ctx.sketch, ctx.keys, ctx.dropout_p, ctx.scale, ctx.rep = sketch, keys, dropout_p, scale, rep
         ctx.shapes = (q.shape, k.shape, v.shape, None if mask is None else mask.shape)
@@ -213,8 +185,8 @@ class RADAttentionFunction(torch.autograd.Function):
         work = work_dtype(like.dtype)
         saved = list(ctx.saved_tensors)
         kq, kk, kv, ka, kb = ctx.kept
-        q_hat, k_hat, v_hat = (_restore(sketch, kept, saved, work) for kept in (kq, kk, kv))
-        p_a, p_b = (_restore(sketch, kept, saved, work) for kept in (ka, kb))
+        q_hat, k_hat, v_hat = (restore(sketch, kept, saved, work) for kept in (kq, kk, kv))
+        p_a, p_b = (restore(sketch, kept, saved, work) for kept in (ka, kb))
         drop = _dropout_scale(p_a.shape, ctx.dropout_p, ctx.keys.drop, p_a) if ctx.dropout_p > 0 else None
         g_pd = torch.zeros_like(p_a) if g_probs is None else g_probs.to(work).expand_as(p_a).contiguous()
         gv = None
@@ -299,7 +271,7 @@ class RADSoftmaxFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, sketch: Sketch, key_a: int, key_b: int) -> torch.Tensor:
         y = torch.softmax(x, dim=-1)
         saved: list[torch.Tensor] = []
-        ctx.kept = _keep(sketch, y, (key_a, key_b), saved)
+        ctx.kept = keep(sketch, y, (key_a, key_b), saved)
         ctx.save_for_backward(*saved)
         ctx.sketch = sketch
         return y
@@ -309,7 +281,7 @@ class RADSoftmaxFunction(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         saved = list(ctx.saved_tensors)
         work = work_dtype(g.dtype)
-        y_a, y_b = (_restore(ctx.sketch, kept, saved, work) for kept in ctx.kept)
+        y_a, y_b = (restore(ctx.sketch, kept, saved, work) for kept in ctx.kept)
         g = g.to(work)
         return y_a * (g - (g * y_b).sum(-1, keepdim=True)), None, None, None
 

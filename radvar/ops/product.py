@@ -17,35 +17,26 @@ more dimensions (``torch.matmul``'s batched case, ``torch.bmm``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch.autograd.function import once_differentiable
 
 from .. import rng
 from ..sketch import Sketch
 from ._autocast import autocast_dtype, autocast_off, cast
+from ._kept import Kept, keep, restore
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """The (rows, features) view a sketch sees: the last dimension as features."""
-    return t.reshape(-1, t.shape[-1]) if t.dim() else t.reshape(1, 1)
-
-
-def _keep(t: torch.Tensor, leaf: bool, sketch: Sketch, key: int) -> tuple[list[torch.Tensor], Any]:
-    """What backward needs of ``t``: ``t`` itself if it is a leaf, else its sketch (tensors, (meta, key, shape))."""
+def _keep_operand(sketch: Sketch, t: torch.Tensor, leaf: bool, key: int, saved: list[torch.Tensor]) -> Kept | None:
+    """Keep ``t`` itself if it is a leaf (None), else its sketch (:func:`radvar.ops._kept.keep`)."""
     if leaf:
-        return [t], None
-    saved, meta = sketch.compress(_rows(t), rng.generator(key, t.device))
-    return list(saved), (meta, key, t.shape)
+        saved.append(t)
+        return None
+    return keep(sketch, t, (key,), saved)[0]
 
 
-def _restore(sketch: Sketch, saved: list[torch.Tensor], how: Any) -> torch.Tensor:
-    """The kept operand: itself, or t̂ restored with the draw it was compressed with."""
-    if how is None:
-        return saved[0]
-    meta, key, shape = how
-    return sketch.restore(tuple(saved), meta, rng.generator(key, saved[0].device)).view(shape)
+def _operand(sketch: Sketch, kept: Kept | None, saved: list[torch.Tensor]) -> torch.Tensor:
+    """The kept operand: itself (a leaf), or its reconstruction with the draw it was compressed with."""
+    return saved.pop(0) if kept is None else restore(sketch, kept, saved)
 
 
 class _Product(torch.autograd.Function):
@@ -60,25 +51,26 @@ class _Product(torch.autograd.Function):
         with autocast_off(a, dtype):
             out = torch.matmul(a, b) if matmul else torch.mul(a, b)
         need_a, need_b = ctx.needs_input_grad[:2]
-        kept_b, how_b = _keep(b, leaf_b, sketch, key_b) if need_a else ([], None)
-        kept_a, how_a = _keep(a, leaf_a, sketch, key_a) if need_b else ([], None)
-        ctx.save_for_backward(*kept_a, *kept_b)
-        ctx.layout = (len(kept_a), how_a, how_b, a.shape, b.shape, matmul, sketch)
+        saved: list[torch.Tensor] = []
+        kept_a = _keep_operand(sketch, a, leaf_a, key_a, saved) if need_b else None
+        kept_b = _keep_operand(sketch, b, leaf_b, key_b, saved) if need_a else None
+        ctx.save_for_backward(*saved)
+        ctx.layout = (kept_a, kept_b, a.shape, b.shape, matmul, sketch)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        n_a, how_a, how_b, a_shape, b_shape, matmul, sketch = ctx.layout
+        kept_a, kept_b, a_shape, b_shape, matmul, sketch = ctx.layout
         saved = list(ctx.saved_tensors)
         need_a, need_b = ctx.needs_input_grad[:2]
+        a_hat = _operand(sketch, kept_a, saved) if need_b else None  # kept first, so restored first
+        b_hat = _operand(sketch, kept_b, saved) if need_a else None
         ga = gb = None
         if need_a:
-            b_hat = _restore(sketch, saved[n_a:], how_b)
             g = g.to(b_hat.dtype)
             ga = (g @ b_hat.mT if matmul else g * b_hat).sum_to_size(a_shape)
         if need_b:
-            a_hat = _restore(sketch, saved[:n_a], how_a)
             g = g.to(a_hat.dtype)
             gb = (a_hat.mT @ g if matmul else g * a_hat).sum_to_size(b_shape)
         return ga, gb, None, None, None, None

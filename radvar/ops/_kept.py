@@ -1,0 +1,53 @@
+"""Sketched tensors kept by an autograd Function: compress in forward, restore in backward.
+
+:func:`keep` compresses a tensor on its ``(rows, features)`` view (the last
+dimension as features; a 0-d tensor is one row) with one independent draw per
+rng key (:meth:`~radvar.sketch.Sketch.compress_draws`) and appends what each
+draw keeps to a list the Function then saves; :func:`restore` rebuilds one
+draw in the tensor's shape with the generator of the same key, popping its
+tensors off the front of that list (restore in the order they were kept).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .. import rng
+from ..sketch import Sketch
+from ..sketch.base import Meta
+
+
+class Kept(NamedTuple):
+    """One sketched tensor: how many saved tensors are its, the sketch's metadata, its key and its shape."""
+
+    count: int
+    meta: Meta
+    key: int
+    shape: torch.Size
+
+
+def rows_view(t: torch.Tensor) -> torch.Tensor:
+    """The (rows, features) view a sketch sees: the last dimension as features."""
+    return t.reshape(-1, t.shape[-1]) if t.dim() else t.reshape(1, 1)
+
+
+def keep(sketch: Sketch, x: torch.Tensor, keys: tuple[int, ...], saved: list[torch.Tensor]) -> list[Kept]:
+    """Compress ``x`` with one independent draw per key (the sketch may share between draws what does not
+    depend on them); append what each keeps to ``saved``."""
+    draws = sketch.compress_draws(rows_view(x), [rng.generator(key, x.device) for key in keys])
+    kept = []
+    for (parts, meta), key in zip(draws, keys):
+        saved.extend(parts)
+        kept.append(Kept(len(parts), meta, key, x.shape))
+    return kept
+
+
+def restore(sketch: Sketch, kept: Kept, saved: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The reconstruction of a :func:`keep`'d tensor in its shape (cast to ``dtype`` if given); pops its
+    tensors off the front of ``saved``."""
+    parts = tuple(saved[:kept.count])
+    del saved[:kept.count]
+    x = sketch.restore(parts, kept.meta, rng.generator(kept.key, parts[0].device)).view(kept.shape)
+    return x if dtype is None else x.to(dtype)
