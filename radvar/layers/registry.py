@@ -49,10 +49,10 @@ from typing import Any, Callable, ClassVar, Protocol, TypeVar
 import torch
 from torch import nn
 
-from .. import rng
 from ..sketch import Sketch
 from ..sketch.base import VIEWS
 from ..sketch.moments import ViewStats
+from ..ops._kept import sketching
 
 
 class Statistics(Protocol):
@@ -97,9 +97,7 @@ class Twin(nn.Module):
         """Draw a sketch only with grad enabled, outside ``radvar.exact()``, under a non-exact sketch, and
         for a weight-gradient twin only when its weight trains (a propagating twin's op itself skips
         inputs that need no gradient)."""
-        sketch = getattr(self, "sketch", None)
-        return (sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
-                and (self.propagates or self.weight.requires_grad))
+        return sketching(getattr(self, "sketch", None)) and (self.propagates or self.weight.requires_grad)
 
 
 _REGISTRY: dict[type[nn.Module], type[Twin]] = {}

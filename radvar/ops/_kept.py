@@ -19,6 +19,12 @@ from ..sketch import Sketch
 from ..sketch.base import Meta
 
 
+def sketching(sketch: Sketch | None) -> bool:
+    """Whether a call under ``sketch`` keeps a sketch: a non-exact sketch, outside ``radvar.exact()``,
+    with grad enabled (each op adds its own check that some input needs a gradient)."""
+    return sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
+
+
 class Kept(NamedTuple):
     """One sketched tensor: how many saved tensors are its, the sketch's metadata, its key and its shape."""
 

@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _bits, rng
 from ..sketch import Sketch
+from ._kept import sketching
 
 
 class CompactLeakyReLUFunction(torch.autograd.Function):
@@ -103,8 +104,7 @@ class SketchedDerivativeFunction(torch.autograd.Function):
 def randomizes(x: torch.Tensor, sketch: Sketch | None) -> bool:
     """Whether an op keeps a sketch: a non-exact sketch, outside ``radvar.exact()``, with a gradient
     wanted for x. Otherwise the ops run the plain torch function, so gradients are bitwise plain."""
-    return (sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
-            and x.requires_grad)
+    return sketching(sketch) and x.requires_grad
 
 
 @torch.compiler.disable

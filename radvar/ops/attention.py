@@ -56,7 +56,7 @@ from .. import rng
 from ..sketch import Sketch
 from ..sketch.base import uniform, work_dtype
 from ._autocast import autocast_dtype, autocast_off, cast
-from ._kept import keep, restore
+from ._kept import keep, restore, sketching
 
 VIEWS = ("features",)
 
@@ -70,8 +70,7 @@ def check_sketch(sketch: Any, owner: str) -> None:
 
 
 def _randomizes(sketch: Sketch | None, *tensors: torch.Tensor | None) -> bool:
-    return (sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
-            and any(t is not None and t.requires_grad for t in tensors))
+    return sketching(sketch) and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ---- attention ---------------------------------------------------------------------------------------------

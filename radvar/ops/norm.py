@@ -59,6 +59,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import rng
 from ..sketch import Sketch
+from ._kept import sketching
 
 TOKEN_VIEWS = ("features",)
 CHANNEL_VIEWS = ("examples", "positions")
@@ -106,7 +107,7 @@ def randomizes(sketch: Sketch | None, *tensors: torch.Tensor | None) -> bool:
     grad enabled, a non-empty input (the first tensor) and some tensor requiring grad."""
     if sketch is not None and not isinstance(sketch, Sketch):
         raise TypeError(f"norm op: sketch must be a radvar.sketch.Sketch or None, got {sketch!r}")
-    if sketch is None or sketch.exact or rng.is_exact() or not torch.is_grad_enabled():
+    if not sketching(sketch):
         return False
     return tensors[0].numel() > 0 and any(t is not None and t.requires_grad for t in tensors)
 

@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from .. import rng
 from ..sketch import Sketch
 from ._autocast import autocast_dtype, autocast_off, cast
-from ._kept import Kept, keep, restore
+from ._kept import Kept, keep, restore, sketching
 
 
 def _keep_operand(sketch: Sketch, t: torch.Tensor, leaf: bool, key: int, saved: list[torch.Tensor]) -> Kept | None:
@@ -78,8 +78,7 @@ class _Product(torch.autograd.Function):
 
 def _plain(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> bool:
     """Whether the product runs as plain autograd: exact sketch or mode, no grad, or no operand needing one."""
-    return (sketch is None or sketch.exact or rng.is_exact() or not torch.is_grad_enabled()
-            or not (a.requires_grad or b.requires_grad))
+    return not sketching(sketch) or not (a.requires_grad or b.requires_grad)
 
 
 def rad_mul(a: torch.Tensor, b: torch.Tensor, sketch: Sketch | None) -> torch.Tensor:
