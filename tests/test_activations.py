@@ -22,7 +22,7 @@ from radvar.layers import kind_for, twin_for
 from radvar.layers.activations import FAMILIES, HF_DERIVATIVES
 from radvar.layers.functional import FUNCTION_KINDS, functional_sites, intercept
 from radvar.layers.registry import propagating
-from radvar.ops.activation import derivative_view
+from radvar.ops._kept import rows_view
 from radvar.sketch import Bernoulli, Importance, Projection, Quantize, Sketch, Subsample
 from radvar.variance.statistics import mean_ci
 
@@ -211,7 +211,7 @@ def test_every_gradient_unbiased(name, sketch):
     if isinstance(sketch, Quantize):  # rounding varies iff some d entry falls between two levels
         h = net.lin(x).detach().requires_grad_()
         (d,) = torch.autograd.grad(net.act(h * 1.0).sum(), h)
-        assert (draws.std(0).max() > 0) == bool(sketch.entry_variance(derivative_view(d)).sum() > 0)
+        assert (draws.std(0).max() > 0) == bool(sketch.entry_variance(rows_view(d)).sum() > 0)
     else:
         assert draws.std(0).max() > 0
 
@@ -240,7 +240,7 @@ def test_input_gradient_variance_is_g_squared_times_the_rounding_variance(name, 
     g = torch.randn(6, 10, dtype=torch.float64)
     xr = x.clone().requires_grad_()
     (d,) = torch.autograd.grad(act(xr), xr, torch.ones_like(x))
-    predicted = float((g.square() * sketch.entry_variance(derivative_view(d)).view_as(x)).sum())
+    predicted = float((g.square() * sketch.entry_variance(rows_view(d)).view_as(x)).sum())
     rad = radvar.convert(Single("act", act), sketch)
     xs = x.expand(500, *x.shape).clone().requires_grad_()  # 500 independent draws: rows are rounded apart
     (draws,) = torch.autograd.grad(rad(xs), xs, g.expand_as(xs))

@@ -7,7 +7,7 @@ convention as torch's kernels); the mask costs 1/32 of a float32 activation.
 Sketched: for any elementwise y = f(x) the input gradient is g ⊙ f'(x), linear
 in d = f'(x). :class:`SketchedDerivativeFunction` computes y exactly, keeps an
 unbiased sketch d̂ of d (E[d̂] = d, on the (rows, features) view of
-:func:`derivative_view`) instead of x or y, and returns g ⊙ d̂, so
+:func:`radvar.ops._kept.rows_view`) instead of x or y, and returns g ⊙ d̂, so
 E[∂x] = g ⊙ f'(x) and Var(∂x_i) = g_i²·Var(d̂_i) per entry. The ``rad_*`` ops
 take the torch function's own arguments plus ``sketch`` and run the plain
 function (bitwise plain gradients) when :func:`randomizes` is false. The
@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _bits, rng
 from ..sketch import Sketch
-from ._kept import sketching
+from ._kept import keep, restore, sketching
 
 
 class CompactLeakyReLUFunction(torch.autograd.Function):
@@ -68,12 +68,6 @@ Derivative = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GELU_CUBIC = 0.044715
 
 
-def derivative_view(d: torch.Tensor) -> torch.Tensor:
-    """The (rows, features) view a sketch sees: all leading dims as rows, the last dim as features
-    (a 0-d tensor is one entry)."""
-    return d.reshape(-1, d.shape[-1]) if d.dim() else d.reshape(1, 1)
-
-
 class SketchedDerivativeFunction(torch.autograd.Function):
     """``y = f(x)`` exactly; keeps ``sketch`` of d = f'(x) (never x or y) and returns ``∂x = g ⊙ d̂``.
 
@@ -86,9 +80,10 @@ class SketchedDerivativeFunction(torch.autograd.Function):
                 sketch: Sketch, key: int, inplace: bool) -> torch.Tensor:
         y = f(x)
         d = derivative(x, y)
-        saved, meta = sketch.compress(derivative_view(d), rng.generator(key, d.device))
+        saved: list[torch.Tensor] = []
+        (ctx.kept,) = keep(sketch, d, (key,), saved)
         ctx.save_for_backward(*saved)
-        ctx.sketch, ctx.meta, ctx.key, ctx.shape = sketch, meta, key, d.shape
+        ctx.sketch = sketch
         if inplace:
             ctx.mark_dirty(x)
             return x.copy_(y)
@@ -97,8 +92,7 @@ class SketchedDerivativeFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        d = ctx.sketch.restore(ctx.saved_tensors, ctx.meta, rng.generator(ctx.key, g.device))
-        return g * d.view(ctx.shape), None, None, None, None, None
+        return g * restore(ctx.sketch, ctx.kept, list(ctx.saved_tensors)), None, None, None, None, None
 
 
 def randomizes(x: torch.Tensor, sketch: Sketch | None) -> bool:
