@@ -261,6 +261,20 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
     return torch.rand(shape, generator=gen, device=like.device, dtype=dtype, out=out)
 
 
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """The flat (C-order) int64 positions of the true entries of the bool tensor ``mask``: numpy's
+    ``flatnonzero`` on CPU outside ``torch.compile`` (about four times as fast as ``nonzero`` there),
+    else ``torch.nonzero``."""
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def scatter_flat(values: torch.Tensor, positions: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A zero tensor of ``shape`` with ``values`` at the flat ``positions`` (:func:`flat_nonzero`)."""
+    return values.new_zeros(math.prod(shape)).index_copy_(0, positions, values).view(shape)
+
+
 def count_margin(var: float) -> int:
     """:data:`Z_MARGIN` standard deviations of a random count of variance ``var``, rounded up."""
     return math.ceil(Z_MARGIN * math.sqrt(max(var, 0.0)))

@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-from .base import CLOSED, ColumnSketch, Meta, Saved, count_margin, itemsize, uniform
+from .base import CLOSED, ColumnSketch, Meta, Saved, count_margin, flat_nonzero, itemsize, scatter_flat, uniform
 from .moments import ViewStats
 from .registry import family
 
@@ -36,18 +36,17 @@ class Bernoulli(ColumnSketch):
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
         mask = self._mask(rows, n, gen, x)
-        kept = x[mask] if self.per_example else x[:, mask]
+        kept = x.reshape(-1).index_select(0, flat_nonzero(mask)) if self.per_example else x[:, mask]
         return (kept,), {"shape": (rows, n)}
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         (kept,) = saved
         rows, n = meta["shape"]
         mask = self._mask(rows, n, gen, kept)
-        out = kept.new_zeros(rows, n)
         if self.per_example:
-            out[mask] = kept / self.keep
-        else:
-            out[:, mask] = kept / self.keep
+            return scatter_flat(kept / self.keep, flat_nonzero(mask), (rows, n))
+        out = kept.new_zeros(rows, n)
+        out[:, mask] = kept / self.keep
         return out
 
     def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:

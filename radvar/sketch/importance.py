@@ -19,7 +19,8 @@ import math
 import torch
 
 from .. import _bits
-from .base import CLOSED, Meta, Saved, Sketch, count_margin, itemsize, uniform, work_dtype
+from .base import (CLOSED, Meta, Saved, Sketch, count_margin, flat_nonzero, itemsize, scatter_flat, uniform,
+                   work_dtype)
 from .moments import ViewStats
 from .registry import family
 
@@ -39,15 +40,26 @@ def poisson_scale(s: torch.Tensor, tail: torch.Tensor, budget: float) -> torch.T
 
 def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
     """π = min(1, c |x|) per row with Σ_j π_ij = min(keep · n, nnz_i), in float64 for float64 ``x``
-    (float32 otherwise)."""
+    (float32 otherwise).
+
+    A row whose largest entry stays below the cap at c₀ = keep · n / Σ_j |x_ij| has c = c₀ (nothing
+    capped): one sum and one max. Only the other rows (some entry capped, or at most keep · n nonzeros)
+    are sorted, in float64, for the c of :func:`poisson_scale`; on CUDA every row takes that path, so
+    the op never waits on the host for which rows do."""
     a = x.detach().abs().to(work_dtype(x.dtype))
     budget = keep * a.shape[1]
-    s, _ = a.sort(dim=1, descending=True)
-    c = poisson_scale(s, s.flip(1).cumsum(1).flip(1), budget)
-    nnz = (a > 0).sum(1, keepdim=True)
-    pi = (c * a).clamp_max_(1.0)
-    pi = torch.where(nnz.to(a.dtype) <= budget, (a > 0).to(a.dtype), pi)
-    return pi
+    c = budget / a.sum(1, keepdim=True)
+    if a.device.type == "cpu":
+        rows = ((c * a.amax(1, keepdim=True) > 1.0) | ~torch.isfinite(c)).squeeze(1).nonzero().squeeze(1)
+    else:
+        rows = torch.arange(a.shape[0], device=a.device)
+    if rows.numel():
+        sub = a.index_select(0, rows).double()
+        s, _ = sub.sort(dim=1, descending=True)
+        sub_c = poisson_scale(s, s.flip(1).cumsum(1).flip(1), budget)
+        sub_c = torch.where((sub > 0).sum(1, keepdim=True) <= budget, math.inf, sub_c)
+        c.index_copy_(0, rows, sub_c.to(c.dtype))
+    return (c * a).clamp_max_(1.0).nan_to_num_(0.0)
 
 
 @dataclasses.dataclass
@@ -109,11 +121,11 @@ class Importance(Sketch):
         rows, n = x.shape
         pi = inclusion_probabilities(x, self.keep)
         mask = uniform((rows, n), gen, x) < pi
-        values = (x[mask].to(pi.dtype) / pi[mask]).to(x.dtype)
-        nnz = values.numel()
+        kept = flat_nonzero(mask)
+        values = (x.reshape(-1).index_select(0, kept).to(pi.dtype) / pi.view(-1).index_select(0, kept)).to(x.dtype)
         bitmap_bytes = (rows * n + 7) // 8
-        if n <= torch.iinfo(torch.int16).max and 2 * nnz + 4 * rows < bitmap_bytes:
-            cols = mask.nonzero()[:, 1].to(torch.int16)
+        if n <= torch.iinfo(torch.int16).max and 2 * kept.numel() + 4 * rows < bitmap_bytes:
+            cols = (kept % n).to(torch.int16)
             counts = mask.sum(1, dtype=torch.int32)
             return (values, cols, counts), {"shape": (rows, n), "format": "int16"}
         return (values, _bits.pack(mask)), {"shape": (rows, n), "format": "bitmap"}
@@ -121,14 +133,11 @@ class Importance(Sketch):
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         rows, n = meta["shape"]
         values = saved[0]
-        out = values.new_zeros(rows, n)
         if meta["format"] == "int16":
             cols, counts = saved[1], saved[2]
-            row_idx = torch.repeat_interleave(torch.arange(rows, device=values.device), counts.long())
-            out[row_idx, cols.long()] = values
-        else:
-            out[_bits.unpack(saved[1], (rows, n))] = values
-        return out
+            row_start = torch.repeat_interleave(torch.arange(0, rows * n, n, device=values.device), counts.long())
+            return scatter_flat(values, row_start + cols.long(), (rows, n))
+        return scatter_flat(values, flat_nonzero(_bits.unpack(saved[1], (rows, n))), (rows, n))
 
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         """An upper bound on the *mean* bytes over draws (not a per-draw bound: the kept count is
