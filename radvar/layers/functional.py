@@ -8,8 +8,13 @@ functions they route with :func:`function_kind` in their own module
 :mod:`radvar.layers.attention`, :mod:`radvar.layers.product`).
 
 **Sites.** While a model runs with routing, a ``torch.overrides.TorchFunctionMode``
-sees every call of a registered function, and forward pre/post hooks on every
-module keep the stack of running modules. Each call gets a site key
+sees every call of a registered function made inside a module's own ``forward``, and
+forward pre/post hooks keep the stack of running modules. Only modules that can hold
+a site carry hooks, so a model of twins in containers runs with no per-module cost:
+the root (which starts and ends each forward), every module with neither a twin nor a
+stock container type (``nn.Sequential``'s forward calls modules, never a function;
+:func:`transparent` adds such types), and twins below one of those (they take the mode
+off while they run). The mode is on only while such a module is innermost. Each call gets a site key
 ``"<module>:<function>.<index>"``: the innermost module running (``""`` is the
 model itself), the kind's name, and the 0-based index of the call among that
 module's calls of that function in this forward (e.g. ``"h.0.attn:sdpa.0"``,
@@ -182,32 +187,39 @@ class _Router:
         st = self.local
         if not hasattr(st, "stack"):
             st.stack, st.counts, st.seen, st.depth, st.mode, st.on = [], {}, {}, 0, _SiteMode(self), False
-            st.lifted = []  # per stack entry: whether entering it took the mode off torch's mode stack
+            st.changes = []  # per stack entry: +1 it put the mode on torch's mode stack, -1 took it off, 0 neither
         return st
 
     def enter(self, name: str | None, root: bool) -> None:
+        """Push ``name`` (None: a twin, whose calls are not sites) and put the mode on top while a
+        named module runs, off it while a twin runs (restored by :meth:`leave`)."""
         st = self.state()
         if root:
             if st.depth == 0:
                 st.counts.clear()
                 st.seen.clear()
                 st.on = torch.is_grad_enabled()  # without autograd nothing is routed: no mode, no cost
-                if st.on:
-                    st.mode.__enter__()
             st.depth += 1
         st.stack.append(name)
-        # inside a module with its own twin no call is a site, and most of a forward's torch calls run there
-        # (the twins' own ops): take the mode off the stack until the module leaves, so they skip Python
-        lifted = name is None and st.on and _on_top(st.mode)
-        if lifted:
-            torch._C._pop_torch_function_stack()
-        st.lifted.append(lifted)
+        change = 0
+        if st.on:
+            on_top = _on_top(st.mode)
+            if name is None and on_top:  # a twin's own ops skip Python
+                torch._C._pop_torch_function_stack()
+                change = -1
+            elif name is not None and not on_top:
+                torch._C._push_on_torch_function_stack(st.mode)
+                change = 1
+        st.changes.append(change)
 
     def leave(self, root: bool) -> None:
         st = self.state()
         if st.stack:
             st.stack.pop()
-        if st.lifted and st.lifted.pop():
+        change = st.changes.pop() if st.changes else 0
+        if change == 1 and _on_top(st.mode):
+            torch._C._pop_torch_function_stack()
+        elif change == -1:
             torch._C._push_on_torch_function_stack(st.mode)
         if not root or st.depth == 0:
             return
@@ -215,11 +227,10 @@ class _Router:
         if st.depth:
             return
         st.stack.clear()
-        st.lifted.clear()
+        st.changes.clear()
         if not st.on:
             return
         st.on = False
-        st.mode.__exit__(None, None, None)
         if self.checked or sys.exc_info()[0] is not None:
             return
         missing = sorted(k for k in self.entries if not is_pattern(k) and k not in st.seen)
@@ -251,13 +262,13 @@ class _Router:
 
 
 class _Enter:
-    """Forward pre-hook: push the module's name (None if it has its own twin); the root enters the mode."""
+    """Forward pre-hook: push the module's name (None if it holds no site: a twin or a container)."""
 
     def __init__(self, router: _Router, name: str, root: bool):
         self.router, self.name, self.root = router, name, root
 
     def __call__(self, module: nn.Module, args: Any) -> None:
-        self.router.enter(self.name if twin_for(module) is None else None, self.root)
+        self.router.enter(self.name if _holds_sites(module) else None, self.root)
 
 
 class _Leave:
@@ -284,16 +295,55 @@ def unroute(model: nn.Module) -> None:
                 m._forward_hooks_always_called.pop(key, None)
 
 
+_CONTAINERS: set[type[nn.Module]] = {nn.Sequential, nn.ModuleList, nn.ModuleDict}
+
+
+def _holds_sites(module: nn.Module) -> bool:
+    """Whether a call in ``module``'s own forward can be a site: it has no twin and is no stock container."""
+    return twin_for(module) is None and type(module) not in _CONTAINERS
+
+
+def transparent(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: ``cls``'s own forward makes no functional call (it only calls submodules), so its
+    instances hold no site and need no routing hooks (by exact type, like ``nn.Sequential``)."""
+    _CONTAINERS.add(cls)
+    return cls
+
+
+def _install(model: nn.Module, router: _Router) -> list[torch.utils.hooks.RemovableHandle]:
+    """Routing hooks on the modules that need them (see the module docstring); returns their handles."""
+    handles = []
+
+    def hook(m: nn.Module, name: str) -> None:
+        handles.append(m.register_forward_pre_hook(_Enter(router, name, m is model), prepend=True))
+        handles.append(m.register_forward_hook(_Leave(router, m is model), always_call=True))
+
+    seen: set[int] = set()
+
+    def walk(m: nn.Module, name: str, below_sites: bool) -> None:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        has_twin = twin_for(m) is not None
+        holds_sites = _holds_sites(m)
+        if m is model or holds_sites or (has_twin and below_sites):
+            hook(m, name)
+        if has_twin:
+            return  # its children run inside it, where no call is a site and the mode is off
+        for child_name, child in m.named_children():
+            walk(child, f"{name}.{child_name}" if name else child_name, below_sites or holds_sites)
+
+    walk(model, "", False)
+    return handles
+
+
 def route(model: nn.Module, entries: Mapping[str, Entry]) -> None:
     """Route ``model``'s functional sites by ``entries`` (site key or pattern -> sketch, None or op) on
     every forward of ``model``, replacing any routing it had; no entries: no routing at all."""
     unroute(model)
     if not entries:
         return
-    router = _Router(entries)
-    for name, m in model.named_modules():
-        m.register_forward_pre_hook(_Enter(router, name, m is model), prepend=True)
-        m.register_forward_hook(_Leave(router, m is model), always_call=True)
+    _install(model, _Router(entries))
 
 
 @contextlib.contextmanager
@@ -320,9 +370,7 @@ def intercept(model: nn.Module, plan: Mapping[str, Entry] | None = None) -> Iter
     router = _Router(plan or {})
     handles = []
     try:
-        for name, m in model.named_modules():
-            handles.append(m.register_forward_pre_hook(_Enter(router, name, m is model), prepend=True))
-            handles.append(m.register_forward_hook(_Leave(router, m is model), always_call=True))
+        handles = _install(model, router)
         yield router.state().seen
     finally:
         for h in handles:
