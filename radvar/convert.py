@@ -10,6 +10,7 @@ from torch import nn
 from .layers import to_twin, twin_for
 from .layers.functional import is_pattern, route
 from .layers.registry import type_name
+from .layers.sequential import fuse
 from .plan import Plan
 from .sketch import Sketch
 
@@ -47,7 +48,9 @@ def convert(model: nn.Module, plan_or_sketch: Plan | Sketch | None, inplace: boo
     Randomizable modules not named in the plan become exact twins. When the plan
     names functional sites, ``model`` routes them on every forward
     (:func:`radvar.layers.functional.route`); otherwise any routing it had is
-    removed. Parameters and state_dict keys are unchanged. With ``inplace=False``
+    removed. A compact conversion also runs each ``nn.Sequential``'s compact ReLU and the RAD
+    Linear after it as one op (:mod:`radvar.layers.sequential`; same bytes and gradients).
+    Parameters and state_dict keys are unchanged. With ``inplace=False``
     the model is deep-copied first. Emits a :class:`CoverageWarning` when asked to
     randomize but the plan sketches nothing or most weight layers have no twin.
     """
@@ -68,5 +71,7 @@ def _convert(model: nn.Module, plan_or_sketch: Plan | Sketch | None, inplace: bo
         if twin is None or not (twin.randomized or compact):
             continue
         to_twin(module, plan.get(name) if twin.randomized else None)
+    if compact:
+        fuse(model)
     route(model, plan.sites)
     return model
