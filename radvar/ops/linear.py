@@ -31,7 +31,7 @@ VIEWS = ("features", "rows")
 
 def linear_view(x: torch.Tensor, view: str | None) -> torch.Tensor:
     """The 2-D view of an input (..., n) that a sketch sees: (rows, n), or its transpose for ``"rows"``."""
-    flat = x.reshape(-1, x.shape[-1])
+    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     return flat.t() if view == "rows" else flat
 
 
@@ -50,9 +50,10 @@ def save_sketch(ctx: Any, view: torch.Tensor, x_shape: torch.Size, weight: torch
 def load_sketch(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
     """What :func:`save_sketch` saved: the weight, the sketch's tensors, and ``gy`` in the weight's dtype."""
     tensors = ctx.saved_tensors
-    ctx.extra = tensors[:ctx.extras]
-    weight, *saved = tensors[ctx.extras:]
-    return weight, tuple(saved), gy.to(weight.dtype)
+    extras = ctx.extras
+    ctx.extra = tensors[:extras]
+    weight = tensors[extras]
+    return weight, tensors[extras + 1:], gy if gy.dtype == weight.dtype else gy.to(weight.dtype)
 
 
 class RADLinearFunction(torch.autograd.Function):
@@ -67,8 +68,11 @@ class RADLinearFunction(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 mask = (_bits.pack(x.bool() if slope == 0.0 else x > 0),)
         ctx.slope = slope
-        with autocast_off(x, dtype):
+        if dtype is None:
             y = F.linear(x, weight, bias)
+        else:
+            with autocast_off(x, dtype):
+                y = F.linear(x, weight, bias)
         save_sketch(ctx, linear_view(x, sketch.view), x.shape, weight, bias, sketch, key, *mask)
         return y
 
@@ -76,19 +80,20 @@ class RADLinearFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
         weight, saved, gy = load_sketch(ctx, gy)
-        g2d = gy.reshape(-1, gy.shape[-1])
+        g2d = gy if gy.dim() == 2 else gy.reshape(-1, gy.shape[-1])
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = (gy @ weight).view(ctx.x_shape)
+        needs = ctx.needs_input_grad
+        if needs[0]:
+            gx = gy @ weight  # (..., n): the input's shape
             if ctx.slope is not None:
                 gx = gx.mul_(_bits.select(ctx.extra[0], ctx.x_shape, 1.0, ctx.slope, gx.dtype))
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             gen = rng.generator(ctx.key, gy.device)
             if ctx.sketch.view == "rows":
                 gw = ctx.sketch.right_matmul(saved, ctx.meta, gen, g2d).t()
             else:
                 gw = ctx.sketch.left_matmul(g2d.t(), saved, ctx.meta, gen)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.has_bias and needs[2]:
             gb = g2d.sum(0)
         return gx, gw, gb, None, None, None
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
@@ -57,6 +58,7 @@ def check_keep(keep: Any, owner: str, name: str = "keep") -> float:
     return keep
 
 
+@functools.lru_cache(maxsize=4096)
 def kept_count(keep: float, n: int) -> int:
     """k = ceil(keep * n), at least 1 and at most n (a float-safe ceiling)."""
     return max(1, min(n, math.ceil(keep * n - 1e-9)))
