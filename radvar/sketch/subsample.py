@@ -19,7 +19,7 @@ import dataclasses
 
 import torch
 
-from .base import CLOSED, ColumnSketch, Meta, Saved, itemsize, kept_count, uniform
+from .base import CLOSED, ColumnSketch, Meta, Saved, itemsize, kept_count, smallest, uniform
 from .moments import ViewStats
 from .registry import family
 
@@ -42,7 +42,7 @@ class Subsample(ColumnSketch):
         if self.per_example:
             if self.replace:
                 return torch.randint(0, n, (rows, k), generator=gen, device=device)
-            return uniform((rows, n), gen, like).topk(k, dim=1, sorted=False).indices
+            return smallest(uniform((rows, n), gen, like), k)
         if self.replace:
             return torch.randint(0, n, (k,), generator=gen, device=device)
         return torch.randperm(n, generator=gen, device=device)[:k]
