@@ -80,6 +80,9 @@ def pack(mask: torch.Tensor) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of :func:`pack`: the bool tensor of ``shape``."""
+    if _numpy_ok(packed):
+        bits = np.unpackbits(packed.numpy(), count=math.prod(shape), bitorder="little")
+        return torch.from_numpy(bits.view(np.bool_).reshape(shape))
     return _decode(packed, shape, _table(packed.device, torch.bool, 1.0, 0.0))
 
 

@@ -46,6 +46,12 @@ def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
     capped): one sum and one max. Only the other rows (some entry capped, or at most keep · n nonzeros)
     are sorted, in float64, for the c of :func:`poisson_scale`; on CUDA every row takes that path, so
     the op never waits on the host for which rows do."""
+    return _scaled_magnitudes(x, keep).clamp_max_(1.0).nan_to_num_(0.0)
+
+
+def _scaled_magnitudes(x: torch.Tensor, keep: float) -> torch.Tensor:
+    """c·|x| per row, the c of :func:`inclusion_probabilities`, uncapped: π = min(1, c·|x|), and NaN
+    (c = ∞ times 0) where π = 0."""
     a = x.detach().abs().to(work_dtype(x.dtype))
     budget = keep * a.shape[1]
     c = budget / a.sum(1, keepdim=True)
@@ -59,7 +65,7 @@ def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
         sub_c = poisson_scale(s, s.flip(1).cumsum(1).flip(1), budget)
         sub_c = torch.where((sub > 0).sum(1, keepdim=True) <= budget, math.inf, sub_c)
         c.index_copy_(0, rows, sub_c.to(c.dtype))
-    return (c * a).clamp_max_(1.0).nan_to_num_(0.0)
+    return a.mul_(c)
 
 
 @dataclasses.dataclass
@@ -119,10 +125,11 @@ class Importance(Sketch):
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
-        pi = inclusion_probabilities(x, self.keep)
-        mask = uniform((rows, n), gen, x) < pi
+        scaled = _scaled_magnitudes(x, self.keep)  # π = min(1, scaled); U < π iff U < scaled (U < 1, NaN: π = 0)
+        mask = uniform((rows, n), gen, x) < scaled
         kept = flat_nonzero(mask)
-        values = (x.reshape(-1).index_select(0, kept).to(pi.dtype) / pi.view(-1).index_select(0, kept)).to(x.dtype)
+        pi = scaled.view(-1).index_select(0, kept).clamp_max_(1.0)
+        values = (x.reshape(-1).index_select(0, kept).to(pi.dtype) / pi).to(x.dtype)
         bitmap_bytes = (rows * n + 7) // 8
         if n <= torch.iinfo(torch.int16).max and 2 * kept.numel() + 4 * rows < bitmap_bytes:
             cols = (kept % n).to(torch.int16)
