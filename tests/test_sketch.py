@@ -145,3 +145,21 @@ def test_importance_saved_bytes_bounds_the_mean_and_the_reservation_every_draw(d
     se = float(sizes.std()) / len(sizes) ** 0.5
     assert float(sizes.mean()) <= sketch.saved_bytes(shape, dtype) + 4 * se
     assert float(sizes.max()) <= reserved_bytes(sketch, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_fast_paths_agree_with_torch(dtype):
+    """``less`` (numpy's comparison on CPU) equals torch's ``<`` for tensors, broadcast rows, scalars on
+    either side and NaN; ``smallest`` (numpy's argpartition) picks each row's k smallest entries."""
+    from radvar.sketch.base import less, smallest
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(7, 33, generator=g, dtype=dtype), torch.rand(7, 33, generator=g, dtype=dtype)
+    a[0, :5] = float("nan")
+    b[1, :3] = a[1, :3]  # ties: not less
+    for got, want in [(less(a, b), a < b), (less(a, b[:1]), a < b[:1]), (less(a, 0.3), a < 0.3),
+                      (less(0.3, a), a > 0.3)]:
+        assert got.dtype == torch.bool and torch.equal(got, want)
+    picked = smallest(b, 5)
+    assert picked.shape == (7, 5)
+    assert torch.equal(b.gather(1, picked).sort(1).values, b.sort(1).values[:, :5])

@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _bits, rng
 from ..sketch import Sketch
+from ..sketch.base import less
 from ._kept import keep, restore, sketching
 
 
@@ -38,7 +39,7 @@ class CompactLeakyReLUFunction(torch.autograd.Function):
             positive = y.bool()  # relu(x) != 0 iff x > 0 (a float->bool cast is cheaper than a compare)
         else:
             y = F.leaky_relu(x, slope)
-            positive = x > 0
+            positive = less(0.0, x)
         ctx.save_for_backward(_bits.pack(positive))
         ctx.shape, ctx.slope = x.shape, slope
         return y

@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _bits, rng
 from ..sketch import Sketch
+from ..sketch.base import less
 from ._autocast import autocast_dtype, autocast_off, cast
 
 VIEWS = ("features", "rows")
@@ -66,7 +67,7 @@ class RADLinearFunction(torch.autograd.Function):
         if slope is not None:  # fused leaky_relu in front (ReLU: slope 0; relu(x) != 0 iff x > 0)
             x = torch.relu(x) if slope == 0.0 else F.leaky_relu(x, slope)
             if ctx.needs_input_grad[0]:
-                mask = (_bits.pack(x.bool() if slope == 0.0 else x > 0),)
+                mask = (_bits.pack(x.bool() if slope == 0.0 else less(0.0, x)),)
         ctx.slope = slope
         if dtype is None:
             y = F.linear(x, weight, bias)

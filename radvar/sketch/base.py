@@ -286,6 +286,20 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
     return torch.rand(shape, generator=gen, device=like.device, dtype=dtype, out=out)
 
 
+def less(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """The bool tensor ``a < b`` (broadcast; at least one of them a tensor): numpy's comparison on CPU
+    outside ``torch.compile`` (13x as fast as torch's at one thread on 150 x 784 float32: 4.5 µs, not
+    60), else torch's. Python floats compare in the tensor's dtype."""
+    t = a if isinstance(a, torch.Tensor) else b
+    if t.device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch.from_numpy(np.less(_as_numpy(a), _as_numpy(b)))
+    return torch.as_tensor(a) < b if not isinstance(a, torch.Tensor) else a < b
+
+
+def _as_numpy(v: torch.Tensor | float) -> np.ndarray | float:
+    return v.detach().numpy() if isinstance(v, torch.Tensor) else v
+
+
 def smallest(u: torch.Tensor, k: int) -> torch.Tensor:
     """The (unordered) column indices of the ``k`` smallest entries in each row of the 2-D ``u``: on CPU
     outside ``torch.compile`` numpy's introselect ``argpartition`` (about three times as fast as ``topk``

@@ -19,7 +19,7 @@ import math
 import torch
 
 from .. import _bits
-from .base import (CLOSED, Meta, Saved, Sketch, count_margin, flat_nonzero, itemsize, scatter_flat, uniform,
+from .base import (CLOSED, Meta, Saved, Sketch, count_margin, flat_nonzero, itemsize, less, scatter_flat, uniform,
                    work_dtype)
 from .moments import ViewStats
 from .registry import family
@@ -126,7 +126,7 @@ class Importance(Sketch):
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
         scaled = _scaled_magnitudes(x, self.keep)  # π = min(1, scaled); U < π iff U < scaled (U < 1, NaN: π = 0)
-        mask = uniform((rows, n), gen, x) < scaled
+        mask = less(uniform((rows, n), gen, x), scaled)
         kept = flat_nonzero(mask)
         pi = scaled.view(-1).index_select(0, kept).clamp_max_(1.0)
         values = (x.reshape(-1).index_select(0, kept).to(pi.dtype) / pi).to(x.dtype)
