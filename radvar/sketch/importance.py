@@ -128,7 +128,7 @@ class Importance(Sketch):
         scaled = _scaled_magnitudes(x, self.keep)  # π = min(1, scaled); U < π iff U < scaled (U < 1, NaN: π = 0)
         mask = less(uniform((rows, n), gen, x), scaled)
         kept = flat_nonzero(mask)
-        pi = scaled.view(-1).index_select(0, kept).clamp_max_(1.0)
+        pi = scaled.reshape(-1).index_select(0, kept).clamp_max_(1.0)
         values = (x.reshape(-1).index_select(0, kept).to(pi.dtype) / pi).to(x.dtype)
         bitmap_bytes = (rows * n + 7) // 8
         if n <= torch.iinfo(torch.int16).max and 2 * kept.numel() + 4 * rows < bitmap_bytes:
