@@ -20,7 +20,7 @@ from radvar.sketch import Bernoulli, Projection, Quantize, Subsample
 from radvar.variance.propagated import propagated
 from radvar.variance.statistics import Welford, mean_ci
 
-from .stats import assert_unbiased
+from .stats import assert_unbiased, assert_unbiased_projected
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,7 +213,9 @@ def test_softmax_is_exact_forward_and_unbiased(sketch, call):
     torch.testing.assert_close(rad_fn(x), y, rtol=1e-6, atol=1e-7)
     exact, = torch.autograd.grad(y, x, gy)
     draws = torch.stack([torch.autograd.grad(rad_fn(x), x, gy)[0] for _ in range(DRAWS)])
-    assert_unbiased(draws, exact, rtol=1e-6)  # the float32 call rounds its input
+    # rounded probabilities make two-valued entries, some with zero sample variance: test projections
+    check = assert_unbiased_projected if sketch.kind == "quantize" else assert_unbiased
+    check(draws, exact, rtol=1e-6)  # the float32 call rounds its input
 
 
 def test_softmax_exact_paths_are_bitwise():
