@@ -163,3 +163,19 @@ def test_cpu_fast_paths_agree_with_torch(dtype):
     picked = smallest(b, 5)
     assert picked.shape == (7, 5)
     assert torch.equal(b.gather(1, picked).sort(1).values, b.sort(1).values[:, :5])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_signs_are_fair_and_reproducible(dtype):
+    """``signs`` gives exactly ±scale, each with probability 1/2 (the count of + lies within 5 binomial
+    standard deviations of half), the same draws for the same key, and odd shapes."""
+    from radvar.sketch.base import signs
+
+    like = torch.zeros((), dtype=dtype)
+    r = signs((301, 7), rng.generator(4, "cpu"), like, 0.25)
+    assert r.shape == (301, 7) and r.dtype == dtype
+    assert torch.equal(r.abs(), torch.full_like(r, 0.25))
+    n, plus = r.numel(), int((r > 0).sum())
+    assert abs(plus - n / 2) <= 5 * (n / 4) ** 0.5
+    assert torch.equal(r, signs((301, 7), rng.generator(4, "cpu"), like, 0.25))
+    assert not torch.equal(r, signs((301, 7), rng.generator(5, "cpu"), like, 0.25))

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from .base import Meta, Saved, Sketch, itemsize, kept_count
+from .base import Meta, Saved, Sketch, itemsize, kept_count, signs
 from .moments import ViewStats
 from .registry import family
 
@@ -40,10 +40,8 @@ class Projection(Sketch):
 
     def _draw(self, shape: tuple[int, ...], k: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         if self.dist == "rademacher":
-            r = torch.randint(0, 2, shape, generator=gen, device=like.device).to(like.dtype).mul_(2).sub_(1)
-        else:
-            r = torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
-        return r.mul_(1.0 / math.sqrt(k))
+            return signs(shape, gen, like, 1.0 / math.sqrt(k))
+        return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype).mul_(1.0 / math.sqrt(k))
 
     def _row_chunks(self, rows: int, n: int, k: int) -> Iterator[slice]:
         step = max(1, _CHUNK_ELEMENTS // (n * k))
