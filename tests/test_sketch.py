@@ -179,3 +179,15 @@ def test_signs_are_fair_and_reproducible(dtype):
     assert abs(plus - n / 2) <= 5 * (n / 4) ** 0.5
     assert torch.equal(r, signs((301, 7), rng.generator(4, "cpu"), like, 0.25))
     assert not torch.equal(r, signs((301, 7), rng.generator(5, "cpu"), like, 0.25))
+
+
+@pytest.mark.parametrize("p", [1e-7, 0.1, 0.25, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_coins_draw_what_uniform_below_p_draws(p, dtype):
+    """``coins`` (raw words against an integer threshold on CPU) is bitwise ``uniform < p`` for one key."""
+    from radvar.sketch.base import coins, less, uniform
+
+    like = torch.zeros((), dtype=dtype)
+    for shape in [(150, 784), (7,), (3, 5, 9)]:
+        assert torch.equal(coins(shape, p, rng.generator(9, "cpu"), like),
+                           less(uniform(shape, rng.generator(9, "cpu"), like), p))

@@ -286,6 +286,21 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
     return torch.rand(shape, generator=gen, device=like.device, dtype=dtype, out=out)
 
 
+def coins(shape: tuple[int, ...], p: float, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """The bool tensor ``uniform(shape, gen, like) < p``, drawn the same. For float32 work on CPU (outside
+    ``torch.compile``) it compares the raw 32-bit words with ⌈p·2²⁴⌉·2⁸ instead (k·2⁻²⁴ < p iff
+    k < ⌈p·2²⁴⌉ for k the top 24 bits of a word): bitwise the same mask without making the floats."""
+    if like.device.type == "cpu" and not torch.compiler.is_compiling() and work_dtype(like.dtype) == torch.float32:
+        limit = math.ceil(float(np.float32(p)) * 2.0 ** 24)
+        if limit >= 1 << 24:
+            return torch.ones(shape, dtype=torch.bool)
+        numel = math.prod(shape)
+        bits = _pcg(int(torch.randint(0, 1 << 62, (), generator=gen)))
+        words = bits.random_raw((numel + 1) // 2).view(np.uint32)[:numel].reshape(shape)
+        return torch.from_numpy(np.less(words, np.uint32(limit << 8)))
+    return less(uniform(shape, gen, like), p)
+
+
 def signs(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor, scale: float) -> torch.Tensor:
     """I.i.d. ±``scale`` (probability 1/2 each) of ``shape`` in ``like``'s dtype and device, a function of
     ``gen``'s state. On CPU (outside ``torch.compile``, not bfloat16) one raw 64-bit PCG64 word

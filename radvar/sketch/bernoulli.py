@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-from .base import CLOSED, ColumnSketch, Meta, Saved, count_margin, flat_nonzero, itemsize, less, scatter_flat, uniform
+from .base import CLOSED, ColumnSketch, Meta, Saved, coins, count_margin, flat_nonzero, itemsize, scatter_flat
 from .moments import ViewStats
 from .registry import family
 
@@ -31,7 +31,7 @@ class Bernoulli(ColumnSketch):
 
     def _mask(self, rows: int, n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         shape = (rows, n) if self.per_example else (n,)
-        return less(uniform(shape, gen, like), self.keep)
+        return coins(shape, self.keep, gen, like)
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
