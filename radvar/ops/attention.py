@@ -54,7 +54,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import rng
 from ..sketch import Sketch
-from ..sketch.base import uniform, work_dtype
+from ..sketch.base import coins, work_dtype
 from ._autocast import autocast_dtype, autocast_off, cast
 from ._kept import keep, restore, sketching
 
@@ -141,7 +141,7 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, 
 
 def _dropout_scale(shape: torch.Size, p: float, key: int, like: torch.Tensor) -> torch.Tensor:
     """M/(1 − p): the keep mask drawn from ``key`` (U ≥ p keeps), scaled; all zeros for p = 1."""
-    keep = uniform(tuple(shape), rng.generator(key, like.device), like) >= p
+    keep = ~coins(tuple(shape), p, rng.generator(key, like.device), like)  # U ≥ p keeps
     return keep.to(like.dtype) * (0.0 if p >= 1.0 else 1.0 / (1.0 - p))
 
 
