@@ -10,6 +10,7 @@ round (what the README table prints, with the machine noted at the top).
     python benchmarks/bench_foundation.py            # table
     python benchmarks/bench_foundation.py --json     # one JSON object
     python benchmarks/bench_foundation.py --quick    # fewer repetitions
+    python benchmarks/bench_foundation.py --markdown # the README table, with the goals
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ SKETCHES = [
     Importance(KEEP),
     Quantize(2),                          # uniform 2-bit stochastic rounding
 ]
+GOALS = {  # (model, config label): step-time goal as a pair ratio to plain PyTorch (2 CPU threads)
+    ("paper_mlp", "Subsample(0.1, shared)"): 1.2,
+    ("paper_mlp", "Subsample(0.1, per-example)"): 1.8,
+    ("paper_mlp", "Importance(0.1, per-example)"): 1.8,
+    ("paper_cnn", "Subsample(0.1, shared)"): 1.1,
+    ("paper_cnn", "Importance(0.1, per-example)"): 1.4,
+    ("wide_mlp", "Subsample(0.1, shared)"): 0.8,
+    ("wide_mlp", "Importance(0.1, per-example)"): 1.0,
+    ("wide_mlp", "Quantize(2 bits, per-row)"): 1.0,
+}
+NAMES = {"paper_mlp": "paper MLP 784-300-300-300-10", "paper_cnn": "paper CNN, 3x32x32",
+         "wide_mlp": "wide MLP 2048-2048-2048-2048-10"}
 MODELS = {
     "paper_mlp": (zoo.mlp, (784,), 150, 40),
     "paper_cnn": (zoo.cnn, (3, 32, 32), 150, 10),
@@ -61,15 +74,40 @@ def run(models: list[str], quick: bool) -> dict:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The README table: bytes, fewer bytes, the pair ratio and its goal for every model and sketch."""
+    lines = ["| model (batch) | sketch | saved bytes | fewer bytes | step time vs plain (pair ratio) | goal |",
+             "|---|---|---|---|---|---|"]
+    for name, rows in result["models"].items():
+        batch = MODELS[name][2]
+        for i, row in enumerate(rows):
+            goal = GOALS.get((name, row["config"]))
+            ratio = f"1x ({row['step_ms']:.2f} ms)" if i == 0 else f"{row['pair_ratio']:.2f}x"
+            verdict = "" if goal is None else f"≤ {goal:g}x: {'met' if row['pair_ratio'] <= goal else 'not met'}"
+            lines.append(f"| {f'{NAMES[name]} ({batch})' if i == 0 else ''} | {row['config']} | "
+                         f"{row['saved_bytes']:,} | {row['memory_ratio']:.1f}x | {ratio} | {verdict} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--markdown", action="store_true", help="print the README table (with the goals) on stdout")
     args = ap.parse_args()
     result = run(args.models, args.quick)
     if args.json:
         print(json.dumps(result, indent=2))
+    if args.markdown:
+        print(markdown(result))
+    print("\ngoals (pair ratio to plain PyTorch):", file=sys.stderr)
+    for (name, config), goal in GOALS.items():
+        rows = {r["config"]: r for r in result["models"].get(name, [])}
+        if config in rows:
+            got = rows[config]["pair_ratio"]
+            print(f"  {name:10s} {config:30s} {got:.2f}x  goal <= {goal:g}x  {'met' if got <= goal else 'NOT met'}",
+                  file=sys.stderr)
 
 
 if __name__ == "__main__":
