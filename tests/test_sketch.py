@@ -147,7 +147,7 @@ def test_importance_saved_bytes_bounds_the_mean_and_the_reservation_every_draw(d
     assert float(sizes.max()) <= reserved_bytes(sketch, shape, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_cpu_fast_paths_agree_with_torch(dtype):
     """``less`` (numpy's comparison on CPU) equals torch's ``<`` for tensors, broadcast rows, scalars on
     either side and NaN; ``smallest`` (numpy's argpartition) picks each row's k smallest entries."""

@@ -332,9 +332,10 @@ def signs(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor, scal
 def less(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     """The bool tensor ``a < b`` (broadcast; at least one of them a tensor): numpy's comparison on CPU
     outside ``torch.compile`` (13x as fast as torch's at one thread on 150 x 784 float32: 4.5 µs, not
-    60), else torch's. Python floats compare in the tensor's dtype."""
-    t = a if isinstance(a, torch.Tensor) else b
-    if t.device.type == "cpu" and not torch.compiler.is_compiling():
+    60), else torch's (and for bfloat16, which numpy lacks). Python floats compare in the tensor's dtype."""
+    tensors = [v for v in (a, b) if isinstance(v, torch.Tensor)]
+    if (tensors[0].device.type == "cpu" and not torch.compiler.is_compiling()
+            and all(v.dtype != torch.bfloat16 for v in tensors)):
         return torch.from_numpy(np.less(_as_numpy(a), _as_numpy(b)))
     return torch.as_tensor(a) < b if not isinstance(a, torch.Tensor) else a < b
 
@@ -348,7 +349,7 @@ def smallest(u: torch.Tensor, k: int) -> torch.Tensor:
     outside ``torch.compile`` numpy's introselect ``argpartition`` (about three times as fast as ``topk``
     there, measured on 150 x 784 uniforms), else ``topk``. For i.i.d. continuous draws each row's set is a
     uniform k-subset either way."""
-    if u.device.type == "cpu" and not torch.compiler.is_compiling():
+    if u.device.type == "cpu" and not torch.compiler.is_compiling() and u.dtype != torch.bfloat16:
         return torch.from_numpy(np.ascontiguousarray(np.argpartition(u.numpy(), k - 1, axis=1)[:, :k]))
     return u.topk(k, dim=1, largest=False, sorted=False).indices
 
