@@ -158,6 +158,25 @@ def test_site_candidates_keeping_the_exact_bytes_are_not_probed():
     assert (site.loc[site["family"] != "exact", "bytes"] < exact).all()
 
 
+def test_candidates_and_probe_estimates_are_reused_from_the_capture_memo():
+    """radvar analyze hands one capture to tune and to the report: the second candidates call returns the
+    first's result, and minibatch's first RAD batch takes the tuner's probe estimate of a planned site."""
+    model, x, y = Block(), torch.randn(48, 16), torch.arange(48) % 4
+    xb, yb = x[:24].clone(), y[:24].clone()  # the first batch of 24
+    stats = variance.capture(model, (xb, yb), F.cross_entropy)
+    fams = (Quantize.family(),)
+    first = candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=4, stats=stats)
+    assert candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=4, stats=stats) is first
+    assert candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=8, stats=stats) is not first
+    est = stats.memo[("propagated", "act1", Quantize(2), 4)]
+    again = propagated(model, (xb, yb), F.cross_entropy, {"act1": Quantize(2)}, 4, memo=stats.memo)
+    assert again["act1"][0] is est
+    mb = variance.minibatch(model, (x, y), F.cross_entropy, 24, plan=radvar.Plan({"act1": Quantize(2)}),
+                            stats=stats, probes=4)
+    second = mb.per_layer.set_index("layer").at["act1", "rad_variance"] * 2 - est.variance  # mean of 2 batches
+    assert mb.meta["propagated"]["first_batch"]["act1"] == est.variance and second > 0
+
+
 def test_projection_site_candidates_must_fit_their_random_matrix():
     """draw_fits: a shared Projection on a site input of n features per example draws n x k entries."""
     from radvar.sketch import Projection

@@ -353,8 +353,8 @@ def _spread(keeps: Sequence[float], count: int) -> list[float]:
 
 
 def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable, families: Sequence[Family],
-                 keeps: Sequence[float], alone: dict[str, int],
-                 probes: int = SITE_PROBES) -> tuple[list[dict[str, Any]], int]:
+                 keeps: Sequence[float], alone: dict[str, int], probes: int = SITE_PROBES,
+                 memo: dict[Any, Any] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Candidate rows of every propagating site of ``model`` (see the module docstring), and the bytes of the
     all-exact ledger they account for that ``fixed`` must not count again.
 
@@ -365,7 +365,8 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
     that sketch on every site of the module whose kind takes it) and the sum of those sites' variances.
     Bytes measured first, one ledger pass per candidate sketch; a candidate keeping at least the site's exact
     bytes is dropped (exact dominates it: fewer bytes, variance 0), so is a Projection whose random matrix
-    exceeds :data:`SITE_DRAW_LIMIT` (:func:`draw_fits`); the remaining candidates' variances are probed."""
+    exceeds :data:`SITE_DRAW_LIMIT` (:func:`draw_fits`); the remaining candidates' variances are probed
+    (``memo``: :func:`radvar.variance.propagated.propagated`'s, estimates on the same batch to reuse)."""
     inputs, targets = split_batch(batch, "candidates")
     modules = {n: m for n, m in model.named_modules() if propagating(m)}
     work = convert(model, None, compact=False)
@@ -417,7 +418,7 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
         kept = {sk for _, sk in offered[f"{owner}:*"]}
         takes.update({s: [sk for sk in takes[s] if sk in kept] for s in sites})
     wanted = {n: sks for n, sks in {**{n: [sk for _, sk in offered[n]] for n in modules}, **takes}.items() if sks}
-    probed = propagated(model, batch, loss_fn, wanted, probes, owner="candidates") if wanted else {}
+    probed = propagated(model, batch, loss_fn, wanted, probes, owner="candidates", memo=memo) if wanted else {}
     rows = []
     for name, pairs in offered.items():
         owner = name[:-2] if name.endswith(":*") else None
@@ -465,10 +466,15 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     one ledger pass (:func:`ledger_model`). Rows per layer: exact (the ledger bytes
     the layer alone keeps), then each family's candidates on the keep grid.
     Propagating sites: :func:`site_options` (``probes`` probe passes per candidate, one
-    ledger pass per candidate sketch).
+    ledger pass per candidate sketch). With ``stats``, the result is kept in ``stats.memo`` and a later call
+    with the same families, keeps and probes returns it (``radvar analyze``: the tuner's candidates serve
+    the report), as are the probe estimates.
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
+    key = ("candidates", families, keeps, probes)
+    if stats is not None and key in stats.memo:
+        return stats.memo[key]
     inputs, targets = split_batch(batch, "candidates")
     if stats is None:
         stats = capture(model, batch, loss_fn, importance=any(f.needs_entries for f in families))
@@ -477,7 +483,8 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     for r in rows:
         if r["sketch"] is None:
             r["bytes"] = ledger.alone.get(r["layer"], 0)
-    site_rows, counted = site_options(model, (inputs, targets), loss_fn, families, keeps, ledger.alone, probes)
+    site_rows, counted = site_options(model, (inputs, targets), loss_fn, families, keeps, ledger.alone, probes,
+                                      memo=stats.memo)
     rows += site_rows
     if not rows:
         raise ValueError(f"candidates: the model has no module radvar can randomize "
@@ -485,5 +492,7 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     names = {r["layer"] for r in rows}
     joint = [(b, keepers) for b, keepers in ledger.joint if all(k in names for k in keepers)]
     fixed = ledger.fixed - counted + sum(b for b, keepers in ledger.joint if (b, keepers) not in joint)
-    return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, ledger.total, stats.batch_size, stats,
-                      {n: v for n, v in ledger.shared.items() if n in names}, joint)
+    out = Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, ledger.total, stats.batch_size, stats,
+                     {n: v for n, v in ledger.shared.items() if n in names}, joint)
+    stats.memo[key] = out
+    return out

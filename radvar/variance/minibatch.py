@@ -43,7 +43,7 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
-from .propagated import SiteEstimate, plan_sites, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, SiteEstimate, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -223,18 +223,20 @@ def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 
 
 def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], batch_size: int,
-              plan: Any = None, rad_batches: int = 4, stats: Any = None) -> VarianceReport:
+              plan: Any = None, rad_batches: int = 4, stats: Any = None,
+              probes: int = DEFAULT_PROBES) -> VarianceReport:
     """Data noise per layer and in total at ``batch_size``; with ``plan``, RAD variance, the total,
     the equivalent batch size and the memory-equivalent small batch (see the module docstring).
     ``stats``: a :func:`capture` of the first ``batch_size`` examples (every planned layer, with entries
-    when the plan needs them) to reuse for the first RAD batch instead of capturing it again.
+    when the plan needs them) to reuse for the first RAD batch instead of capturing it again, with the probe
+    estimates in its ``memo``. ``probes``: probe passes per propagating site of the plan on each RAD batch.
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
     the model's buffers and torch's global RNG are left as they were."""
     x, y = examples(data, "minibatch")
     validate((x, y), name="minibatch")
     with untouched(model, x.device):
-        return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches, stats)
+        return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches, stats, probes)
 
 
 def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
@@ -248,7 +250,8 @@ def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
 
 
 def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
-               batch_size: int, plan: Any, rad_batches: int, stats: Any = None) -> VarianceReport:
+               batch_size: int, plan: Any, rad_batches: int, stats: Any = None,
+               probes: int = DEFAULT_PROBES) -> VarianceReport:
     n = x.shape[0]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"minibatch: batch_size must be a positive int, got {batch_size!r}")
@@ -292,8 +295,8 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
         for i, (bx, by) in enumerate(batches):
             cap = stats if i == 0 and stats is not None else capture(
                 model, (bx, by), loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
-            probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional},
-                                owner="minibatch")
+            probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional}, probes,
+                                owner="minibatch", memo=getattr(cap, "memo", None) if cap is stats else None)
             for name, sk in {**dict(plan.items()), **functional}.items():
                 if name in probed:
                     est = probed[name][0]

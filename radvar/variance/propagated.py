@@ -41,9 +41,11 @@ measures the true total.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -60,6 +62,19 @@ from .dropout import held
 
 DEFAULT_PROBES = 64
 CHUNK = 64  # probes pushed back in one batched backward
+_PROGRESS: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("radvar_probe_progress",
+                                                                                         default=None)
+
+
+@contextlib.contextmanager
+def reporting(callback: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, each (site, sketch) estimate :func:`propagated` finishes calls ``callback`` with a
+    short description (``probe <site> <sketch>``): ``radvar analyze`` ticks its progress bar with it."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def method_label(probes: int) -> str:
@@ -179,12 +194,14 @@ def _sub(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 
 def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor],
                sites: Mapping[str, Sketch | None | Sequence[Sketch | None]], probes: int = DEFAULT_PROBES,
-               *, owner: str = "propagated") -> dict[str, list[SiteEstimate]]:
+               *, owner: str = "propagated", memo: dict[Any, Any] | None = None) -> dict[str, list[SiteEstimate]]:
     """Per site, per sketch: the added total gradient variance v_k = E‖J_k ε_k + δ_k‖² (module docstring).
 
     ``sites`` maps a propagating module's name or a functional site key to a sketch, or a list of
     sketches to estimate from the same exact pass. ``probes`` (>= 2) backward passes per (site, sketch).
-    Returns, per site, one :class:`SiteEstimate` per sketch in the order given.
+    Returns, per site, one :class:`SiteEstimate` per sketch in the order given. ``memo``: estimates made
+    earlier on the same model and batch (e.g. :attr:`radvar.variance.Capture.memo`), keyed by (site, sketch,
+    probes); those found are returned as they are, the others estimated and added to it.
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 2:
         raise ValueError(f"{owner}: probes must be an int >= 2 (the standard error needs two), got {probes!r}")
@@ -196,6 +213,18 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         for s in sketches:
             if s is not None and not isinstance(s, Sketch):
                 raise TypeError(f"{owner}: site {name!r}: sketch must be a radvar.sketch.Sketch or None, got {s!r}")
+    if memo is None:
+        return _propagated(model, inputs, targets, loss_fn, wanted, probes, owner)
+    todo = {n: [s for s in sks if ("propagated", n, s, probes) not in memo] for n, sks in wanted.items()}
+    todo = {n: sks for n, sks in todo.items() if sks}
+    for name, estimates in (_propagated(model, inputs, targets, loss_fn, todo, probes, owner) if todo else {}).items():
+        memo.update({("propagated", name, est.sketch, probes): est for est in estimates})
+    return {n: [memo[("propagated", n, s, probes)] for s in sks] for n, sks in wanted.items()}
+
+
+def _propagated(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable[..., torch.Tensor],
+                wanted: dict[str, list[Sketch | None]], probes: int, owner: str) -> dict[str, list[SiteEstimate]]:
+    """:func:`propagated` on checked arguments: one exact pass, then every (site, sketch) probed."""
     work = convert(model, None, compact=False)  # plain ops upstream: the probes' backward can be batched
     modules, given = dict(work.named_modules()), dict(model.named_modules())
     chosen: dict[str, _Site] = {}
@@ -251,8 +280,11 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
     for name, sketches in wanted.items():
         site = chosen[name]
         own = sum(float(g.double().square().sum()) for p in site.own if (g := exact[index[id(p)]]) is not None)
-        out[name] = [dataclasses.replace(_estimate(site, s, probes, params, index), grad_norm_sq=own)
-                     for s in sketches]
+        out[name] = []
+        for s in sketches:
+            out[name].append(dataclasses.replace(_estimate(site, s, probes, params, index), grad_norm_sq=own))
+            if (tick := _PROGRESS.get()) is not None:
+                tick(f"probe {name or '(model)'} {s.label() if s is not None else 'exact'}")
     return out
 
 
@@ -324,4 +356,5 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torc
     return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls), 0.0)
 
 
-__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]
+__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label",
+           "reporting"]
