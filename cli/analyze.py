@@ -9,7 +9,9 @@ import click
 
 import radvar
 from radvar import report as report_lib
+from radvar.tradeoff import DEFAULT_KEEPS
 from radvar.tradeoff.tune import take_batch
+from radvar.variance.propagated import reporting
 
 from . import main, plans, specs
 from .report import echo_analysis
@@ -64,7 +66,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
     check_batch_size(problem, batch_size)
     log(f"analyze: {problem.meta['model']} on {problem.meta['data']} ({problem.meta['examples']} examples), "
         f"batch {batch_size}")
-    with progress(None, "analyze") as bar:
+    with progress(None, "analyze") as bar, reporting(ticker(bar)):  # and a tick per probed (site, sketch)
         tick = ticker(bar)
         (xb,), yb = take_batch((problem.x, problem.y), batch_size, "analyze")
         stats = radvar.variance.capture(problem.model, (xb, yb), problem.loss_fn)  # shared by tune and report
@@ -73,7 +75,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
         tick("plan")
         analysis = report_lib.analyze(problem.model, (problem.x, problem.y), problem.loss_fn,
                                       batch_size=batch_size, plan=plan, families=families or None,
-                                      draws=draws, progress=tick, stats=stats)
+                                      draws=draws, progress=tick, stats=stats, keeps=DEFAULT_KEEPS)  # the tuner's
     analysis.meta = {**problem.meta, "batch_size": batch_size, "plan": source, **analysis.meta,
                      "radvar": radvar.__version__, "seconds": round(time.perf_counter() - start, 2)}
     if out_dir is not None:
