@@ -126,7 +126,9 @@ def analyze_seconds(name: str, threads: int = 2) -> tuple[float, float]:
     args = ["analyze", *ANALYZE[name], "--data", "synthetic:3x64x64:10:64", "--batch-size", "16", "--quiet"]
     wall, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):
-        cli.main(args, prog_name="radvar", standalone_mode=False)
+        code = cli.main(args, prog_name="radvar", standalone_mode=False)  # an error's exit status is returned
+    if code:
+        raise RuntimeError(f"radvar analyze {name} exited with status {code}")
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
