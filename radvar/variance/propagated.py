@@ -62,6 +62,7 @@ from .dropout import held
 
 DEFAULT_PROBES = 64
 CHUNK = 64  # probes pushed back in one batched backward
+_NORM_ELEMENTS = 1 << 24  # float64 entries converted at once when summing the probes' squared gradients
 _PROGRESS: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("radvar_probe_progress",
                                                                                          default=None)
 
@@ -317,19 +318,26 @@ def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
 
 
 def _push(outputs: list[torch.Tensor], signals: list[list[torch.Tensor]], params: list[torch.Tensor]
-          ) -> list[list[torch.Tensor | None]]:
-    """J_kᵀ-products of a chunk of probes' signals: one batched backward through the kept graph
-    (``is_grads_batched``), or one backward per probe where an op of the graph cannot be batched."""
+          ) -> list[torch.Tensor | None]:
+    """J_kᵀ-products of a chunk of probes' signals, per parameter stacked over the probes (None: not reached):
+    one batched backward through the kept graph (``is_grads_batched``), or one backward per probe where an op
+    of the graph cannot be batched."""
     if not outputs:
-        return [[None] * len(params) for _ in signals]
+        return [None] * len(params)
     try:
         stacked = [torch.stack(s) for s in zip(*signals)]
-        grads = torch.autograd.grad(outputs, params, stacked, retain_graph=True, allow_unused=True,
-                                    is_grads_batched=True)
-        return [[None if g is None else g[p] for g in grads] for p in range(len(signals))]
+        return list(torch.autograd.grad(outputs, params, stacked, retain_graph=True, allow_unused=True,
+                                        is_grads_batched=True))
     except RuntimeError:
-        return [list(torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True))
-                for s in signals]
+        per = [torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True) for s in signals]
+        return [None if gs[0] is None else torch.stack(gs) for gs in zip(*per)]
+
+
+def _row_sq_norms(g: torch.Tensor) -> torch.Tensor:
+    """‖g[p]‖² in float64 for each probe p of a stacked gradient (a few probes converted at a time)."""
+    flat = g.reshape(g.shape[0], -1)
+    step = max(1, _NORM_ELEMENTS // max(1, flat.shape[1]))
+    return torch.cat([flat[s:s + step].double().square().sum(1) for s in range(0, flat.shape[0], step)])
 
 
 def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torch.Tensor],
@@ -343,14 +351,18 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torc
     draws: list[float] = []
     while len(draws) < probes:
         chunk = [_errors(site, sketch, reference, index) for _ in range(min(CHUNK, probes - len(draws)))]
-        pushed = _push(chunk[0][0], [signals for _, signals, _ in chunk], params)
-        for (_, _, direct), grads in zip(chunk, pushed):
-            d = 0.0
-            for j, g in enumerate(grads):
-                e = g if j not in direct else (direct[j] if g is None else g + direct[j])
+        grads = _push(chunk[0][0], [signals for _, signals, _ in chunk], params)
+        d = torch.zeros(len(chunk), dtype=torch.float64)  # d_p = ‖J_k ε_p + δ_p‖², parameter by parameter
+        for j, g in enumerate(grads):
+            own = [direct.get(j) for _, _, direct in chunk]
+            if g is not None and all(o is None for o in own):
+                d += _row_sq_norms(g)
+                continue
+            for p, o in enumerate(own):
+                e = o if g is None else (g[p] if o is None else g[p] + o)
                 if e is not None:
-                    d += float(e.double().square().sum())
-            draws.append(d)
+                    d[p] += float(e.double().square().sum())
+        draws += d.tolist()
     values = torch.tensor(draws, dtype=torch.float64)
     mean, se = float(values.mean()), float(values.std() / math.sqrt(probes))
     return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls), 0.0)
