@@ -24,6 +24,10 @@ model, the five module types that keep the most bytes exact, and why.
 
     python benchmarks/bench_models.py [--models gpt2 ...] [--sketch quantize:2 ...] [--tune 0.15]
                                       [--reps 5] [--probes 2] [--out benchmarks/results/bench_models.txt]
+
+``--analyze`` instead times ``radvar analyze`` itself (issue 12's goal: ResNet-18 <= 60 s, ViT-tiny <= 30 s)
+on ``resnet18`` and ``vit_tiny`` as above, with 64 synthetic 3x64x64 examples, batch 16, 2 threads, in this
+process (the command's own imports excluded), and prints the wall and CPU seconds of each.
 """
 
 from __future__ import annotations
@@ -104,6 +108,28 @@ class TunedPlan(radvar.Plan):
 
 MODELS: dict[str, Callable[[int], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {
     "resnet18": resnet18, "vit_tiny": vit_tiny, "gpt2": gpt2, "bert": bert, "llama": llama}
+ANALYZE: dict[str, list[str]] = {  # `radvar analyze` arguments of the same two models
+    "resnet18": ["radvar.apps.architectures:resnet18", "--model-arg", "classes=10"],
+    "vit_tiny": ["radvar.apps.architectures:vit", "--model-arg", "image=64", "--model-arg", "patch=8",
+                 "--model-arg", "classes=10"]}
+
+
+def analyze_seconds(name: str, threads: int = 2) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``radvar analyze`` on ``name`` (:data:`ANALYZE`): batch 16 of 64 synthetic 3x64x64
+    examples, ``threads`` torch threads, its table discarded."""
+    import contextlib
+    import io
+
+    from radvar_cli.commands import cli
+
+    torch.set_num_threads(threads)
+    args = ["analyze", *ANALYZE[name], "--data", "synthetic:3x64x64:10:64", "--batch-size", "16", "--quiet"]
+    wall, cpu = time.perf_counter(), time.process_time()
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(args, prog_name="radvar", standalone_mode=False)  # an error's exit status is returned
+    if code:
+        raise RuntimeError(f"radvar analyze {name} exited with status {code}")
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def measure(name: str, sketches: list, tune: float | None, vocab: int, reps: int,
@@ -174,7 +200,15 @@ def main() -> None:
     ap.add_argument("--probes", type=int, metavar="P",
                     help="add the predicted RAD variance, with P probe passes per propagating site")
     ap.add_argument("--out", metavar="PATH", help="also write the report here")
+    ap.add_argument("--analyze", action="store_true",
+                    help="time `radvar analyze` on resnet18 and vit_tiny (2 threads) instead")
     args = ap.parse_args()
+    if args.analyze:
+        for name in [m for m in args.models if m in ANALYZE]:
+            wall, cpu = analyze_seconds(name)
+            print(f"radvar analyze {name}: {wall:.1f} s wall, {cpu:.1f} s CPU (2 threads, load "
+                  f"{os.getloadavg()[0]:.1f})", flush=True)
+        return
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", radvar.CoverageWarning)  # the table says what stays exact and why
     sketches = [parse_sketch(s) for s in args.sketch]

@@ -13,6 +13,7 @@ from radvar import Plan, memory
 from radvar.convert import _convert as convert  # no CoverageWarning: the CLI reports coverage itself
 from radvar.sketch import Sketch, Subsample
 from radvar.tradeoff import DEFAULT_FAMILIES, tune
+from radvar.tradeoff.candidates import SITE_PROBES
 from radvar._data import take_batch
 from radvar.variance import Capture
 
@@ -23,10 +24,12 @@ PAPER = Subsample(0.1)  # the paper's "same sample" estimator at its keep fracti
 
 
 def choose(problem: Problem, batch_size: int, budget: Budget | None, families: list[Sketch],
-           stats: Capture | None = None, max_slowdown: float | None = None) -> tuple[Plan, str]:
+           stats: Capture | None = None, max_slowdown: float | None = None,
+           probes: int = SITE_PROBES) -> tuple[Plan, str]:
     """The plan to analyse and one line saying where it came from (``stats``: the capture of the
     first ``batch_size`` examples to tune on, when the caller has one; ``max_slowdown``: the tuner's
-    step-time budget, which also makes a plain ``--sketch`` a family to tune from)."""
+    step-time budget, which also makes a plain ``--sketch`` a family to tune from; ``probes``: the
+    tuner's probe passes per propagating site and sketch)."""
     if budget is None and families and max_slowdown is None:
         return Plan.uniform(problem.model, families[0]), f"uniform {families[0].label()} (--sketch)"
     if budget is None:
@@ -36,6 +39,6 @@ def choose(problem: Problem, batch_size: int, budget: Budget | None, families: l
     else:
         value, source = budget.value, f"--budget {budget}"
     plan = tune(problem.model, (problem.x, problem.y), problem.loss_fn, budget=value, batch_size=batch_size,
-                families=families or DEFAULT_FAMILIES, stats=stats, max_slowdown=max_slowdown)
+                families=families or DEFAULT_FAMILIES, stats=stats, max_slowdown=max_slowdown, probes=probes)
     limit = "" if max_slowdown is None else f" within {max_slowdown:g}x the plain step time"
     return plan, f"recommended by radvar.tune for {source}{limit}"

@@ -182,6 +182,18 @@ def test_analyze_shows_the_probed_variance_of_propagating_layers(user_file, tmp_
     assert "first order" in result.stdout
 
 
+def test_analyze_probes_sets_the_probe_passes_per_site(user_file, tmp_path):
+    """--probes P: the propagating rows say how many probes each RAD batch took; fewer than 2 is refused."""
+    path = tmp_path / "analysis.json"
+    result = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--batch-size", "32",
+                 "--sketch", "subsample:0.5", "--probes", "4", "--json", str(path), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    layers = {r["layer"]: r for r in json.loads(path.read_text())["layers"]}
+    assert layers["block.norm"]["method"] == "propagated (4 probes)"
+    bad = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--probes", "1", "--quiet")
+    assert bad.exit_code == 2 and "--probes" in bad.stderr
+
+
 def test_analysis_rows_for_functional_sites_carry_their_probe_estimate():
     """A functional site of the plan (F.gelu, key ":gelu.0" from the pattern "*:*") gets a row with its probed
     variance and standard error; the RAD total is the sum of the rows."""

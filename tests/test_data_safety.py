@@ -269,6 +269,45 @@ def test_minibatch_on_train_mode_batchnorm_freezes_buffers():
     assert model.training and model.bn.training
 
 
+class _ConvNorms(nn.Module):
+    """Conv -> train-mode BatchNorm2d -> GroupNorm -> LayerNorm over (C, H, W) -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.gn = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4)
+        self.ln, self.fc = nn.LayerNorm((4, 5, 5)), nn.Linear(100, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.ln(self.gn(self.bn(self.conv(x))))).flatten(1))
+
+
+def test_norm_parameters_take_the_per_example_fast_path(monkeypatch):
+    """The affine parameters of BatchNorm (batch statistics held fixed), GroupNorm and LayerNorm get their
+    per-example gradients from the hooks (Σ g·x̂, Σ g), equal to one backward per example; torch.func is
+    not called."""
+    import importlib
+
+    mb = importlib.import_module("radvar.variance.minibatch")  # the module (radvar.variance.minibatch is the function)
+    torch.manual_seed(0)
+    model = _ConvNorms().train()
+    for m in (model.bn, model.gn, model.ln):
+        nn.init.normal_(m.weight)
+        nn.init.normal_(m.bias)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(10, 2, 5, 5, generator=g), torch.randint(0, 3, (10,), generator=g)
+    monkeypatch.setattr(mb, "_func_sq_norms", lambda *a: pytest.fail("torch.func path used"))
+    norms, _ = per_example_sq_norms(model, x, y, F.cross_entropy)
+    h = model.conv(x).detach()
+    ref = _ConvNorms()
+    ref.load_state_dict(model.state_dict())
+    ref.bn.running_mean, ref.bn.running_var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+    ref.eval()
+    params = [p for n, p in ref.named_parameters() if n.split(".")[0] in ("bn", "gn", "ln")]
+    want = torch.stack([sum(t.double().square().sum() for t in torch.autograd.grad(
+        F.cross_entropy(ref(x[i:i + 1]), y[i:i + 1]), params)) for i in range(len(x))])
+    torch.testing.assert_close(norms[mb.OTHER], want, rtol=1e-6, atol=1e-10)
+
+
 def test_minibatch_on_batchnorm2d_without_running_stats():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(),

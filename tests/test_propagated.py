@@ -144,6 +144,50 @@ def test_tune_sketches_functional_sites_per_module():
     assert prov["measured_bytes"] == prov["predicted_bytes"] <= prov["budget"]["bytes"]
 
 
+def test_site_candidates_keeping_the_exact_bytes_are_not_probed():
+    """A norm keeps two sketches of z, so Subsample(0.9) keeps more than its exact input: exact dominates it
+    (fewer bytes, variance 0) and the tuner neither probes nor offers it; Subsample(0.01) stays."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 3))
+    x, y = torch.randn(8, 3, 6, 6), torch.arange(8) % 3
+    cands = candidates.candidates(model, ((x,), y), F.cross_entropy, (Subsample.family(),), probes=4)
+    site = cands.table[cands.table["layer"] == "1"]
+    exact = int(site.loc[site["family"] == "exact", "bytes"].iloc[0])
+    assert exact >= 8 * 8 * 6 * 6 * 4  # its input, and the batch statistics
+    assert list(site.loc[site["family"] != "exact", "keep"]) == [0.01]
+    assert (site.loc[site["family"] != "exact", "bytes"] < exact).all()
+
+
+def test_candidates_and_probe_estimates_are_reused_from_the_capture_memo():
+    """radvar analyze hands one capture to tune and to the report: the second candidates call returns the
+    first's result, and minibatch's first RAD batch takes the tuner's probe estimate of a planned site."""
+    model, x, y = Block(), torch.randn(48, 16), torch.arange(48) % 4
+    xb, yb = x[:24].clone(), y[:24].clone()  # the first batch of 24
+    stats = variance.capture(model, (xb, yb), F.cross_entropy)
+    fams = (Quantize.family(),)
+    first = candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=4, stats=stats)
+    assert candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=4, stats=stats) is first
+    assert candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=8, stats=stats) is not first
+    est = stats.memo[("propagated", "act1", Quantize(2), 4)]
+    again = propagated(model, (xb, yb), F.cross_entropy, {"act1": Quantize(2)}, 4, memo=stats.memo)
+    assert again["act1"][0] is est
+    mb = variance.minibatch(model, (x, y), F.cross_entropy, 24, plan=radvar.Plan({"act1": Quantize(2)}),
+                            stats=stats, probes=4)
+    second = mb.per_layer.set_index("layer").at["act1", "rad_variance"] * 2 - est.variance  # mean of 2 batches
+    assert mb.meta["propagated"]["first_batch"]["act1"] == est.variance and second > 0
+
+
+def test_projection_site_candidates_must_fit_their_random_matrix():
+    """draw_fits: a shared Projection on a site input of n features per example draws n x k entries."""
+    from radvar.sketch import Projection
+
+    small, big = [(16, 64, 16, 16)], [(16, 64, 32, 32)]  # n = 16,384 and 65,536 per example
+    assert candidates.draw_fits(Projection(0.01), small)  # 16,384 x 164
+    assert not candidates.draw_fits(Projection(0.9), small)  # 16,384 x 14,746
+    assert not candidates.draw_fits(Projection(0.01), big)  # 65,536 x 656
+    assert candidates.draw_fits(Quantize(2), big) and candidates.draw_fits(Subsample(0.9), big)
+
+
 def test_estimated_variances_are_ranked_by_an_upper_confidence_value():
     """A Monte Carlo estimate that came out tiny but with a large standard error (the conv Projection case)
     loses to a closed form of moderate value at the same bytes; with se = 0 it would win."""

@@ -62,12 +62,16 @@ def _input_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
 def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable[..., torch.Tensor], *,
             batch_size: int, plan: Plan, families: Sequence[Sketch] | None = None, draws: int = 0,
             progress: Callable[[str], None] | None = None, stats: variance.Capture | None = None,
-            timing: bool = True) -> Analysis:
+            timing: bool = True, keeps: Sequence[float] | None = None,
+            probes: int = cand_lib.SITE_PROBES) -> Analysis:
     """Per-layer memory (plain -> plan), RAD variance, data noise, variance-vs-keep curves and frontier.
 
     ``data = (inputs, targets)``: data noise is measured over all of it; the first
     ``batch_size`` examples are the step whose memory and RAD variance are shown.
-    ``families``: sketch templates scanned over keep (default :data:`FAMILIES`).
+    ``families``: sketch templates scanned over ``keeps`` (default :data:`FAMILIES` and :data:`KEEPS`; with
+    ``stats``, candidates the tuner computed from it for the same families, keeps and ``probes`` are reused).
+    ``probes``: probe passes per propagating site and sketch, for the candidates and on each RAD batch of the
+    plan's variance (the first batch's estimates are the tuner's when ``stats`` holds them).
     ``draws`` > 0 adds a Monte Carlo check, on the first batch, of the closed form
     ``batch_rad_variance`` of that batch (:func:`radvar.variance.empirical`:
     ``mc_variance`` with its 99% ``ci_low``/``ci_high``). ``stats``: a
@@ -83,6 +87,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0 or draws == 1:
         raise ValueError(f"analyze: draws must be 0 (no Monte Carlo check) or an int >= 2, got {draws!r}")
     families = tuple(families or FAMILIES)
+    keeps = tuple(keeps or KEEPS)
     tick = progress or (lambda stage: None)
 
     shapes = _input_shapes(model, xb)
@@ -90,7 +95,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     plain = memory.saved_bytes(model, xb, loss_fn, yb)
     planned = memory.saved_bytes(convert(model, plan), xb, loss_fn, yb)
     tick("data noise and RAD variance")
-    mb = variance.minibatch(model, data, loss_fn, batch_size, plan=plan, stats=stats)
+    mb = variance.minibatch(model, data, loss_fn, batch_size, plan=plan, stats=stats, probes=probes)
     total = mb.total.iloc[0].to_dict()
     per_layer = mb.per_layer.set_index("layer")
     probed = mb.meta.get("propagated", {})  # propagating sites: probe estimates (rad_se, method) per row
@@ -100,7 +105,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         mc = {r["layer"]: r for r in variance.empirical(model, (xb, yb), loss_fn, plan, draws=draws)
               .per_layer.to_dict(orient="records")}
     tick("variance vs keep")
-    cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, KEEPS, stats=stats)
+    cands = cand_lib.candidates(model, (xb, yb), loss_fn, families, keeps, stats=stats, probes=probes)
 
     modules = dict(model.named_modules())
     bytes_plain, bytes_plan = plain.by_module, planned.by_module
@@ -162,7 +167,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         "trace_sigma": total["trace_sigma"], "noise_scale": total["noise_scale"],
         **step,
     }
-    meta = {"families": [cand_lib.family_name(f) for f in families], "keeps": list(KEEPS), "draws": draws}
+    meta = {"families": [cand_lib.family_name(f) for f in families], "keeps": list(keeps), "draws": draws}
     return Analysis(meta=meta, per_layer=layers, total=totals, curves=curves.reset_index(drop=True),
                     frontier=frontier, plan=plan.to_dict(),
                     modules={name: type(m).__name__ for name, m in modules.items() if name})

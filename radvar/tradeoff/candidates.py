@@ -33,10 +33,12 @@ candidates too: exact, ``Quantize`` at each bit width and each sampling family t
 accepts (:meth:`radvar.layers.registry.Twin.accepts`) on :data:`SITE_KEEPS` points of the
 keep grid. Their variance is the total gradient variance they add, estimated with probe
 backward passes (:func:`radvar.variance.propagated.propagated`, every candidate probed
-from one exact pass; it has a standard error). Their bytes are measured: one ledger pass
+from one exact pass; it has a standard error). Their bytes are measured first: one ledger pass
 per candidate sketch with that sketch on every propagating site that takes it, each site
-charged the storages it alone keeps there. Functional sites are offered per module that
-calls them, as the plan pattern ``"<module>:*"`` (:func:`site_options`).
+charged the storages it alone keeps there; a candidate keeping at least the site's exact bytes
+is dominated by exact and not probed, nor is a Projection too large to draw (:func:`draw_fits`).
+Functional sites are offered per module that calls them, as the plan pattern ``"<module>:*"``
+(:func:`site_options`).
 
 The solvers rank options by an upper confidence value ``ucb = variance + UCB_Z · se``:
 closed forms (se = 0) are ranked by their value; an estimate (conv Projection from sampled
@@ -82,6 +84,9 @@ SITE_KEEPS = 2
 """Keep-grid points (spread over the grid) at which sampling families are probed on propagating sites."""
 SITE_PROBES = 16
 """Probe passes per candidate of a propagating site (each candidate is ranked by its upper confidence value)."""
+SITE_DRAW_LIMIT = 1 << 24
+"""Largest random matrix (elements) a Projection candidate of a propagating site may draw per call: beyond it
+one probe would draw gigabytes (Projection(0.9) on ResNet-18's first BatchNorm at 64x64: 65,536 x 58,983)."""
 
 
 def family_name(template: Family | Sketch) -> str:
@@ -348,8 +353,8 @@ def _spread(keeps: Sequence[float], count: int) -> list[float]:
 
 
 def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable, families: Sequence[Family],
-                 keeps: Sequence[float], alone: dict[str, int],
-                 probes: int = SITE_PROBES) -> tuple[list[dict[str, Any]], int]:
+                 keeps: Sequence[float], alone: dict[str, int], probes: int = SITE_PROBES,
+                 memo: dict[Any, Any] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Candidate rows of every propagating site of ``model`` (see the module docstring), and the bytes of the
     all-exact ledger they account for that ``fixed`` must not count again.
 
@@ -358,10 +363,27 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
     by the module whose forward calls them, one unit ``"<module>:*"`` (a plan pattern) per module: the ledger
     attributes their storages to that module, so its rows carry what the module alone keeps (exact, or with
     that sketch on every site of the module whose kind takes it) and the sum of those sites' variances.
-    Variances probed; bytes measured, one ledger pass per candidate sketch."""
+    Bytes measured first, one ledger pass per candidate sketch; a candidate keeping at least the site's exact
+    bytes is dropped (exact dominates it: fewer bytes, variance 0), so is a Projection whose random matrix
+    exceeds :data:`SITE_DRAW_LIMIT` (:func:`draw_fits`); the remaining candidates' variances are probed
+    (``memo``: :func:`radvar.variance.propagated.propagated`'s, estimates on the same batch to reuse)."""
     inputs, targets = split_batch(batch, "candidates")
     modules = {n: m for n, m in model.named_modules() if propagating(m)}
-    calls = functional_sites(convert(model, None, compact=False), *inputs)
+    work = convert(model, None, compact=False)
+    shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in modules}  # each call's input shape (draw_fits)
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                shapes[name].append(tuple(args[0].shape))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in work.named_modules() if n in modules]
+    try:
+        calls = functional_sites(work, *inputs)
+    finally:
+        for h in handles:
+            h.remove()
     grouped: dict[str, list[str]] = {}
     for site in calls:
         grouped.setdefault(split_site(site)[0], []).append(site)
@@ -376,10 +398,10 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
     for owner, sites in grouped.items():
         offered[f"{owner}:*"] = list(dict.fromkeys((label, sk) for label, sk in candidates_of
                                                    if any(sk in takes[s] for s in sites)))
+    for name in modules:  # a projection whose random matrix would not fit is not offered (see draw_fits)
+        offered[name] = [(label, sk) for label, sk in offered[name] if draw_fits(sk, shapes[name])]
     if not offered:
         return [], 0
-    probed = propagated(model, batch, loss_fn, {**{n: [sk for _, sk in offered[n]] for n in modules}, **takes},
-                        probes, owner="candidates")
     keeper = {owner: owner or LEDGER_TOP for owner in grouped}  # the ledger's name for a module
     exact_report = saved_bytes(convert(model, None), inputs, loss_fn, targets)
     base = {owner: _alone(exact_report, keeper[owner]) for owner in grouped}
@@ -389,6 +411,14 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
         report = saved_bytes(convert(model, Plan({n: sketch for n in users})), inputs, loss_fn, targets)
         for n in users:  # what the site keeps under this sketch: the storages it alone keeps
             measured[(n, sketch)] = _alone(report, keeper[n[:-2]] if n.endswith(":*") else n)
+    for name in offered:  # a sketch keeping at least the exact bytes is dominated by exact (variance 0): not probed
+        exact_bytes = base[name[:-2]] if name.endswith(":*") else alone.get(name, 0)
+        offered[name] = [(label, sk) for label, sk in offered[name] if measured[(name, sk)] < exact_bytes]
+    for owner, sites in grouped.items():
+        kept = {sk for _, sk in offered[f"{owner}:*"]}
+        takes.update({s: [sk for sk in takes[s] if sk in kept] for s in sites})
+    wanted = {n: sks for n, sks in {**{n: [sk for _, sk in offered[n]] for n in modules}, **takes}.items() if sks}
+    probed = propagated(model, batch, loss_fn, wanted, probes, owner="candidates", memo=memo) if wanted else {}
     rows = []
     for name, pairs in offered.items():
         owner = name[:-2] if name.endswith(":*") else None
@@ -408,6 +438,20 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
     return rows, sum(base.values())
 
 
+def draw_fits(sketch: Sketch, shapes: Sequence[tuple[int, ...]]) -> bool:
+    """Whether a site whose calls take inputs of ``shapes`` can be probed under ``sketch``: a
+    :class:`~radvar.sketch.Projection` draws an n × k matrix per call (per row if per example), and a site's
+    2-D view has at least one row per example, so n ≤ numel / batch; it fits when n · k ≤
+    :data:`SITE_DRAW_LIMIT` for that n (other sketches always fit)."""
+    if not isinstance(sketch, Projection):
+        return True
+    for shape in shapes:
+        n = math.prod(shape[1:]) if shape else 1
+        if n * kept_count(sketch.keep, n) > SITE_DRAW_LIMIT:
+            return False
+    return True
+
+
 def _alone(report: Any, keeper: str) -> int:
     """Bytes of the storages that ``keeper`` alone keeps in a ledger ``report``."""
     return sum(b for b, keepers in report.storages if keepers == (keeper,))
@@ -422,10 +466,15 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     one ledger pass (:func:`ledger_model`). Rows per layer: exact (the ledger bytes
     the layer alone keeps), then each family's candidates on the keep grid.
     Propagating sites: :func:`site_options` (``probes`` probe passes per candidate, one
-    ledger pass per candidate sketch).
+    ledger pass per candidate sketch). With ``stats``, the result is kept in ``stats.memo`` and a later call
+    with the same families, keeps and probes returns it (``radvar analyze``: the tuner's candidates serve
+    the report), as are the probe estimates.
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
+    key = ("candidates", families, keeps, probes)
+    if stats is not None and key in stats.memo:
+        return stats.memo[key]
     inputs, targets = split_batch(batch, "candidates")
     if stats is None:
         stats = capture(model, batch, loss_fn, importance=any(f.needs_entries for f in families))
@@ -434,7 +483,8 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     for r in rows:
         if r["sketch"] is None:
             r["bytes"] = ledger.alone.get(r["layer"], 0)
-    site_rows, counted = site_options(model, (inputs, targets), loss_fn, families, keeps, ledger.alone, probes)
+    site_rows, counted = site_options(model, (inputs, targets), loss_fn, families, keeps, ledger.alone, probes,
+                                      memo=stats.memo)
     rows += site_rows
     if not rows:
         raise ValueError(f"candidates: the model has no module radvar can randomize "
@@ -442,5 +492,7 @@ def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Calla
     names = {r["layer"] for r in rows}
     joint = [(b, keepers) for b, keepers in ledger.joint if all(k in names for k in keepers)]
     fixed = ledger.fixed - counted + sum(b for b, keepers in ledger.joint if (b, keepers) not in joint)
-    return Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, ledger.total, stats.batch_size, stats,
-                      {n: v for n, v in ledger.shared.items() if n in names}, joint)
+    out = Candidates(pd.DataFrame(rows, columns=COLUMNS), fixed, ledger.total, stats.batch_size, stats,
+                     {n: v for n, v in ledger.shared.items() if n in names}, joint)
+    stats.memo[key] = out
+    return out

@@ -90,11 +90,14 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 @dataclasses.dataclass
 class Capture:
-    """Statistics of one batch: ``layers`` by qualified name, the ``loss`` value and ``batch_size``."""
+    """Statistics of one batch: ``layers`` by qualified name, the ``loss`` value and ``batch_size``; ``memo``:
+    results computed on the same model and batch, keyed by what else they depend on, for later callers given
+    this capture to reuse (the tuner's candidates, probe estimates of propagating sites)."""
 
     layers: dict[str, LayerStats]
     loss: float
     batch_size: int
+    memo: dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> LayerStats:
         return self.layers[name]

@@ -2,8 +2,10 @@
 
 Per-example gradients G_i of the loss on example i alone: Linear and Conv
 weights and biases by fast paths (hooks give x_i and g_i = ∂ℓ_i/∂y_i from one
-backward of Σ_i ℓ_i; ‖G_i‖² from ``kinds``), every other parameter by
-``torch.func`` (vmap of grad over examples). Over the N examples of ``data``:
+backward of Σ_i ℓ_i; ‖G_i‖² from ``kinds``), the affine weights and biases of
+BatchNorm, GroupNorm and LayerNorm too (Σ g_i·x̂_i and Σ g_i over the non-parameter
+dims), every other parameter by ``torch.func`` (vmap of grad over examples).
+Over the N examples of ``data``:
 
 * tr Σ = (Σ_i ‖G_i‖² − N ‖Ḡ‖²)/(N − 1), the per-example covariance trace;
 * data variance of a batch-B mean gradient (i.i.d. examples): tr Σ / B;
@@ -31,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -43,7 +46,7 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
-from .propagated import SiteEstimate, plan_sites, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, SiteEstimate, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -120,12 +123,58 @@ def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         return _sq_norms(model, x, y, loss_fn)
 
 
+def _affine_norms(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The BatchNorm (eval mode: inside :func:`batch_stats_frozen`), LayerNorm and GroupNorm modules whose
+    affine parameters are all trainable and used by no other module: per-example gradients by fast path."""
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    out = {}
+    for name, m in model.named_modules():
+        eval_bn = isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training and m.running_var is not None
+        if name in layers or not (eval_bn or isinstance(m, (nn.LayerNorm, nn.GroupNorm))):
+            continue
+        params = [p for p in (m.weight, m.bias) if p is not None]
+        if params and all(p.requires_grad and owners[id(p)] == 1 for p in params):
+            out[name] = m
+    return out
+
+
+def _normalized(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x̂, the input of the affine map of norm ``m`` (float64)."""
+    xd = x.double()
+    if isinstance(m, nn.LayerNorm):
+        return F.layer_norm(xd, m.normalized_shape, None, None, m.eps)
+    if isinstance(m, nn.GroupNorm):
+        return F.group_norm(xd, m.num_groups, None, None, m.eps)
+    shape = (1, -1, *([1] * (x.dim() - 2)))
+    return (xd - m.running_mean.double().reshape(shape)) * (m.running_var.double().reshape(shape) + m.eps).rsqrt()
+
+
+def _affine_grads(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    """Per-example gradients (N, numel) of norm ``m``'s weight and bias from one call: Σ g·x̂ and Σ g over
+    everything but the example and the parameter's own dims."""
+    n = x.shape[0]
+    if isinstance(m, nn.LayerNorm):
+        dims = len(m.normalized_shape)
+        per = lambda t: t.reshape(n, -1, *t.shape[t.dim() - dims:]).sum(1).reshape(n, -1)  # noqa: E731
+    else:
+        per = lambda t: t.reshape(n, t.shape[1], -1).sum(2)  # noqa: E731
+    gd = g.double()
+    return [per(gd * _normalized(m, x)) if p is m.weight else per(gd) for p in (m.weight, m.bias) if p is not None]
+
+
 def _sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               loss_fn: Callable) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     layers = {n: m for n, m in model.named_modules() if kind_for(m) is not None}
+    norm_layers = _affine_norms(model, layers)
     fast = {id(m.weight) for m in layers.values()} | {id(m.bias) for m in layers.values() if m.bias is not None}
+    fast |= {id(p) for m in norm_layers.values() for p in m.parameters(recurse=False)}
     others = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in fast}
-    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in layers}
+    norm_params = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) in fast
+                   and any(p is q for m in norm_layers.values() for q in m.parameters(recurse=False))}
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in {**layers, **norm_layers}}
 
     def hook(name: str) -> Callable:
         def on_forward(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -133,12 +182,12 @@ def _sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             out.register_hook(lambda g: seen[name].append((x_in, g.detach())))
         return on_forward
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    handles = [m.register_forward_hook(hook(n)) for n, m in {**layers, **norm_layers}.items()]
     try:
         with rng.exact(), torch.enable_grad():
             losses = _example_losses(model, x, y, loss_fn)
             params = [m.weight for m in layers.values()] + [m.bias for m in layers.values() if m.bias is not None]
-            params += list(others.values())
+            params += list(others.values()) + list(norm_params.values())
             sums = torch.autograd.grad(losses.sum(), params, allow_unused=True)
     finally:
         for h in handles:
@@ -161,9 +210,16 @@ def _sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         if m.bias is not None:
             norms[f"{name}.bias"] = b
             grads[f"{name}.bias"] = _flat(by_param[id(m.bias)], m.bias)
-    if others:
-        norms[OTHER] = _func_sq_norms(model, others, x, y, loss_fn)
-        grads[OTHER] = torch.cat([_flat(by_param[id(p)], p) for p in others.values()])
+    if others or norm_params:  # norms' affine parameters by fast path, the rest by torch.func
+        per = zero.clone()
+        for name, m in norm_layers.items():
+            calls = [_affine_grads(m, x_in, g) for x_in, g in seen[name]]
+            for parts in zip(*calls):  # one parameter's per-example gradient, summed over the module's calls
+                per += sum(parts).square().sum(1)
+        if others:
+            per += _func_sq_norms(model, others, x, y, loss_fn)
+        norms[OTHER] = per
+        grads[OTHER] = torch.cat([_flat(by_param[id(p)], p) for p in [*others.values(), *norm_params.values()]])
     return norms, grads
 
 
@@ -223,18 +279,20 @@ def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 
 
 def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], batch_size: int,
-              plan: Any = None, rad_batches: int = 4, stats: Any = None) -> VarianceReport:
+              plan: Any = None, rad_batches: int = 4, stats: Any = None,
+              probes: int = DEFAULT_PROBES) -> VarianceReport:
     """Data noise per layer and in total at ``batch_size``; with ``plan``, RAD variance, the total,
     the equivalent batch size and the memory-equivalent small batch (see the module docstring).
     ``stats``: a :func:`capture` of the first ``batch_size`` examples (every planned layer, with entries
-    when the plan needs them) to reuse for the first RAD batch instead of capturing it again.
+    when the plan needs them) to reuse for the first RAD batch instead of capturing it again, with the probe
+    estimates in its ``memo``. ``probes``: probe passes per propagating site of the plan on each RAD batch.
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
     the model's buffers and torch's global RNG are left as they were."""
     x, y = examples(data, "minibatch")
     validate((x, y), name="minibatch")
     with untouched(model, x.device):
-        return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches, stats)
+        return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches, stats, probes)
 
 
 def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
@@ -248,7 +306,8 @@ def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
 
 
 def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
-               batch_size: int, plan: Any, rad_batches: int, stats: Any = None) -> VarianceReport:
+               batch_size: int, plan: Any, rad_batches: int, stats: Any = None,
+               probes: int = DEFAULT_PROBES) -> VarianceReport:
     n = x.shape[0]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"minibatch: batch_size must be a positive int, got {batch_size!r}")
@@ -292,8 +351,8 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
         for i, (bx, by) in enumerate(batches):
             cap = stats if i == 0 and stats is not None else capture(
                 model, (bx, by), loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
-            probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional},
-                                owner="minibatch")
+            probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional}, probes,
+                                owner="minibatch", memo=getattr(cap, "memo", None) if cap is stats else None)
             for name, sk in {**dict(plan.items()), **functional}.items():
                 if name in probed:
                     est = probed[name][0]

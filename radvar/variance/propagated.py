@@ -41,9 +41,11 @@ measures the true total.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -60,6 +62,20 @@ from .dropout import held
 
 DEFAULT_PROBES = 64
 CHUNK = 64  # probes pushed back in one batched backward
+_NORM_ELEMENTS = 1 << 24  # float64 entries converted at once when summing the probes' squared gradients
+_PROGRESS: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("radvar_probe_progress",
+                                                                                         default=None)
+
+
+@contextlib.contextmanager
+def reporting(callback: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, each (site, sketch) estimate :func:`propagated` finishes calls ``callback`` with a
+    short description (``probe <site> <sketch>``): ``radvar analyze`` ticks its progress bar with it."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def method_label(probes: int) -> str:
@@ -179,12 +195,14 @@ def _sub(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 
 def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor],
                sites: Mapping[str, Sketch | None | Sequence[Sketch | None]], probes: int = DEFAULT_PROBES,
-               *, owner: str = "propagated") -> dict[str, list[SiteEstimate]]:
+               *, owner: str = "propagated", memo: dict[Any, Any] | None = None) -> dict[str, list[SiteEstimate]]:
     """Per site, per sketch: the added total gradient variance v_k = E‖J_k ε_k + δ_k‖² (module docstring).
 
     ``sites`` maps a propagating module's name or a functional site key to a sketch, or a list of
     sketches to estimate from the same exact pass. ``probes`` (>= 2) backward passes per (site, sketch).
-    Returns, per site, one :class:`SiteEstimate` per sketch in the order given.
+    Returns, per site, one :class:`SiteEstimate` per sketch in the order given. ``memo``: estimates made
+    earlier on the same model and batch (e.g. :attr:`radvar.variance.Capture.memo`), keyed by (site, sketch,
+    probes); those found are returned as they are, the others estimated and added to it.
     """
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 2:
         raise ValueError(f"{owner}: probes must be an int >= 2 (the standard error needs two), got {probes!r}")
@@ -196,6 +214,18 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
         for s in sketches:
             if s is not None and not isinstance(s, Sketch):
                 raise TypeError(f"{owner}: site {name!r}: sketch must be a radvar.sketch.Sketch or None, got {s!r}")
+    if memo is None:
+        return _propagated(model, inputs, targets, loss_fn, wanted, probes, owner)
+    todo = {n: [s for s in sks if ("propagated", n, s, probes) not in memo] for n, sks in wanted.items()}
+    todo = {n: sks for n, sks in todo.items() if sks}
+    for name, estimates in (_propagated(model, inputs, targets, loss_fn, todo, probes, owner) if todo else {}).items():
+        memo.update({("propagated", name, est.sketch, probes): est for est in estimates})
+    return {n: [memo[("propagated", n, s, probes)] for s in sks] for n, sks in wanted.items()}
+
+
+def _propagated(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable[..., torch.Tensor],
+                wanted: dict[str, list[Sketch | None]], probes: int, owner: str) -> dict[str, list[SiteEstimate]]:
+    """:func:`propagated` on checked arguments: one exact pass, then every (site, sketch) probed."""
     work = convert(model, None, compact=False)  # plain ops upstream: the probes' backward can be batched
     modules, given = dict(work.named_modules()), dict(model.named_modules())
     chosen: dict[str, _Site] = {}
@@ -251,8 +281,11 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
     for name, sketches in wanted.items():
         site = chosen[name]
         own = sum(float(g.double().square().sum()) for p in site.own if (g := exact[index[id(p)]]) is not None)
-        out[name] = [dataclasses.replace(_estimate(site, s, probes, params, index), grad_norm_sq=own)
-                     for s in sketches]
+        out[name] = []
+        for s in sketches:
+            out[name].append(dataclasses.replace(_estimate(site, s, probes, params, index), grad_norm_sq=own))
+            if (tick := _PROGRESS.get()) is not None:
+                tick(f"probe {name or '(model)'} {s.label() if s is not None else 'exact'}")
     return out
 
 
@@ -285,19 +318,26 @@ def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
 
 
 def _push(outputs: list[torch.Tensor], signals: list[list[torch.Tensor]], params: list[torch.Tensor]
-          ) -> list[list[torch.Tensor | None]]:
-    """J_kᵀ-products of a chunk of probes' signals: one batched backward through the kept graph
-    (``is_grads_batched``), or one backward per probe where an op of the graph cannot be batched."""
+          ) -> list[torch.Tensor | None]:
+    """J_kᵀ-products of a chunk of probes' signals, per parameter stacked over the probes (None: not reached):
+    one batched backward through the kept graph (``is_grads_batched``), or one backward per probe where an op
+    of the graph cannot be batched."""
     if not outputs:
-        return [[None] * len(params) for _ in signals]
+        return [None] * len(params)
     try:
         stacked = [torch.stack(s) for s in zip(*signals)]
-        grads = torch.autograd.grad(outputs, params, stacked, retain_graph=True, allow_unused=True,
-                                    is_grads_batched=True)
-        return [[None if g is None else g[p] for g in grads] for p in range(len(signals))]
+        return list(torch.autograd.grad(outputs, params, stacked, retain_graph=True, allow_unused=True,
+                                        is_grads_batched=True))
     except RuntimeError:
-        return [list(torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True))
-                for s in signals]
+        per = [torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True) for s in signals]
+        return [None if gs[0] is None else torch.stack(gs) for gs in zip(*per)]
+
+
+def _row_sq_norms(g: torch.Tensor) -> torch.Tensor:
+    """‖g[p]‖² in float64 for each probe p of a stacked gradient (a few probes converted at a time)."""
+    flat = g.reshape(g.shape[0], -1)
+    step = max(1, _NORM_ELEMENTS // max(1, flat.shape[1]))
+    return torch.cat([flat[s:s + step].double().square().sum(1) for s in range(0, flat.shape[0], step)])
 
 
 def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torch.Tensor],
@@ -311,17 +351,22 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: int, params: list[torc
     draws: list[float] = []
     while len(draws) < probes:
         chunk = [_errors(site, sketch, reference, index) for _ in range(min(CHUNK, probes - len(draws)))]
-        pushed = _push(chunk[0][0], [signals for _, signals, _ in chunk], params)
-        for (_, _, direct), grads in zip(chunk, pushed):
-            d = 0.0
-            for j, g in enumerate(grads):
-                e = g if j not in direct else (direct[j] if g is None else g + direct[j])
+        grads = _push(chunk[0][0], [signals for _, signals, _ in chunk], params)
+        d = torch.zeros(len(chunk), dtype=torch.float64)  # d_p = ‖J_k ε_p + δ_p‖², parameter by parameter
+        for j, g in enumerate(grads):
+            own = [direct.get(j) for _, _, direct in chunk]
+            if g is not None and all(o is None for o in own):
+                d += _row_sq_norms(g)
+                continue
+            for p, o in enumerate(own):
+                e = o if g is None else (g[p] if o is None else g[p] + o)
                 if e is not None:
-                    d += float(e.double().square().sum())
-            draws.append(d)
+                    d[p] += float(e.double().square().sum())
+        draws += d.tolist()
     values = torch.tensor(draws, dtype=torch.float64)
     mean, se = float(values.mean()), float(values.std() / math.sqrt(probes))
     return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(probes), len(site.calls), 0.0)
 
 
-__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label"]
+__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "method_label",
+           "reporting"]
