@@ -28,8 +28,6 @@ import math
 import numpy as np
 import torch
 
-from . import _parallel
-
 _GATHER = 0x0102040810204080
 _TABLES: dict[tuple, torch.Tensor] = {}
 
@@ -58,11 +56,8 @@ def _decode(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], table: to
     numel = math.prod(shape)
     if _numpy_ok(packed) and table.dtype != torch.bfloat16:  # numpy has no bfloat16
         # reshape in numpy: a torch view costs microseconds per call, a numpy one far less
-        src, lookup = packed.numpy().reshape(-1), table.numpy()
-        lanes = np.empty((src.size, lookup.shape[1]), lookup.dtype)
-        _parallel.run(lambda a, b: np.take(lookup, src[a:b], axis=0, out=lanes[a:b]), src.size,
-                      min_items=_parallel.MIN_ITEMS // lookup.shape[1])
-        return torch.from_numpy(lanes.reshape(-1)[:numel].reshape(shape))
+        lanes = np.take(table.numpy(), packed.numpy(), axis=0).reshape(-1)[:numel].reshape(shape)
+        return torch.from_numpy(lanes)
     return table.index_select(0, packed.to(torch.int64)).view(-1)[:numel].view(shape)
 
 
@@ -73,14 +68,7 @@ def _numpy_ok(t: torch.Tensor) -> bool:
 def pack(mask: torch.Tensor) -> torch.Tensor:
     """Pack a bool tensor (any shape) into ceil(numel / 8) bytes; bit j of byte i is element 8i + j."""
     if _numpy_ok(mask):
-        flat = mask.numpy().reshape(-1)  # C order
-        out = np.empty((flat.size + 7) // 8, np.uint8)
-
-        def part(a: int, b: int) -> None:
-            out[a:b] = np.packbits(flat[8 * a:8 * b], bitorder="little")
-
-        _parallel.run(part, out.size, min_items=_parallel.MIN_ITEMS // 8)
-        return torch.from_numpy(out)
+        return torch.from_numpy(np.packbits(mask.numpy(), bitorder="little"))  # flattens in C order
     flat = mask.reshape(-1)
     if flat.numel() % 8:
         padded = flat.new_zeros(flat.numel() + (-flat.numel()) % 8)

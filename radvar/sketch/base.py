@@ -27,12 +27,12 @@ import functools
 import math
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from .. import _bits, _parallel, rng
+from .. import _bits, rng
 
 if TYPE_CHECKING:
     from .moments import ViewStats
@@ -250,25 +250,15 @@ _PCG = _ThreadPCG()
 _PCG_INCREMENT = 0xDA3E39CB94B95BDB6A5F2C36C1E1A8C5 | 1  # any odd 128-bit constant: one fixed PCG stream
 
 
-def _pcg(seed: int, skip: int = 0) -> np.random.PCG64:
+def _pcg(seed: int) -> np.random.PCG64:
     """This thread's PCG64 bit generator, set to the 128-bit state that ``seed`` maps to (two splitmix64
-    mixes of it) and advanced by ``skip`` raw 64-bit outputs. Setting the state costs about 1 µs where a
-    fresh ``PCG64(seed)`` hashes its seed for about 10; the generator is shared, so use it before the next call."""
+    mixes of it). Setting the state costs about 1 µs where a fresh ``PCG64(seed)`` hashes its seed for about
+    10; the generator is shared, so use it before the next call."""
     bits = _PCG.bits
     state = (rng.mix(seed) << 64) | rng.mix(seed ^ 0x5851F42D4C957F2D)
     bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": _PCG_INCREMENT},
                   "has_uint32": 0, "uinteger": 0}
-    return bits.advance(skip) if skip else bits
-
-
-def _words(seed: int, count: int, use: Callable[[np.ndarray, int, int], Any]) -> None:
-    """Call ``use(words, a, b)`` with the uint32 words a..b of the stream that ``seed`` starts (the two
-    halves of each raw 64-bit output, low first), in parts over threads (:func:`radvar._parallel.run`);
-    a part may overwrite its ``words``. The words are the same whatever the split."""
-    def part(a: int, b: int) -> None:  # a is even: a part starts at a whole raw output
-        use(_pcg(seed, a // 2).random_raw((b - a + 1) // 2).view(np.uint32)[: b - a], a, b)
-
-    _parallel.run(part, count, align=2)
+    return bits
 
 
 def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
@@ -283,19 +273,16 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
     ``out`` (contiguous, of ``shape`` and that dtype) receives the draws instead of a new tensor."""
     dtype = work_dtype(like.dtype)
     if like.device.type == "cpu" and not torch.compiler.is_compiling():
-        seed, numel = int(torch.randint(0, 1 << 62, (), generator=gen)), math.prod(shape)
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        target = np.empty(numel, np_dtype) if out is None else out.numpy().reshape(-1)
+        bits = _pcg(int(torch.randint(0, 1 << 62, (), generator=gen)))
+        target = None if out is None else out.numpy()
         if dtype == torch.float64:
-            def fill(a: int, b: int) -> None:
-                np.random.Generator(_pcg(seed, a)).random(b - a, dtype=np.float64, out=target[a:b])
-
-            _parallel.run(fill, numel)
+            draws = np.random.Generator(bits).random(shape, dtype=np.float64, out=target)
         else:
-            _words(seed, numel, lambda words, a, b: np.multiply(
-                np.right_shift(words, 8, out=words), np.float32(2.0 ** -24), out=target[a:b], dtype=np.float32,
-                casting="unsafe"))
-        return torch.from_numpy(target.reshape(shape)) if out is None else out
+            numel = math.prod(shape)
+            words = bits.random_raw((numel + 1) // 2).view(np.uint32)[:numel].reshape(shape)
+            draws = np.multiply(np.right_shift(words, 8, out=words), np.float32(2.0 ** -24), out=target,
+                                dtype=np.float32, casting="unsafe")
+        return torch.from_numpy(draws) if out is None else out
     return torch.rand(shape, generator=gen, device=like.device, dtype=dtype, out=out)
 
 
@@ -308,10 +295,9 @@ def coins(shape: tuple[int, ...], p: float, gen: torch.Generator, like: torch.Te
         if limit >= 1 << 24:
             return torch.ones(shape, dtype=torch.bool)
         numel = math.prod(shape)
-        target = np.empty(numel, np.bool_)
-        _words(int(torch.randint(0, 1 << 62, (), generator=gen)), numel,
-               lambda words, a, b: np.less(words, np.uint32(limit << 8), out=target[a:b]))
-        return torch.from_numpy(target.reshape(shape))
+        bits = _pcg(int(torch.randint(0, 1 << 62, (), generator=gen)))
+        words = bits.random_raw((numel + 1) // 2).view(np.uint32)[:numel].reshape(shape)
+        return torch.from_numpy(np.less(words, np.uint32(limit << 8)))
     return less(uniform(shape, gen, like), p)
 
 
