@@ -163,6 +163,37 @@ def test_tune_with_max_slowdown_records_and_meets_the_prediction():
     assert timed.provenance["predicted_rad_variance"] >= free.provenance["predicted_rad_variance"] * (1 - 1e-12)
 
 
+class SlowerThanPredicted(FakeCost):
+    """A converted model steps at the plain 10 ms plus ``factor`` times the extra seconds that the fake
+    layer table predicts for its sketches (one call per layer): the cost model under-predicts."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def step_seconds(self, model, x, y, loss_fn, reps=5, warmup=1):
+        sketches = [m.sketch for m in model.modules() if getattr(m, "sketch", None) is not None]
+        extra = sum((10e-3 if isinstance(sk, Importance) else 0.1e-3) * sk.keep for sk in sketches)
+        return 10e-3 + self.factor * extra
+
+
+def test_tune_with_max_slowdown_solves_again_until_the_measured_step_meets_it():
+    model, x, y, fams, cands = _candidates()
+    kw = dict(batch_size=40, families=fams, keeps=KEEPS, stats=cands.capture)
+    timed = tune(model, (x, y), F.cross_entropy, budget=0.6, max_slowdown=1.05, cost=SlowerThanPredicted(10.0), **kw)
+    tries = timed.provenance["step_time"]["measured"]
+    assert tries[0]["measured_slowdown"] > 1.05 >= tries[-1]["measured_slowdown"]
+    assert timed.provenance["step_time"]["measured_slowdown"] == tries[-1]["measured_slowdown"]
+    assert timed.provenance["measured_bytes"] <= timed.provenance["budget"]["bytes"]
+
+
+def test_tune_names_a_time_budget_no_measured_plan_meets():
+    model, x, y, fams, cands = _candidates()
+    kw = dict(batch_size=40, families=fams, keeps=KEEPS, stats=cands.capture)
+    with pytest.raises(ValueError, match=r"1.05x the plain step cannot be met as measured .* measured [0-9.]+x"):
+        tune(model, (x, y), F.cross_entropy, budget=0.6, max_slowdown=1.05, cost=SlowerThanPredicted(1e6), **kw)
+
+
 @pytest.mark.parametrize("bad", [1.0, 0.5, -2.0, math.nan, math.inf, 0])
 def test_bad_max_slowdown_values_are_named(bad):
     with pytest.raises(ValueError, match=r"max_slowdown must be a finite number > 1.*got"):

@@ -7,7 +7,9 @@ the best uniform plan of every family, then the plan is converted and the
 ledger measured: if the measured bytes exceed the budget, it is solved again
 under the budget less that plan's prediction error (measured - predicted),
 ``RETRIES`` solves at most, then once more for the cheapest plan (the measured
-figure is the one that counts). The :class:`radvar.Plan` carries all of it in ``provenance`` (JSON).
+figure is the one that counts). With a step-time budget the chosen plan's step is timed as well, and
+solved again under a tighter time allowance while it is slower than allowed (:func:`_meet_measured_time`).
+The :class:`radvar.Plan` carries all of it in ``provenance`` (JSON).
 """
 
 from __future__ import annotations
@@ -80,6 +82,46 @@ def _choose(cands: Candidates, budget: int | None, variance_budget: float | None
     if best is not None and best.ucb < alloc.ucb:
         return best, best
     return alloc, best
+
+
+def _meet_measured_time(model: nn.Module, batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], loss_fn: Callable,
+                        cands: Candidates, seconds: Any, limit: int, target: int, solver: str, cost: CostModel,
+                        timing: dict[str, Any], alloc: Allocation, measured: int,
+                        attempts: list[dict[str, int]]) -> tuple[Allocation, int]:
+    """Time ``alloc``'s converted model (fastest of a few steps, as the plain step was timed); while its
+    slowdown exceeds ``max_slowdown``, solve again with the extra-time allowance divided by how far the
+    cost model under-predicted this plan's extra time (``RETRIES`` solves at most). Raises when no plan
+    found meets the time budget as measured. Records each try in ``timing["measured"]``."""
+    (x, *_), y = batch
+    plain, allowance = timing["plain_step_seconds"], (timing["max_slowdown"] - 1.0) * timing["plain_step_seconds"]
+    timing["measured"] = []
+    for _ in range(RETRIES + 1):
+        with untouched(model, x.device):
+            step = cost.step_seconds(convert(model, alloc.plan()), x, y, loss_fn)
+        predicted = timing["predicted_extra_seconds"]
+        timing["measured"].append({"predicted_slowdown": 1.0 + predicted / plain, "measured_slowdown": step / plain})
+        if step / plain <= timing["max_slowdown"]:
+            timing["measured_slowdown"] = step / plain
+            return alloc, measured
+        # the layers, timed alone, under-predicted this plan's extra time by (step - plain) / predicted
+        allowance *= max(predicted, 1e-12) / (step - plain) * 0.95
+        try:
+            timed = within_time(cands, seconds, limit, allowance, solver)
+        except ValueError:  # no plan is predicted to fit the tightened allowance
+            break
+        alloc = timed.allocation
+        timing.update(predicted_extra_seconds=timed.seconds, time_multiplier=timed.multiplier,
+                      predicted_slowdown=1.0 + timed.seconds / plain)
+        measured = measured_bytes(model, alloc.plan(), batch, loss_fn)
+        attempts.append({"solved_for": limit, "predicted_bytes": alloc.bytes, "measured_bytes": measured})
+        if target is not None and measured > target:
+            break
+    tries = timing["measured"]
+    found = ", ".join(f"{m['measured_slowdown']:.2f}x" for m in tries)
+    guessed = ", ".join(f"{m['predicted_slowdown']:.2f}x" for m in tries)
+    raise ValueError(f"tune: the time budget of {timing['max_slowdown']:g}x the plain step cannot be met as "
+                     f"measured within the memory budget: the plans found measured {found} (predicted {guessed}); "
+                     f"raise max_slowdown or the memory budget")
 
 
 def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any) -> dict[str, Any]:
@@ -171,6 +213,9 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         raise ValueError(f"tune: the memory budget {target:,} bytes cannot be met as measured by the ledger; the "
                          f"smallest feasible budget is {measured:,} bytes ({measured / cands.exact_total:.4f} of the "
                          f"exact {cands.exact_total:,}), the ledger bytes of the cheapest sketch of every layer")
+    if timing is not None:
+        alloc, measured = _meet_measured_time(model, batch, loss_fn, cands, seconds, limit, target, solver, cost,
+                                              timing, alloc, measured, attempts)
     provenance = {
         "kind": "tuned",
         "radvar_version": __version__,
