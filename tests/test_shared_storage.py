@@ -107,7 +107,9 @@ def test_analyze_shows_no_layer_that_keeps_more_than_exact():
     layers = radvar.report.analyze(model, data, F.cross_entropy, batch_size=8, plan=plan).per_layer
     sketched = layers[layers["sketch"] != "exact"]
     assert len(sketched) >= 6
-    assert (sketched["bytes_exact"] > sketched["bytes_plan"]).all(), sketched[["layer", "bytes_exact", "bytes_plan"]]
+    # a functional site whose tensors the ledger attributes to the module that made them shows 0 B both ways
+    assert (sketched["bytes_plan"] <= sketched["bytes_exact"]).all(), sketched[["layer", "bytes_exact", "bytes_plan"]]
+    assert (sketched["bytes_plan"] < sketched["bytes_exact"]).sum() >= 6
 
 
 class Fork(nn.Module):

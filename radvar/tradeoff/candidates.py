@@ -443,7 +443,7 @@ def draw_fits(sketch: Sketch, shapes: Sequence[tuple[int, ...]]) -> bool:
     :class:`~radvar.sketch.Projection` draws an n × k matrix per call (per row if per example), and a site's
     2-D view has at least one row per example, so n ≤ numel / batch; it fits when n · k ≤
     :data:`SITE_DRAW_LIMIT` for that n (other sketches always fit)."""
-    if not isinstance(sketch, Projection):
+    if sketch.kind != "projection":
         return True
     for shape in shapes:
         n = math.prod(shape[1:]) if shape else 1
