@@ -214,13 +214,22 @@ class ColumnSketch(Sketch):
     def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The kept column indices (the draw of :meth:`compress`) and their scale."""
 
+    @property
+    def distinct_columns(self) -> bool:
+        """Whether :meth:`shared_columns` never repeats an index (then products write columns, not add)."""
+        return False
+
     def left_matmul(self, a: torch.Tensor, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         if self.per_example:
             return super().left_matmul(a, saved, meta, gen)
         (kept,) = saved
         idx, scale = self.shared_columns(meta["shape"][1], gen, kept)
         cols = (a @ kept).mul_(scale)
-        return cols.new_zeros(a.shape[0], meta["shape"][1]).index_add_(1, idx, cols)
+        out = cols.new_zeros(a.shape[0], meta["shape"][1])
+        if self.distinct_columns:  # a plain write (index_put_) beat index_add_: 1.35x vs 1.41x plain, paper MLP
+            out[:, idx] = cols
+            return out
+        return out.index_add_(1, idx, cols)
 
     def right_matmul(self, saved: Saved, meta: Meta, gen: torch.Generator, b: torch.Tensor) -> torch.Tensor:
         if self.per_example:

@@ -52,6 +52,8 @@ class Bernoulli(ColumnSketch):
     def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
         return self._mask(1, n, gen, like).nonzero().squeeze(1), 1.0 / self.keep
 
+    distinct_columns = True
+
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape
         return round(self.keep * rows * n) * itemsize(dtype)

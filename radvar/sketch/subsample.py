@@ -69,6 +69,10 @@ class Subsample(ColumnSketch):
     def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
         return self._indices(1, n, gen, like), self._scale(n)
 
+    @property
+    def distinct_columns(self) -> bool:
+        return not self.replace
+
     def saved_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         rows, n = shape
         return rows * kept_count(self.keep, n) * itemsize(dtype)
