@@ -38,7 +38,8 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(24, 20, generator=g, requires_grad=True), torch.randint(0, 4, (24,), generator=g)
 
 
-@pytest.mark.parametrize("activation", [nn.ReLU(), nn.LeakyReLU(0.1)], ids=["relu", "leaky"])
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.LeakyReLU(0.1), nn.LeakyReLU(-0.2)],
+                         ids=["relu", "leaky", "negative-slope"])
 @pytest.mark.parametrize("sketch", SKETCHES, ids=repr)
 def test_fused_pair_matches_the_modules_run_apart(activation, sketch):
     x, y = _data()

@@ -31,16 +31,20 @@ from ..sketch.base import less
 from ._kept import keep, restore, sketching
 
 
+def leaky_relu_mask(x: torch.Tensor, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(leaky_relu(x, slope), packed 1-bit mask of x > 0)`` (slope 0: ReLU); the backward multiplies
+    by ``_bits.select(mask, x.shape, 1.0, slope, dtype)``."""
+    if slope == 0.0:
+        y = torch.relu(x)
+        return y, _bits.pack(y.bool())  # relu(x) != 0 iff x > 0 (a float->bool cast is cheaper than a compare)
+    return F.leaky_relu(x, slope), _bits.pack(less(0.0, x))
+
+
 class CompactLeakyReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
-        if slope == 0.0:
-            y = torch.relu(x)
-            positive = y.bool()  # relu(x) != 0 iff x > 0 (a float->bool cast is cheaper than a compare)
-        else:
-            y = F.leaky_relu(x, slope)
-            positive = less(0.0, x)
-        ctx.save_for_backward(_bits.pack(positive))
+        y, mask = leaky_relu_mask(x, slope)
+        ctx.save_for_backward(mask)
         ctx.shape, ctx.slope = x.shape, slope
         return y
 

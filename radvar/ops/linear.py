@@ -24,8 +24,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _bits, rng
 from ..sketch import Sketch
-from ..sketch.base import less
 from ._autocast import autocast_dtype, autocast_off, cast
+from .activation import leaky_relu_mask
 
 VIEWS = ("features", "rows")
 
@@ -64,10 +64,12 @@ class RADLinearFunction(torch.autograd.Function):
         dtype = autocast_dtype(x)
         x, weight, bias = cast(dtype, x, weight, bias)
         mask = ()
-        if slope is not None:  # fused leaky_relu in front (ReLU: slope 0; relu(x) != 0 iff x > 0)
-            x = torch.relu(x) if slope == 0.0 else F.leaky_relu(x, slope)
+        if slope is not None:  # fused leaky_relu in front (ReLU: slope 0)
             if ctx.needs_input_grad[0]:
-                mask = (_bits.pack(x.bool() if slope == 0.0 else less(0.0, x)),)
+                x, packed = leaky_relu_mask(x, slope)
+                mask = (packed,)
+            else:
+                x = torch.relu(x) if slope == 0.0 else F.leaky_relu(x, slope)
         ctx.slope = slope
         if dtype is None:
             y = F.linear(x, weight, bias)
