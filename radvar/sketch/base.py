@@ -259,15 +259,22 @@ _PCG = _ThreadPCG()
 _PCG_INCREMENT = 0xDA3E39CB94B95BDB6A5F2C36C1E1A8C5 | 1  # any odd 128-bit constant: one fixed PCG stream
 
 
-def _pcg(seed: int) -> np.random.PCG64:
-    """This thread's PCG64 bit generator, set to the 128-bit state that ``seed`` maps to (two splitmix64
-    mixes of it). Setting the state costs about 1 µs where a fresh ``PCG64(seed)`` hashes its seed for about
-    10; the generator is shared, so use it before the next call."""
+def _pcg(gen: torch.Generator) -> np.random.PCG64:
+    """This thread's PCG64 bit generator, set to the 128-bit state that one 62-bit draw of ``gen`` maps to
+    (two splitmix64 mixes of it). Setting the state costs about 1 µs where a fresh ``PCG64(seed)`` hashes
+    its seed for about 10; the generator is shared, so use it before the next call."""
+    seed = int(torch.randint(0, 1 << 62, (), generator=gen))
     bits = _PCG.bits
     state = (rng.mix(seed) << 64) | rng.mix(seed ^ 0x5851F42D4C957F2D)
     bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": _PCG_INCREMENT},
                   "has_uint32": 0, "uinteger": 0}
     return bits
+
+
+def _words(gen: torch.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform 32-bit words of ``shape`` from :func:`_pcg`: the two halves of each raw 64-bit output."""
+    numel = math.prod(shape)
+    return _pcg(gen).random_raw((numel + 1) // 2).view(np.uint32)[:numel].reshape(shape)
 
 
 def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
@@ -282,13 +289,11 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
     ``out`` (contiguous, of ``shape`` and that dtype) receives the draws instead of a new tensor."""
     dtype = work_dtype(like.dtype)
     if like.device.type == "cpu" and not torch.compiler.is_compiling():
-        bits = _pcg(int(torch.randint(0, 1 << 62, (), generator=gen)))
         target = None if out is None else out.numpy()
         if dtype == torch.float64:
-            draws = np.random.Generator(bits).random(shape, dtype=np.float64, out=target)
+            draws = np.random.Generator(_pcg(gen)).random(shape, dtype=np.float64, out=target)
         else:
-            numel = math.prod(shape)
-            words = bits.random_raw((numel + 1) // 2).view(np.uint32)[:numel].reshape(shape)
+            words = _words(gen, shape)
             draws = np.multiply(np.right_shift(words, 8, out=words), np.float32(2.0 ** -24), out=target,
                                 dtype=np.float32, casting="unsafe")
         return torch.from_numpy(draws) if out is None else out
@@ -303,10 +308,7 @@ def coins(shape: tuple[int, ...], p: float, gen: torch.Generator, like: torch.Te
         limit = math.ceil(float(np.float32(p)) * 2.0 ** 24)
         if limit >= 1 << 24:
             return torch.ones(shape, dtype=torch.bool)
-        numel = math.prod(shape)
-        bits = _pcg(int(torch.randint(0, 1 << 62, (), generator=gen)))
-        words = bits.random_raw((numel + 1) // 2).view(np.uint32)[:numel].reshape(shape)
-        return torch.from_numpy(np.less(words, np.uint32(limit << 8)))
+        return torch.from_numpy(np.less(_words(gen, shape), np.uint32(limit << 8)))
     return less(uniform(shape, gen, like), p)
 
 
@@ -318,7 +320,7 @@ def signs(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor, scal
     and the arithmetic that maps it to ±scale. Elsewhere ``torch.randint``."""
     if like.device.type == "cpu" and not torch.compiler.is_compiling() and like.dtype != torch.bfloat16:
         numel = math.prod(shape)
-        bits = _pcg(int(torch.randint(0, 1 << 62, (), generator=gen))).random_raw((numel + 63) // 64)
+        bits = _pcg(gen).random_raw((numel + 63) // 64)
         return _bits.select(torch.from_numpy(bits.view(np.uint8)), shape, scale, -scale, like.dtype)
     r = torch.randint(0, 2, shape, generator=gen, device=like.device).to(like.dtype)
     return r.mul_(2).sub_(1).mul_(scale)
