@@ -170,10 +170,10 @@ def _sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     layers = {n: m for n, m in model.named_modules() if kind_for(m) is not None}
     norm_layers = _affine_norms(model, layers)
     fast = {id(m.weight) for m in layers.values()} | {id(m.bias) for m in layers.values() if m.bias is not None}
-    fast |= {id(p) for m in norm_layers.values() for p in m.parameters(recurse=False)}
+    norm_ids = {id(p) for m in norm_layers.values() for p in m.parameters(recurse=False)}
+    fast |= norm_ids
     others = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in fast}
-    norm_params = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) in fast
-                   and any(p is q for m in norm_layers.values() for q in m.parameters(recurse=False))}
+    norm_params = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) in norm_ids}
     seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in {**layers, **norm_layers}}
 
     def hook(name: str) -> Callable:
