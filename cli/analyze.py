@@ -12,7 +12,7 @@ from radvar import report as report_lib
 from radvar.tradeoff import DEFAULT_KEEPS
 from radvar.tradeoff.candidates import SITE_PROBES
 from radvar.tradeoff.tune import take_batch
-from radvar.variance.propagated import reporting
+from radvar.variance.propagated import ROUND, Probes, reporting
 
 from . import main, plans, specs
 from .report import echo_analysis
@@ -33,9 +33,12 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
                    "uniform plan; with --budget: the families radvar.tune chooses from.")
 @click.option("--draws", type=click.IntRange(min=0), default=0, show_default=True,
               help="Monte Carlo draws checking the plan's closed-form RAD variance (0: none; else >= 2).")
-@click.option("--probes", type=click.IntRange(min=2), default=SITE_PROBES, show_default=True,
-              help="Probe backward passes per propagating site (norm, activation, attention) and sketch, when "
-                   "tuning and on each RAD batch: fewer is faster, with larger standard errors.")
+@click.option("--probes", type=click.IntRange(min=2), default=SITE_PROBES.most, show_default=True,
+              help="Most probe backward passes per propagating site (norm, activation, attention) and sketch, "
+                   "when tuning and on each RAD batch: fewer is faster, with larger standard errors.")
+@click.option("--probe-rtol", type=click.FloatRange(min=0.0), default=SITE_PROBES.rtol, show_default=True,
+              metavar="R", help=f"Stop probing a site and sketch once the standard error is at most R times the "
+                                f"estimate (checked every {ROUND} probes); 0: always --probes.")
 @click.option("--max-slowdown", "slowdown_spec", metavar="RATIO",
               help="Recommend the least-variance plan whose predicted step time is within RATIO (> 1) times "
                    "the plain PyTorch step (per-layer timings cached per machine).")
@@ -48,7 +51,7 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
 def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
             weights: str | None, seed: int, device: str, output_key: str | None, batch_size: int,
             budget_spec: str | None,
-            sketch_specs: tuple[str, ...], draws: int, probes: int, slowdown_spec: str | None, out_dir: str | None,
+            sketch_specs: tuple[str, ...], draws: int, probes: int, probe_rtol: float, slowdown_spec: str | None, out_dir: str | None,
             json_path: str | None, fmt: str) -> None:
     """Where memory goes, what RAD saves, what it costs, which plan.
 
@@ -62,6 +65,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
     max_slowdown = None if slowdown_spec is None else specs.parse_max_slowdown(slowdown_spec)
     if draws == 1:
         raise specs.SpecError("--draws: 1 draw has no variance; use 0 (no Monte Carlo check) or at least 2")
+    policy = Probes(probes, probe_rtol or None)
     if out_dir is not None:
         report_lib.check_target(out_dir)
     if json_path not in (None, "-"):
@@ -75,12 +79,12 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
         (xb,), yb = take_batch((problem.x, problem.y), batch_size, "analyze")
         stats = radvar.variance.capture(problem.model, (xb, yb), problem.loss_fn)  # shared by tune and report
         tick("statistics")
-        plan, source = plans.choose(problem, batch_size, budget, families, stats, max_slowdown, probes)
+        plan, source = plans.choose(problem, batch_size, budget, families, stats, max_slowdown, policy)
         tick("plan")
         analysis = report_lib.analyze(problem.model, (problem.x, problem.y), problem.loss_fn,
                                       batch_size=batch_size, plan=plan, families=families or None,
                                       draws=draws, progress=tick, stats=stats, keeps=DEFAULT_KEEPS,  # the tuner's
-                                      probes=probes)
+                                      probes=policy)
     analysis.meta = {**problem.meta, "batch_size": batch_size, "plan": source, **analysis.meta,
                      "radvar": radvar.__version__, "seconds": round(time.perf_counter() - start, 2)}
     if out_dir is not None:

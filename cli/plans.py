@@ -15,7 +15,7 @@ from radvar.sketch import Sketch, Subsample
 from radvar.tradeoff import DEFAULT_FAMILIES, tune
 from radvar.tradeoff.candidates import SITE_PROBES
 from radvar._data import take_batch
-from radvar.variance import Capture
+from radvar.variance import Capture, Probes
 
 from .options import Problem
 from .specs import Budget
@@ -25,7 +25,7 @@ PAPER = Subsample(0.1)  # the paper's "same sample" estimator at its keep fracti
 
 def choose(problem: Problem, batch_size: int, budget: Budget | None, families: list[Sketch],
            stats: Capture | None = None, max_slowdown: float | None = None,
-           probes: int = SITE_PROBES) -> tuple[Plan, str]:
+           probes: int | Probes = SITE_PROBES) -> tuple[Plan, str]:
     """The plan to analyse and one line saying where it came from (``stats``: the capture of the
     first ``batch_size`` examples to tune on, when the caller has one; ``max_slowdown``: the tuner's
     step-time budget, which also makes a plain ``--sketch`` a family to tune from; ``probes``: the

@@ -96,6 +96,30 @@ def test_exact_sketches_and_bad_input():
         propagated(model, batch, F.cross_entropy, {"lin1:gelu.0": Quantize(2)})
 
 
+def test_a_probes_policy_stops_once_the_standard_error_is_small_enough():
+    """Probes(most, rtol): rounds of ROUND probes, stopping when se <= rtol x estimate. A loose rtol stops after
+    the first round with the very draws a fixed ROUND-probe estimate makes (same seed); rtol far below the
+    draws' spread runs to ``most``; the stopped estimate meets its own rule."""
+    from radvar.variance.propagated import ROUND, Probes
+
+    model, batch = setup()
+
+    def probe(policy):
+        radvar.seed(3)
+        return propagated(model, batch, F.cross_entropy, {"norm": Subsample(0.5)}, probes=policy)["norm"][0]
+
+    fixed, loose, strict = probe(ROUND), probe(Probes(16, rtol=10.0)), probe(Probes(16, rtol=1e-6))
+    assert (loose.variance, loose.se, loose.method) == (fixed.variance, fixed.se, method_label(ROUND))
+    assert strict.method == method_label(16) and strict.se > 1e-6 * strict.variance
+    middle = probe(Probes(64, rtol=0.1))
+    count = int(middle.method.split("(")[1].split()[0])
+    assert ROUND <= count <= 64 and (middle.se <= 0.1 * middle.variance or count == 64)
+    for bad, match in [(dict(most=1), r"most must be an int >= 2"), (dict(most=8, rtol=0.0), r"rtol must be"),
+                       (dict(most=8, rtol=float("inf")), r"rtol must be")]:
+        with pytest.raises(ValueError, match=match):
+            Probes(**bad)
+
+
 class Block(nn.Module):
     """Linear -> GELU -> LayerNorm -> Linear -> SiLU -> Linear."""
 
@@ -168,7 +192,7 @@ def test_candidates_and_probe_estimates_are_reused_from_the_capture_memo():
     first = candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=4, stats=stats)
     assert candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=4, stats=stats) is first
     assert candidates.candidates(model, ((xb,), yb), F.cross_entropy, fams, probes=8, stats=stats) is not first
-    est = stats.memo[("propagated", "act1", Quantize(2), 4)]
+    est = stats.memo[("propagated", "act1", Quantize(2), variance.Probes(4))]
     again = propagated(model, (xb, yb), F.cross_entropy, {"act1": Quantize(2)}, 4, memo=stats.memo)
     assert again["act1"][0] is est
     mb = variance.minibatch(model, (x, y), F.cross_entropy, 24, plan=radvar.Plan({"act1": Quantize(2)}),

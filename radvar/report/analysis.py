@@ -39,6 +39,7 @@ from ..plan import Plan
 from ..sketch import Sketch
 from ..tradeoff import candidates as cand_lib
 from ..tradeoff import frontier as frontier_lib
+from ..variance.propagated import Probes
 from .result import Analysis
 
 FAMILIES: tuple[Sketch, ...] = cand_lib.DEFAULT_FAMILIES
@@ -63,7 +64,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
             batch_size: int, plan: Plan, families: Sequence[Sketch] | None = None, draws: int = 0,
             progress: Callable[[str], None] | None = None, stats: variance.Capture | None = None,
             timing: bool = True, keeps: Sequence[float] | None = None,
-            probes: int = cand_lib.SITE_PROBES) -> Analysis:
+            probes: int | Probes = cand_lib.SITE_PROBES) -> Analysis:
     """Per-layer memory (plain -> plan), RAD variance, data noise, variance-vs-keep curves and frontier.
 
     ``data = (inputs, targets)``: data noise is measured over all of it; the first

@@ -68,7 +68,7 @@ from ..plan import Plan
 from ..sketch import Family, Importance, Projection, Quantize, Sketch, Subsample, as_family, kept_count
 from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
-from ..variance.propagated import propagated
+from ..variance.propagated import Probes, as_probes, propagated
 from .solve import _nondominated
 
 PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
@@ -82,8 +82,9 @@ UCB_Z = 2.326
 """One-sided 99% normal quantile: an estimated variance is ranked at ``variance + UCB_Z · se``."""
 SITE_KEEPS = 2
 """Keep-grid points (spread over the grid) at which sampling families are probed on propagating sites."""
-SITE_PROBES = 16
-"""Probe passes per candidate of a propagating site (each candidate is ranked by its upper confidence value)."""
+SITE_PROBES = Probes(16, rtol=0.1)
+"""Probe passes per candidate of a propagating site (each candidate is ranked by its upper confidence value):
+4 at a time, stopping once the standard error is within 10% of the estimate, 16 at most."""
 SITE_DRAW_LIMIT = 1 << 24
 """Largest random matrix (elements) a Projection candidate of a propagating site may draw per call: beyond it
 one probe would draw gigabytes (Projection(0.9) on ResNet-18's first BatchNorm at 64x64: 65,536 x 58,983)."""
@@ -353,7 +354,7 @@ def _spread(keeps: Sequence[float], count: int) -> list[float]:
 
 
 def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable, families: Sequence[Family],
-                 keeps: Sequence[float], alone: dict[str, int], probes: int = SITE_PROBES,
+                 keeps: Sequence[float], alone: dict[str, int], probes: int | Probes = SITE_PROBES,
                  memo: dict[Any, Any] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Candidate rows of every propagating site of ``model`` (see the module docstring), and the bytes of the
     all-exact ledger they account for that ``fixed`` must not count again.
@@ -459,19 +460,21 @@ def _alone(report: Any, keeper: str) -> int:
 
 def candidates(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Callable[..., torch.Tensor],
                families: Sequence[Family | Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-               *, stats: Capture | None = None, probes: int = SITE_PROBES) -> Candidates:
+               *, stats: Capture | None = None, probes: int | Probes = SITE_PROBES) -> Candidates:
     """Candidate curves of every randomizable layer of ``model`` on ``batch = (inputs, targets)``.
 
     One exact pass (:func:`radvar.variance.capture`, or ``stats`` if given) and
     one ledger pass (:func:`ledger_model`). Rows per layer: exact (the ledger bytes
     the layer alone keeps), then each family's candidates on the keep grid.
-    Propagating sites: :func:`site_options` (``probes`` probe passes per candidate, one
+    Propagating sites: :func:`site_options` (``probes`` probe passes per candidate, an int or a
+    :class:`radvar.variance.Probes` policy; one
     ledger pass per candidate sketch). With ``stats``, the result is kept in ``stats.memo`` and a later call
     with the same families, keeps and probes returns it (``radvar analyze``: the tuner's candidates serve
     the report), as are the probe estimates.
     """
     families = check_families(families)
     keeps = check_keeps(keeps)
+    probes = as_probes(probes, "candidates")
     key = ("candidates", families, keeps, probes)
     if stats is not None and key in stats.memo:
         return stats.memo[key]

@@ -28,6 +28,7 @@ from ..plan import Plan
 from ..sketch import Sketch
 from ..variance import Capture, minibatch
 from ..variance.minibatch import untouched
+from ..variance.propagated import Probes
 from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from ..bench.cost import CostModel
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, SITE_PROBES, Candidates, candidates, check_families,
@@ -135,7 +136,7 @@ def data_summary(batch: tuple[tuple[torch.Tensor, ...], torch.Tensor], data: Any
 def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budget: int | float | None = None,
          variance_budget: float | None = None, *, relative: bool = False, batch_size: int | None = None,
          families: Sequence[Sketch] = DEFAULT_FAMILIES, keeps: Sequence[float] = DEFAULT_KEEPS,
-         solver: str = "exact", stats: Capture | None = None, probes: int = SITE_PROBES,
+         solver: str = "exact", stats: Capture | None = None, probes: int | Probes = SITE_PROBES,
          max_slowdown: float | None = None, cost: CostModel | None = None) -> Plan:
     """A :class:`radvar.Plan` for ``model`` from statistics of one batch of ``data = (inputs, targets)``.
 
@@ -152,7 +153,9 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     ``keeps``: the keep grid (exact is always a candidate); ``solver``:
     ``"exact"`` or ``"lagrangian"``. ``stats``: a :func:`radvar.variance.capture` of the same
     model on the same batch, to reuse (the capture is the expensive step). ``probes``: probe backward passes
-    per candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`).
+    per candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`):
+    an int, or a :class:`radvar.variance.Probes` policy (default: up to 16, stopping once the standard error
+    is within 10% of the estimate).
     Options are ranked by ``variance + UCB_Z · se`` (:mod:`radvar.tradeoff.candidates`): an estimated variance
     counts at an upper confidence value, a closed form at its value.
     ``max_slowdown`` (with a memory budget): the plan's predicted step time may be at most this

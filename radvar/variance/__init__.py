@@ -13,8 +13,8 @@ from .analytic import analytic
 from .empirical import empirical
 from .minibatch import minibatch
 from .capture import Capture, LayerStats, capture, layer_variance, layer_variance_se
-from .propagated import propagated
+from .propagated import Probes, propagated
 from .report import VarianceReport
 
 __all__ = ["capture", "Capture", "LayerStats", "layer_variance", "layer_variance_se", "analytic",
-           "empirical", "minibatch", "propagated", "VarianceReport", "statistics"]
+           "empirical", "minibatch", "propagated", "Probes", "VarianceReport", "statistics"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -15,7 +16,7 @@ from .capture import Batch, capture, layer_variance, layer_variance_se
 from .dropout import held
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
-from .propagated import DEFAULT_PROBES, plan_sites, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, Probes, as_probes, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 
@@ -30,7 +31,7 @@ def check_keeps(keeps: Any, owner: str) -> list[float]:
 
 
 def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor], plan: Any,
-             keeps: Sequence[float] | None = None, probes: int = DEFAULT_PROBES) -> VarianceReport:
+             keeps: Sequence[float] | None = None, probes: int | Probes = DEFAULT_PROBES) -> VarianceReport:
     """Closed-form E‖Ĝ − G‖²_F per planned layer on ``batch`` (see :mod:`radvar.variance.forms`), and for
     each propagating site (activations, norms, attention, functional sites) the total gradient variance it
     adds over all parameters, estimated with ``probes`` probe backward passes
@@ -100,6 +101,6 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
                        "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[at_keep].total + shift})
     meta = {"batch_size": cap.batch_size, "loss": cap.loss, "plan": plan.to_dict()}
     if sites:
-        meta["propagated"] = {"sites": sites, "probes": probes,
+        meta["propagated"] = {"sites": sites, "probes": dataclasses.asdict(as_probes(probes, "analytic")),
                               "total": "first order: the sum of per-site variances (product terms left out)"}
     return VarianceReport("analytic", pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(totals), meta)

@@ -46,7 +46,7 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
-from .propagated import DEFAULT_PROBES, SiteEstimate, plan_sites, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, Probes, SiteEstimate, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -280,12 +280,13 @@ def _largest_batch_within(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 
 def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], batch_size: int,
               plan: Any = None, rad_batches: int = 4, stats: Any = None,
-              probes: int = DEFAULT_PROBES) -> VarianceReport:
+              probes: int | Probes = DEFAULT_PROBES) -> VarianceReport:
     """Data noise per layer and in total at ``batch_size``; with ``plan``, RAD variance, the total,
     the equivalent batch size and the memory-equivalent small batch (see the module docstring).
     ``stats``: a :func:`capture` of the first ``batch_size`` examples (every planned layer, with entries
     when the plan needs them) to reuse for the first RAD batch instead of capturing it again, with the probe
-    estimates in its ``memo``. ``probes``: probe passes per propagating site of the plan on each RAD batch.
+    estimates in its ``memo``. ``probes``: probe passes per propagating site of the plan on each RAD batch (an int, or a
+    :class:`radvar.variance.Probes` policy).
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
     the model's buffers and torch's global RNG are left as they were."""
@@ -307,7 +308,7 @@ def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
 
 def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor],
                batch_size: int, plan: Any, rad_batches: int, stats: Any = None,
-               probes: int = DEFAULT_PROBES) -> VarianceReport:
+               probes: int | Probes = DEFAULT_PROBES) -> VarianceReport:
     n = x.shape[0]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"minibatch: batch_size must be a positive int, got {batch_size!r}")
