@@ -120,6 +120,22 @@ def test_a_probes_policy_stops_once_the_standard_error_is_small_enough():
             Probes(**bad)
 
 
+def test_batched_and_looped_probe_backward_passes_agree():
+    """_push: the batched backward (used off the CPU) and one backward per probe give the same gradients."""
+    from radvar.variance.propagated import _push
+
+    model, (x, _) = setup()
+    h = model.lin2(model.act1(model.lin1(x)))
+    params = list(model.parameters())
+    signals = [[torch.randn_like(h)] for _ in range(3)]
+    batched, looped = _push([h], signals, params, batched=True), _push([h], signals, params, batched=False)
+    for a, b in zip(batched, looped):
+        assert [g is None for g in a] == [g is None for g in b] and any(g is None for g in a)
+        for g, r in zip(a, b):
+            if g is not None:
+                torch.testing.assert_close(g, r)
+
+
 class Block(nn.Module):
     """Linear -> GELU -> LayerNorm -> Linear -> SiLU -> Linear."""
 

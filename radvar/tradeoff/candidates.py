@@ -49,6 +49,7 @@ good. ``variance`` stays the point estimate.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -267,18 +268,29 @@ class Candidates:
         site takes its candidate row of that sketch, or stays exact if that sketch was not probed there.
         """
         out = []
-        for name, g in self.table.groupby("layer", sort=False):
+        for name, (exact, probed) in self._layer_rows.items():
             if template is None:
-                out.append(g[g["family"] == EXACT].iloc[0])
+                out.append(exact)
                 continue
             sketch = with_keep(template, keep)
             if name not in self.capture.layers:  # a propagating site: its probed row of this sketch, else exact
-                same = g[[s == sketch for s in g["sketch"]]]
-                out.append((same if len(same) else g[g["family"] == EXACT]).iloc[0])
+                out.append(probed.get(sketch, exact))
                 continue
-            row = _option(self.capture[name], sketch, family_name(template))
-            out.append(pd.Series(row))
+            out.append(pd.Series(_option(self.capture[name], sketch, family_name(template))))
         return self._charge_joint(pd.DataFrame(out).reset_index(drop=True))
+
+    @functools.cached_property
+    def _layer_rows(self) -> dict[str, tuple[pd.Series, dict[Sketch, pd.Series]]]:
+        """Per layer: its exact row and its first row of each sketch (:meth:`uniform` looks rows up here)."""
+        out = {}
+        for name, g in self.table.groupby("layer", sort=False):
+            rows = [g.iloc[i] for i in range(len(g))]
+            probed: dict[Sketch, pd.Series] = {}
+            for r in rows:
+                if r["sketch"] is not None:
+                    probed.setdefault(r["sketch"], r)
+            out[name] = next(r for r in rows if r["family"] == EXACT), probed
+        return out
 
 
 def _joint_front(members: list[tuple[np.ndarray, np.ndarray, np.ndarray]],

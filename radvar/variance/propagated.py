@@ -351,29 +351,46 @@ def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
     return outputs, signals, direct
 
 
-def _push(outputs: list[torch.Tensor], signals: list[list[torch.Tensor]], params: list[torch.Tensor]
-          ) -> list[torch.Tensor | None]:
-    """J_kᵀ-products of a chunk of probes' signals, per parameter stacked over the probes (None: not reached):
-    one batched backward through the kept graph (``is_grads_batched``), or one backward per probe where an op
-    of the graph cannot be batched."""
+def _push(outputs: list[torch.Tensor], signals: list[list[torch.Tensor]], params: list[torch.Tensor],
+          batched: bool | None = None) -> list[Sequence[torch.Tensor | None]]:
+    """J_kᵀ-products of a chunk of probes' signals, per probe one gradient per parameter (None: not reached).
+    ``batched`` (default: off the CPU): one batched backward through the kept graph (``is_grads_batched``);
+    else, and where an op of the graph cannot be batched, one backward per probe (on the CPU 25% faster than
+    the batched one: ResNet-18 and a ViT, batch 16, 4 or 8 probes, 2 threads)."""
     if not outputs:
-        return [None] * len(params)
-    try:
-        stacked = [torch.stack(s) for s in zip(*signals)]
-        return list(torch.autograd.grad(outputs, params, stacked, retain_graph=True, allow_unused=True,
-                                        is_grads_batched=True))
-    except RuntimeError:
-        per = [torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True) for s in signals]
-        return [None if gs[0] is None else torch.stack(gs) for gs in zip(*per)]
+        return [[None] * len(params) for _ in signals]
+    if batched or (batched is None and outputs[0].device.type != "cpu"):
+        try:
+            stacked = torch.autograd.grad(outputs, params, [torch.stack(s) for s in zip(*signals)],
+                                          retain_graph=True, allow_unused=True, is_grads_batched=True)
+            return [[None if g is None else g[p] for g in stacked] for p in range(len(signals))]
+        except RuntimeError:
+            pass
+    return [torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True) for s in signals]
 
 
-def _row_sq_norms(g: torch.Tensor) -> torch.Tensor:
-    """‖g[p]‖² for each probe p of a stacked gradient, as float64: summed in float32 at least (torch's pairwise
-    sum: relative error about 1e-7 on millions of entries, where converting to float64 first took 3.4x as long)."""
-    flat = g.reshape(g.shape[0], -1)
+def _sq_norm(g: torch.Tensor) -> torch.Tensor:
+    """‖g‖², summed in float32 at least (torch's pairwise sum: relative error about 1e-7 on millions of
+    entries, where converting to float64 first took 3.4x as long)."""
+    flat = g.reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
-    return torch.linalg.vecdot(flat, flat, dim=1).double()
+    return torch.linalg.vecdot(flat, flat)
+
+
+def _squared_errors(chunk: list[tuple[list[torch.Tensor], list[torch.Tensor], dict[int, torch.Tensor]]],
+                    params: list[torch.Tensor]) -> list[float]:
+    """d_p = ‖J_k ε_p + δ_p‖² for each probe p of a chunk of :func:`_errors`, summed over the parameters in
+    float64."""
+    d = []
+    for grads, (_, _, direct) in zip(_push(chunk[0][0], [signals for _, signals, _ in chunk], params), chunk):
+        parts = []
+        for j, g in enumerate(grads):
+            o = direct.get(j)
+            if (e := o if g is None else (g if o is None else g + o)) is not None:
+                parts.append(_sq_norm(e))
+        d.append(float(torch.stack(parts).double().sum()) if parts else 0.0)
+    return d
 
 
 def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[torch.Tensor],
@@ -388,18 +405,7 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[t
     step = CHUNK if probes.rtol is None else ROUND
     while len(draws) < probes.most:
         chunk = [_errors(site, sketch, reference, index) for _ in range(min(step, probes.most - len(draws)))]
-        grads = _push(chunk[0][0], [signals for _, signals, _ in chunk], params)
-        d = torch.zeros(len(chunk), dtype=torch.float64)  # d_p = ‖J_k ε_p + δ_p‖², parameter by parameter
-        for j, g in enumerate(grads):
-            own = [direct.get(j) for _, _, direct in chunk]
-            if g is not None and all(o is None for o in own):
-                d += _row_sq_norms(g)
-                continue
-            for p, o in enumerate(own):
-                e = o if g is None else (g[p] if o is None else g[p] + o)
-                if e is not None:
-                    d[p] += float(_row_sq_norms(e.unsqueeze(0)))
-        draws += d.tolist()
+        draws += _squared_errors(chunk, params)
         if probes.rtol is not None and len(draws) >= 2:
             values = torch.tensor(draws, dtype=torch.float64)
             if float(values.std()) / math.sqrt(len(draws)) <= probes.rtol * float(values.mean()):
