@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import click
@@ -65,6 +66,8 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
     max_slowdown = None if slowdown_spec is None else specs.parse_max_slowdown(slowdown_spec)
     if draws == 1:
         raise specs.SpecError("--draws: 1 draw has no variance; use 0 (no Monte Carlo check) or at least 2")
+    if not math.isfinite(probe_rtol):
+        raise specs.SpecError(f"--probe-rtol: must be a finite number >= 0 (0: always --probes), got {probe_rtol}")
     policy = Probes(probes, probe_rtol or None)
     if out_dir is not None:
         report_lib.check_target(out_dir)

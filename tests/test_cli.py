@@ -183,15 +183,17 @@ def test_analyze_shows_the_probed_variance_of_propagating_layers(user_file, tmp_
 
 
 def test_analyze_probes_sets_the_probe_passes_per_site(user_file, tmp_path):
-    """--probes P: the propagating rows say how many probes each RAD batch took; fewer than 2 is refused."""
+    """--probes P with --probe-rtol 0: the propagating rows say each RAD batch took P probes; fewer than 2
+    probes, or a negative or infinite tolerance, is refused."""
     path = tmp_path / "analysis.json"
     result = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--batch-size", "32",
-                 "--sketch", "subsample:0.5", "--probes", "4", "--json", str(path), "--quiet")
+                 "--sketch", "subsample:0.5", "--probes", "6", "--probe-rtol", "0", "--json", str(path), "--quiet")
     assert result.exit_code == 0, result.stderr
     layers = {r["layer"]: r for r in json.loads(path.read_text())["layers"]}
-    assert layers["block.norm"]["method"] == "propagated (4 probes)"
-    bad = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--probes", "1", "--quiet")
-    assert bad.exit_code == 2 and "--probes" in bad.stderr
+    assert layers["block.norm"]["method"] == "propagated (6 probes)"
+    for flag, value in [("--probes", "1"), ("--probe-rtol", "-0.1"), ("--probe-rtol", "inf")]:
+        bad = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", flag, value, "--quiet")
+        assert bad.exit_code == 2 and flag in bad.stderr and "Traceback" not in bad.stderr, (flag, bad.stderr)
 
 
 def test_analysis_rows_for_functional_sites_carry_their_probe_estimate():

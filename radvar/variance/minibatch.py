@@ -46,7 +46,7 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
-from .propagated import DEFAULT_PROBES, Probes, SiteEstimate, plan_sites, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, Probes, SiteEstimate, method_label, plan_sites, propagated, propagating_sites
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -386,7 +386,8 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
                      "bytes_plan": bytes_plan_mod.get(name, 0), "rad_variance": rad[name],
                      "rad_se": math.sqrt(sum(e.se ** 2 for e in ests)) / len(ests), "data_variance": float("nan"),
                      "grad_norm_sq": ests[0].grad_norm_sq, "ci_low": float("nan"), "ci_high": float("nan"),
-                     "method": ests[0].method, "trace_sigma": float("nan"), "noise_scale": float("nan")})
+                     "method": method_label([e.probes for e in ests]) if all(e.probes for e in ests)
+                     else ests[0].method, "trace_sigma": float("nan"), "noise_scale": float("nan")})
     data_var = trace_all / batch_size
     total = {"batch_size": batch_size, "examples": n, "trace_sigma": trace_all, "grad_norm_sq": mean_all,
              "noise_scale": trace_all / mean_all if mean_all > 0 else float("inf"),

@@ -112,15 +112,19 @@ def as_probes(probes: int | Probes, owner: str) -> Probes:
     return Probes(probes)
 
 
-def method_label(probes: int) -> str:
-    """The ``method`` of a probe estimate, e.g. ``propagated (8 probes)``."""
-    return f"propagated ({probes} probes)"
+def method_label(probes: int | Sequence[int]) -> str:
+    """The ``method`` of a probe estimate, e.g. ``propagated (8 probes)``; of several estimates whose probe
+    counts differ (a policy that stops early), the range, e.g. ``propagated (4-12 probes)``."""
+    counts = [probes] if isinstance(probes, int) else list(probes)
+    low, high = min(counts), max(counts)
+    return f"propagated ({low} probes)" if low == high else f"propagated ({low}-{high} probes)"
 
 
 @dataclasses.dataclass(frozen=True)
 class SiteEstimate:
     """One (site, sketch): the added variance E‖Ĝ^(k) − G‖² over all parameters, its standard error,
-    how it was obtained, the site's calls in the forward, and ‖G‖² of the site's own parameters."""
+    how it was obtained, the site's calls in the forward, ‖G‖² of the site's own parameters, and the probe
+    passes it took (0: exact, no probes)."""
 
     site: str
     type: str
@@ -130,6 +134,7 @@ class SiteEstimate:
     method: str
     calls: int
     grad_norm_sq: float
+    probes: int = 0
 
 
 @dataclasses.dataclass
@@ -412,7 +417,8 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[t
                 break
     values = torch.tensor(draws, dtype=torch.float64)
     mean, se = float(values.mean()), float(values.std() / math.sqrt(len(draws)))
-    return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(len(draws)), len(site.calls), 0.0)
+    return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(len(draws)), len(site.calls), 0.0,
+                        len(draws))
 
 
 __all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "Probes", "as_probes",
