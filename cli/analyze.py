@@ -51,10 +51,8 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
 @runtime_options
 def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
             weights: str | None, seed: int, device: str, output_key: str | None, batch_size: int,
-            budget_spec: str | None,
-            sketch_specs: tuple[str, ...], draws: int, probes: int, probe_rtol: float, slowdown_spec: str | None,
-            out_dir: str | None,
-            json_path: str | None, fmt: str) -> None:
+            budget_spec: str | None, sketch_specs: tuple[str, ...], draws: int, probes: int, probe_rtol: float,
+            slowdown_spec: str | None, out_dir: str | None, json_path: str | None, fmt: str) -> None:
     """Where memory goes, what RAD saves, what it costs, which plan.
 
     MODEL defaults to the paper MLP on scikit-learn digits. Prints, per layer:
