@@ -150,8 +150,8 @@ def test_importance_saved_bytes_bounds_the_mean_and_the_reservation_every_draw(d
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_cpu_fast_paths_agree_with_torch(dtype):
     """``less`` (numpy's comparison on CPU) equals torch's ``<`` for tensors, broadcast rows, scalars on
-    either side and NaN; ``smallest`` (numpy's argpartition) picks each row's k smallest entries."""
-    from radvar.sketch.base import less, smallest
+    either side and NaN."""
+    from radvar.sketch.base import less
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(7, 33, generator=g, dtype=dtype), torch.rand(7, 33, generator=g, dtype=dtype)
@@ -160,9 +160,28 @@ def test_cpu_fast_paths_agree_with_torch(dtype):
     for got, want in [(less(a, b), a < b), (less(a, b[:1]), a < b[:1]), (less(a, 0.3), a < 0.3),
                       (less(0.3, a), a > 0.3)]:
         assert got.dtype == torch.bool and torch.equal(got, want)
-    picked = smallest(b, 5)
-    assert picked.shape == (7, 5)
-    assert torch.equal(b.gather(1, picked).sort(1).values, b.sort(1).values[:, :5])
+
+
+def test_k_subsets_pick_the_k_smallest_keys_uniformly():
+    """``k_subsets``: per row the positions of the k smallest raw words one key draws (numpy's argpartition
+    on CPU), k distinct columns, the same for the same key; over 20,000 rows each column is kept with
+    frequency k/n within 5 binomial standard deviations (a position bias would show)."""
+    import numpy as np
+
+    from radvar.sketch.base import _words, k_subsets
+
+    like = torch.zeros(())
+    picked = k_subsets(7, 33, 5, rng.generator(3, "cpu"), like)
+    keys = torch.from_numpy(_words(rng.generator(3, "cpu"), (7, 33)).astype(np.int64))
+    assert picked.shape == (7, 5) and picked.dtype == torch.int64
+    assert torch.equal(picked.sort(1).values, keys.argsort(1)[:, :5].sort(1).values)
+    assert torch.equal(picked, k_subsets(7, 33, 5, rng.generator(3, "cpu"), like))
+    rows, n, k = 20_000, 33, 5
+    many = k_subsets(rows, n, k, rng.generator(4, "cpu"), like)
+    assert (many.sort(1).values.diff(dim=1) > 0).all()
+    counts = torch.bincount(many.reshape(-1), minlength=n).double()
+    p = k / n
+    assert ((counts - rows * p).abs() <= 5 * (rows * p * (1 - p)) ** 0.5).all(), counts
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

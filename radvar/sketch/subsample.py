@@ -19,7 +19,7 @@ import dataclasses
 
 import torch
 
-from .base import CLOSED, ColumnSketch, Meta, Saved, itemsize, kept_count, smallest, uniform
+from .base import CLOSED, ColumnSketch, Meta, Saved, itemsize, k_subsets, kept_count
 from .moments import ViewStats
 from .registry import family
 
@@ -42,7 +42,7 @@ class Subsample(ColumnSketch):
         if self.per_example:
             if self.replace:
                 return torch.randint(0, n, (rows, k), generator=gen, device=device)
-            return smallest(uniform((rows, n), gen, like), k)
+            return k_subsets(rows, n, k, gen, like)
         if self.replace:
             return torch.randint(0, n, (k,), generator=gen, device=device)
         return torch.randperm(n, generator=gen, device=device)[:k]
