@@ -150,7 +150,7 @@ def test_batched_and_looped_probe_backward_passes_agree():
     h = model.lin2(model.act1(model.lin1(x)))
     params = list(model.parameters())
     signals = [[torch.randn_like(h)] for _ in range(3)]
-    batched, looped = _push([h], signals, params, batched=True), _push([h], signals, params, batched=False)
+    batched, looped = list(_push([h], signals, params, batched=True)), list(_push([h], signals, params, batched=False))
     for a, b in zip(batched, looped):
         assert [g is None for g in a] == [g is None for g in b] and any(g is None for g in a)
         for g, r in zip(a, b):

@@ -98,9 +98,6 @@ class Probes:
             raise ValueError(f"probes: rtol must be a finite number > 0 or None (always `most` probes), "
                              f"got {self.rtol!r}")
 
-    def label(self) -> str:
-        return str(self.most) if self.rtol is None else f"up to {self.most}, stopping at se <= {self.rtol:g} x estimate"
-
 
 def as_probes(probes: int | Probes, owner: str) -> Probes:
     """``probes`` as a :class:`Probes` policy (an int: exactly that many); names the caller in errors."""
@@ -357,21 +354,26 @@ def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
 
 
 def _push(outputs: list[torch.Tensor], signals: list[list[torch.Tensor]], params: list[torch.Tensor],
-          batched: bool | None = None) -> list[Sequence[torch.Tensor | None]]:
-    """J_kᵀ-products of a chunk of probes' signals, per probe one gradient per parameter (None: not reached).
+          batched: bool | None = None) -> Iterator[Sequence[torch.Tensor | None]]:
+    """J_kᵀ-products of a chunk of probes' signals: per probe, one gradient per parameter (None: not reached).
     ``batched`` (default: off the CPU): one batched backward through the kept graph (``is_grads_batched``);
-    else, and where an op of the graph cannot be batched, one backward per probe (on the CPU 25% faster than
-    the batched one: ResNet-18 and a ViT, batch 16, 4 or 8 probes, 2 threads)."""
+    else, and where an op of the graph cannot be batched, one backward per probe, made as the caller asks for
+    it (on the CPU 25% faster than the batched one: ResNet-18 and a ViT, batch 16, 4 or 8 probes, 2 threads;
+    and one probe's gradients in memory at a time)."""
     if not outputs:
-        return [[None] * len(params) for _ in signals]
+        yield from ([None] * len(params) for _ in signals)
+        return
     if batched or (batched is None and outputs[0].device.type != "cpu"):
         try:
             stacked = torch.autograd.grad(outputs, params, [torch.stack(s) for s in zip(*signals)],
                                           retain_graph=True, allow_unused=True, is_grads_batched=True)
-            return [[None if g is None else g[p] for g in stacked] for p in range(len(signals))]
         except RuntimeError:
             pass
-    return [torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True) for s in signals]
+        else:
+            yield from ([None if g is None else g[p] for g in stacked] for p in range(len(signals)))
+            return
+    for s in signals:
+        yield torch.autograd.grad(outputs, params, s, retain_graph=True, allow_unused=True)
 
 
 def _sq_norm(g: torch.Tensor) -> torch.Tensor:
