@@ -162,6 +162,27 @@ def test_cpu_fast_paths_agree_with_torch(dtype):
         assert got.dtype == torch.bool and torch.equal(got, want)
 
 
+def test_bernoulli_positions_are_iid_trials():
+    """``bernoulli_positions``: sorted distinct positions in [0, numel), the same for the same key; over 4,000
+    draws of 60 trials each position succeeds with frequency p within 5 binomial sd (geometric gaps on CPU
+    for p <= GAP_KEEP); above GAP_KEEP, exactly the true entries of ``coins``."""
+    from radvar.sketch.base import GAP_KEEP, bernoulli_positions, coins, flat_nonzero
+
+    like = torch.zeros(())
+    for p in (0.01, 0.1, GAP_KEEP):
+        pos = bernoulli_positions(150 * 784, p, rng.generator(1, "cpu"), like)
+        assert pos.dtype == torch.int64 and (pos.diff() > 0).all() and 0 <= pos[0] and pos[-1] < 150 * 784
+        assert abs(pos.numel() - p * 150 * 784) <= 5 * (150 * 784 * p * (1 - p)) ** 0.5
+        assert torch.equal(pos, bernoulli_positions(150 * 784, p, rng.generator(1, "cpu"), like))
+        draws, numel = 4000, 60
+        counts = torch.zeros(numel)
+        for key in range(draws):
+            counts[bernoulli_positions(numel, p, rng.generator(key, "cpu"), like)] += 1
+        assert ((counts - draws * p).abs() <= 5 * (draws * p * (1 - p)) ** 0.5).all(), (p, counts)
+    assert torch.equal(bernoulli_positions(500, 0.5, rng.generator(2, "cpu"), like),
+                       flat_nonzero(coins((500,), 0.5, rng.generator(2, "cpu"), like)))
+
+
 def test_k_subsets_pick_the_k_smallest_keys_uniformly():
     """``k_subsets``: per row the positions of the k smallest raw words one key draws (numpy's argpartition
     on CPU), k distinct columns, the same for the same key; over 20,000 rows each column is kept with

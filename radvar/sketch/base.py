@@ -312,6 +312,35 @@ def coins(shape: tuple[int, ...], p: float, gen: torch.Generator, like: torch.Te
     return less(uniform(shape, gen, like), p)
 
 
+GAP_KEEP = 0.2
+"""Largest success probability at which :func:`bernoulli_positions` draws the gaps between successes (above
+it, scanning a mask of all trials is the cheaper: 185 against 270 µs at 0.3 on 117,600 trials)."""
+
+
+def bernoulli_positions(numel: int, p: float, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """The sorted flat int64 positions of the successes among ``numel`` i.i.d. Bernoulli(``p``) trials, on
+    ``like``'s device, a function of ``gen``'s state.
+
+    On CPU outside ``torch.compile`` with ``p`` <= :data:`GAP_KEEP`: the gaps between successes are i.i.d.
+    geometric, drawn by inversion, G = ⌊log(1−U)/log(1−p)⌋ with 53-bit uniforms U (P(G ≥ j) = (1−p)^j),
+    and summed; work in proportion to the p·numel successes instead of numel (92 against 242 µs at p = 0.1
+    on 150 x 784, 894 against 2,626 µs on 150 x 32 x 16 x 16). Elsewhere the true entries of
+    :func:`coins`."""
+    if like.device.type != "cpu" or torch.compiler.is_compiling() or not 0.0 < p <= GAP_KEEP:
+        return flat_nonzero(coins((numel,), p, gen, like))
+    draws = np.random.Generator(_pcg(gen))
+    log_q = math.log1p(-p)
+    expected = numel * p
+    chunk = int(expected + 6.0 * math.sqrt(expected) + 16)  # gaps that reach past numel but ~1e-9 of the time
+    parts, last = [], -1
+    while last < numel:
+        gaps = np.floor(np.log1p(-draws.random(chunk)) / log_q).astype(np.int64)
+        parts.append(np.cumsum(gaps + 1) + last)
+        last = int(parts[-1][-1])
+    positions = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return torch.from_numpy(positions[:np.searchsorted(positions, numel)])
+
+
 def signs(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor, scale: float) -> torch.Tensor:
     """I.i.d. ±``scale`` (probability 1/2 each) of ``shape`` in ``like``'s dtype and device, a function of
     ``gen``'s state. On CPU (outside ``torch.compile``, not bfloat16) one raw 64-bit PCG64 word

@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-from .base import CLOSED, ColumnSketch, Meta, Saved, coins, count_margin, flat_nonzero, itemsize, scatter_flat
+from .base import CLOSED, ColumnSketch, Meta, Saved, bernoulli_positions, coins, count_margin, itemsize, scatter_flat
 from .moments import ViewStats
 from .registry import family
 
@@ -29,28 +29,25 @@ class Bernoulli(ColumnSketch):
     per_example: bool = True
     kind = "bernoulli"
 
-    def _mask(self, rows: int, n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-        shape = (rows, n) if self.per_example else (n,)
-        return coins(shape, self.keep, gen, like)
-
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
-        mask = self._mask(rows, n, gen, x)
-        kept = x.reshape(-1).index_select(0, flat_nonzero(mask)) if self.per_example else x[:, mask]
+        if self.per_example:
+            kept = x.reshape(-1).index_select(0, bernoulli_positions(rows * n, self.keep, gen, x))
+        else:
+            kept = x[:, coins((n,), self.keep, gen, x)]
         return (kept,), {"shape": (rows, n)}
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         (kept,) = saved
         rows, n = meta["shape"]
-        mask = self._mask(rows, n, gen, kept)
         if self.per_example:
-            return scatter_flat(kept / self.keep, flat_nonzero(mask), (rows, n))
+            return scatter_flat(kept / self.keep, bernoulli_positions(rows * n, self.keep, gen, kept), (rows, n))
         out = kept.new_zeros(rows, n)
-        out[:, mask] = kept / self.keep
+        out[:, coins((n,), self.keep, gen, kept)] = kept / self.keep
         return out
 
     def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
-        return self._mask(1, n, gen, like).nonzero().squeeze(1), 1.0 / self.keep
+        return coins((n,), self.keep, gen, like).nonzero().squeeze(1), 1.0 / self.keep
 
     distinct_columns = True
 
