@@ -54,20 +54,21 @@ def _code_table(device: torch.device, dtype: torch.dtype, bits: int) -> torch.Te
 
 def _decode(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], table: torch.Tensor) -> torch.Tensor:
     numel = math.prod(shape)
-    if _numpy_ok(packed) and table.dtype != torch.bfloat16:  # numpy has no bfloat16
+    if numpy_ok(packed) and table.dtype != torch.bfloat16:  # numpy has no bfloat16
         # reshape in numpy: a torch view costs microseconds per call, a numpy one far less
         lanes = np.take(table.numpy(), packed.numpy(), axis=0).reshape(-1)[:numel].reshape(shape)
         return torch.from_numpy(lanes)
     return table.index_select(0, packed.to(torch.int64)).view(-1)[:numel].view(shape)
 
 
-def _numpy_ok(t: torch.Tensor) -> bool:
+def numpy_ok(t: torch.Tensor) -> bool:
+    """Whether work on ``t`` may go through numpy: a CPU tensor, outside ``torch.compile`` tracing."""
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def pack(mask: torch.Tensor) -> torch.Tensor:
     """Pack a bool tensor (any shape) into ceil(numel / 8) bytes; bit j of byte i is element 8i + j."""
-    if _numpy_ok(mask):
+    if numpy_ok(mask):
         return torch.from_numpy(np.packbits(mask.numpy(), bitorder="little"))  # flattens in C order
     flat = mask.reshape(-1)
     if flat.numel() % 8:
@@ -80,7 +81,7 @@ def pack(mask: torch.Tensor) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of :func:`pack`: the bool tensor of ``shape``."""
-    if _numpy_ok(packed):
+    if numpy_ok(packed):
         bits = np.unpackbits(packed.numpy(), count=math.prod(shape), bitorder="little")
         return torch.from_numpy(bits.view(np.bool_).reshape(shape))
     return _decode(packed, shape, _table(packed.device, torch.bool, 1.0, 0.0))
@@ -114,7 +115,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     # a word of `per` code bytes (little-endian): code j sits at bit 8j and belongs at bit bits·j, so
     # shifting the word right by j·(8 − bits) for each j and or-ing puts all of them in the low byte
     shifts = [j * (8 - bits) for j in range(1, per)]
-    if _numpy_ok(flat):
+    if numpy_ok(flat):
         words = flat.numpy().view(np.uint16 if per == 2 else np.uint32)
         out = words.copy()
         for s in shifts:

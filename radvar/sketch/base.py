@@ -283,12 +283,12 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor,
     full uniform resolution (2⁻²⁴ for float32, 2⁻⁵³ for float64), a function of ``gen``'s state.
 
     On CPU (outside ``torch.compile``) ``gen`` gives one 62-bit seed for numpy's PCG64 (two to three times
-    as fast as torch's mt19937, at the same resolution; :func:`_pcg`): a float32 draw is k·2⁻²⁴ with k the top 24 bits
-    of a uniform 32-bit half of a raw 64-bit output (numpy's own float32 recipe, without its per-draw
-    call); float64 draws are numpy's 53-bit ones. Elsewhere torch's ``rand`` draws from ``gen``.
+    as fast as torch's mt19937, at the same resolution; :func:`_pcg`): a float32 draw is k·2⁻²⁴ with k the
+    top 24 bits of a uniform 32-bit half of a raw 64-bit output (numpy's own float32 recipe, without its
+    per-draw call); float64 draws are numpy's 53-bit ones. Elsewhere torch's ``rand`` draws from ``gen``.
     ``out`` (contiguous, of ``shape`` and that dtype) receives the draws instead of a new tensor."""
     dtype = work_dtype(like.dtype)
-    if like.device.type == "cpu" and not torch.compiler.is_compiling():
+    if _bits.numpy_ok(like):
         target = None if out is None else out.numpy()
         if dtype == torch.float64:
             draws = np.random.Generator(_pcg(gen)).random(shape, dtype=np.float64, out=target)
@@ -304,7 +304,7 @@ def coins(shape: tuple[int, ...], p: float, gen: torch.Generator, like: torch.Te
     """The bool tensor ``uniform(shape, gen, like) < p``, drawn the same. For float32 work on CPU (outside
     ``torch.compile``) it compares the raw 32-bit words with ⌈p·2²⁴⌉·2⁸ instead (k·2⁻²⁴ < p iff
     k < ⌈p·2²⁴⌉ for k the top 24 bits of a word): bitwise the same mask without making the floats."""
-    if like.device.type == "cpu" and not torch.compiler.is_compiling() and work_dtype(like.dtype) == torch.float32:
+    if _bits.numpy_ok(like) and work_dtype(like.dtype) == torch.float32:
         limit = math.ceil(float(np.float32(p)) * 2.0 ** 24)
         if limit >= 1 << 24:
             return torch.ones(shape, dtype=torch.bool)
@@ -326,7 +326,7 @@ def bernoulli_positions(numel: int, p: float, gen: torch.Generator, like: torch.
     and summed; work in proportion to the p·numel successes instead of numel (92 against 242 µs at p = 0.1
     on 150 x 784, 894 against 2,626 µs on 150 x 32 x 16 x 16). Elsewhere the true entries of
     :func:`coins`."""
-    if like.device.type != "cpu" or torch.compiler.is_compiling() or not 0.0 < p <= GAP_KEEP:
+    if not (_bits.numpy_ok(like) and 0.0 < p <= GAP_KEEP):
         return flat_nonzero(coins((numel,), p, gen, like))
     draws = np.random.Generator(_pcg(gen))
     log_q = math.log1p(-p)
@@ -347,7 +347,7 @@ def signs(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor, scal
     (:func:`_pcg`, seeded by one draw of ``gen``) gives 64 signs, decoded a byte at a time by table
     lookup (:func:`radvar._bits.select`): about a fifth of the time of ``torch.randint(0, 2, ...)``
     and the arithmetic that maps it to ±scale. Elsewhere ``torch.randint``."""
-    if like.device.type == "cpu" and not torch.compiler.is_compiling() and like.dtype != torch.bfloat16:
+    if _bits.numpy_ok(like) and like.dtype != torch.bfloat16:
         numel = math.prod(shape)
         bits = _pcg(gen).random_raw((numel + 63) // 64)
         return _bits.select(torch.from_numpy(bits.view(np.uint8)), shape, scale, -scale, like.dtype)
@@ -360,8 +360,7 @@ def less(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     outside ``torch.compile`` (13x as fast as torch's at one thread on 150 x 784 float32: 4.5 µs, not
     60), else torch's (and for bfloat16, which numpy lacks). Python floats compare in the tensor's dtype."""
     tensors = [v for v in (a, b) if isinstance(v, torch.Tensor)]
-    if (tensors[0].device.type == "cpu" and not torch.compiler.is_compiling()
-            and all(v.dtype != torch.bfloat16 for v in tensors)):
+    if _bits.numpy_ok(tensors[0]) and all(v.dtype != torch.bfloat16 for v in tensors):
         return torch.from_numpy(np.less(_as_numpy(a), _as_numpy(b)))
     return torch.as_tensor(a) < b if not isinstance(a, torch.Tensor) else a < b
 
@@ -378,7 +377,7 @@ def k_subsets(rows: int, n: int, k: int, gen: torch.Generator, like: torch.Tenso
     ``topk``; 150 x 784). Ties among a row's keys (probability below n²/2³³, 7e-5 at n = 784; 256 times
     less than among float32 uniforms) are the only departure from exact uniformity. Elsewhere ``topk`` of
     :func:`uniform` draws."""
-    if like.device.type == "cpu" and not torch.compiler.is_compiling():
+    if _bits.numpy_ok(like):
         keys = _words(gen, (rows, n))
         return torch.from_numpy(np.ascontiguousarray(np.argpartition(keys, k - 1, axis=1)[:, :k]))
     return uniform((rows, n), gen, like).topk(k, dim=1, largest=False, sorted=False).indices
@@ -388,7 +387,7 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """The flat (C-order) int64 positions of the true entries of the bool tensor ``mask``: numpy's
     ``flatnonzero`` on CPU outside ``torch.compile`` (about four times as fast as ``nonzero`` there),
     else ``torch.nonzero``."""
-    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
+    if _bits.numpy_ok(mask):
         return torch.from_numpy(np.flatnonzero(mask.numpy()))
     return mask.reshape(-1).nonzero().squeeze(1)
 

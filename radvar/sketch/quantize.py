@@ -158,7 +158,7 @@ class Quantize(Sketch):
         bounds = torch.stack([lo.to(x.dtype), step])
         drawn = []
         for i, gen in enumerate(gens):
-            if _bits._numpy_ok(u):  # in place on draws into a reused buffer (no fresh pages per call); numpy's
+            if _bits.numpy_ok(u):  # in place on draws into a reused buffer (no fresh pages per call); numpy's
                 draws = uniform(u.shape, gen, u, _scratch(u)).numpy()  # float -> uint8 cast is several
                 # times faster than torch's on CPU
                 level = torch.from_numpy(np.ceil(np.subtract(u.detach().numpy(), draws, out=draws),
