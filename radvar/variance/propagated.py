@@ -103,10 +103,11 @@ def as_probes(probes: int | Probes, owner: str) -> Probes:
     """``probes`` as a :class:`Probes` policy (an int: exactly that many); names the caller in errors."""
     if isinstance(probes, Probes):
         return probes
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 2:
+    try:
+        return Probes(probes)
+    except ValueError:
         raise ValueError(f"{owner}: probes must be an int >= 2 (the standard error needs two) or a "
-                         f"radvar.variance.Probes, got {probes!r}")
-    return Probes(probes)
+                         f"radvar.variance.Probes, got {probes!r}") from None
 
 
 def method_label(probes: int | Sequence[int]) -> str:
@@ -410,15 +411,13 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[t
     reference = site.reference
     draws: list[float] = []
     step = CHUNK if probes.rtol is None else ROUND
-    while len(draws) < probes.most:
+    while True:  # the first chunk has at least two probes (most >= 2), so the spread is defined
         chunk = [_errors(site, sketch, reference, index) for _ in range(min(step, probes.most - len(draws)))]
         draws += _squared_errors(chunk, params)
-        if probes.rtol is not None and len(draws) >= 2:
-            values = torch.tensor(draws, dtype=torch.float64)
-            if float(values.std()) / math.sqrt(len(draws)) <= probes.rtol * float(values.mean()):
-                break
-    values = torch.tensor(draws, dtype=torch.float64)
-    mean, se = float(values.mean()), float(values.std() / math.sqrt(len(draws)))
+        values = torch.tensor(draws, dtype=torch.float64)
+        mean, se = float(values.mean()), float(values.std()) / math.sqrt(len(draws))
+        if len(draws) >= probes.most or (probes.rtol is not None and se <= probes.rtol * mean):
+            break
     return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(len(draws)), len(site.calls), 0.0,
                         len(draws))
 
