@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -6,8 +7,16 @@ import torch
 
 import radvar
 
-# the step-time cost model caches per machine under the user's cache folder; tests use a private one
-os.environ.setdefault("RADVAR_CACHE_DIR", tempfile.mkdtemp(prefix="radvar-test-cache-"))
+# the step-time cost model caches per machine under the user's cache folder; tests use a private one,
+# removed when the session ends (one given in RADVAR_CACHE_DIR is the caller's and stays)
+_OWN_CACHE = None if "RADVAR_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="radvar-test-cache-")
+if _OWN_CACHE is not None:
+    os.environ["RADVAR_CACHE_DIR"] = _OWN_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

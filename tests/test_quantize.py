@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from scipy.stats import binom
 from torch import nn
 
 import radvar
-from radvar import _bits, rng
+from radvar import _bits, _native, rng
 from radvar.memory import saved_bytes
 from radvar.sketch import Importance, Projection, Quantize, Sketch, Subsample
 from radvar.variance.statistics import mean_ci
@@ -127,6 +130,30 @@ def test_numpy_and_torch_decode_paths_agree(bits, monkeypatch):
     slow_packed = _bits.pack_codes(codes, bits)
     assert torch.equal(slow_packed, _bits.pack_codes(codes, bits))
     assert torch.equal(_bits.unpack_codes(slow_packed, codes.shape, bits, torch.float32), fast)
+
+
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape, group", [((150, 784), None), ((7, 12), 4), ((3, 1000), 8), ((1, 1), None),
+                                          ((5, 37), None), ((600, 3), 3)])
+def test_compiled_kernel_gives_the_numpy_paths_codes(bits, shape, group, monkeypatch):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(bits))
+    x[0] = 0.5  # a constant row (step 0) is kept exactly by both
+    sketch = Quantize(bits, group=group)
+    gens = [rng.generator(key, "cpu") for key in (11, 12, 13)]
+    compiled = sketch._round(x, gens)
+    monkeypatch.setattr(_native, "available", lambda: False)
+    reference = sketch._round(x, [rng.generator(key, "cpu") for key in (11, 12, 13)])
+    for (codes, bounds), (want_codes, want_bounds) in zip(compiled, reference):
+        assert codes.dtype == torch.uint8 and torch.equal(codes, want_codes)
+        assert torch.equal(bounds, want_bounds)
+
+
+def test_compiled_kernels_can_be_turned_off():
+    code = "import radvar._native as n; print(n.available())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "RADVAR_NO_KERNELS": "1"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 @pytest.mark.parametrize("sketch", [Quantize(b, group=g) for b in BITS for g in (None, 4)], ids=repr)

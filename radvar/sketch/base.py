@@ -256,19 +256,25 @@ class _ThreadPCG(threading.local):
 
 
 _PCG = _ThreadPCG()
-_PCG_INCREMENT = 0xDA3E39CB94B95BDB6A5F2C36C1E1A8C5 | 1  # any odd 128-bit constant: one fixed PCG stream
+PCG_INCREMENT = 0xDA3E39CB94B95BDB6A5F2C36C1E1A8C5 | 1  # any odd 128-bit constant: one fixed PCG stream
 
 
 def _pcg(gen: torch.Generator) -> np.random.PCG64:
     """This thread's PCG64 bit generator, set to the 128-bit state that one 62-bit draw of ``gen`` maps to
     (two splitmix64 mixes of it). Setting the state costs about 1 µs where a fresh ``PCG64(seed)`` hashes
     its seed for about 10; the generator is shared, so use it before the next call."""
-    seed = int(torch.randint(0, 1 << 62, (), generator=gen))
     bits = _PCG.bits
-    state = (rng.mix(seed) << 64) | rng.mix(seed ^ 0x5851F42D4C957F2D)
-    bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": _PCG_INCREMENT},
+    bits.state = {"bit_generator": "PCG64", "state": {"state": pcg_state(gen), "inc": PCG_INCREMENT},
                   "has_uint32": 0, "uinteger": 0}
     return bits
+
+
+def pcg_state(gen: torch.Generator) -> int:
+    """The 128-bit PCG64 state :func:`_pcg` starts from (increment ``PCG_INCREMENT``): one 62-bit draw of
+    ``gen``, two splitmix64 mixes of it. The compiled kernels (:mod:`radvar._native`) start their
+    streams here."""
+    seed = int(torch.randint(0, 1 << 62, (), generator=gen))
+    return (rng.mix(seed) << 64) | rng.mix(seed ^ 0x5851F42D4C957F2D)
 
 
 def _words(gen: torch.Generator, shape: tuple[int, ...]) -> np.ndarray:

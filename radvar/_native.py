@@ -1,0 +1,56 @@
+"""Optional compiled CPU kernels (``radvar/_ckernels.c``, built at install when a C compiler is found),
+called through ctypes. Each gives bitwise the result of the numpy path it replaces, so whether they are
+built changes speed only; :func:`available` says whether they are. ``RADVAR_NO_KERNELS=1`` turns them off."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+
+import torch
+
+_U64, _I64, _PTR = ctypes.c_uint64, ctypes.c_int64, ctypes.c_void_p
+_MASK = (1 << 64) - 1
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("RADVAR_NO_KERNELS", "") not in ("", "0"):
+        return None
+    try:
+        spec = importlib.util.find_spec("radvar._ckernels")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    lib.stochastic_round_f32.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, ctypes.c_int,
+                                         _U64, _U64, _U64, _U64, _PTR]
+    lib.stochastic_round_f32.restype = None
+    return lib
+
+
+_LIB = _load()
+
+
+def available() -> bool:
+    """Whether the compiled kernels were built and loaded."""
+    return _LIB is not None
+
+
+def stochastic_round(x: torch.Tensor, lo: torch.Tensor, delta: torch.Tensor, bits: int, group: int,
+                     state: int, increment: int) -> torch.Tensor:
+    """:class:`radvar.sketch.Quantize`'s packed levels of the contiguous float32 CPU (rows, n) tensor ``x`` with
+    per-group ``lo`` and ``delta`` (float32, one per ``group`` consecutive entries of a row), the uniforms
+    drawn from numpy's PCG64 at 128-bit ``state`` and ``increment``. Only when :func:`available`."""
+    if _LIB is None:
+        raise RuntimeError("radvar's compiled kernels are not available (radvar._native.available() is False)")
+    rows, n = x.shape
+    lo, delta = lo.contiguous(), delta.contiguous()
+    out = torch.empty((x.numel() * bits + 7) // 8, dtype=torch.uint8)
+    _LIB.stochastic_round_f32(x.data_ptr(), rows, n, group, lo.data_ptr(), delta.data_ptr(), bits,
+                              state >> 64, state & _MASK, increment >> 64, increment & _MASK, out.data_ptr())
+    return out
