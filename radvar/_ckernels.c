@@ -1,6 +1,8 @@
 /* Optional compiled CPU kernels for radvar, loaded with ctypes by radvar/_native.py.
  *
  * stochastic_round_f32: Quantize's compress in one pass, bitwise the same codes as its numpy path.
+ * k_subsets: per-example Subsample's column sets by Floyd's algorithm, O(k) per row (the numpy path
+ * partitions n random keys per row: the same distribution, other draws).
  * The random words are numpy's PCG64 stream (XSL-RR 128/64, numpy's multiplier, "step, then output"):
  * raw output i is the (i+1)-th state's output and entry e takes 32-bit half e of those outputs read
  * little-endian, U = (word >> 8) * 2^-24. The stream is generated four lanes at a time (lane j makes
@@ -9,7 +11,7 @@
  *
  * An entry x of a group (lo, delta per group of consecutive entries of a row) has u = clamp((x - lo) / d, 0, L) with d = delta if delta > 0 else 1 and L = 2^bits - 1, its level is
  * ceil(u - U), and the levels are packed 8/bits to a byte, level j of a byte in bits [bits*j, bits*(j+1)).
- * The float operations are the ones numpy/torch do, in the same order, without fast-math: IEEE results
+ * Rounding: the float operations are the ones numpy/torch do, in the same order, without fast-math: IEEE results
  * equal theirs (NaN entries, whose numpy level is undefined, get level 0).
  *
  * One thread: split over two threads the kernel took 1.0 instead of 1.8 ms alone on 512 x 2048, but in a
@@ -107,5 +109,56 @@ void stochastic_round_f32(const float *x, int64_t rows, int64_t n, int64_t group
             for (int j = 0; j < per; j++) byte |= (uint8_t)(level[b * per + j] << (bits * j));
             out[first + b] = byte;
         }
+    }
+}
+
+/* One uniform 32-bit word at a time from a stream (for samplers that use a variable number of words). */
+typedef struct {
+    stream st;
+    uint64_t raw[BLOCK / 2];
+    int next; /* the next unused 32-bit word of raw */
+} words;
+
+static void words_start(words *w, u128 state, u128 inc) {
+    stream_start(&w->st, state, inc);
+    w->next = BLOCK;
+}
+
+static inline uint32_t word_next(words *w) {
+    if (w->next == BLOCK) {
+        stream_fill(&w->st, w->raw, BLOCK / 2);
+        w->next = 0;
+    }
+    return ((const uint32_t *)w->raw)[w->next++];
+}
+
+/* uniform on [0, range), range >= 1: Lemire's multiply-and-reject ("Fast random integer generation in an
+ * interval", ACM TOMACS 2019), exact given uniform words */
+static inline uint32_t below(words *w, uint32_t range) {
+    uint64_t m = (uint64_t)word_next(w) * range;
+    if ((uint32_t)m < range) {
+        const uint32_t threshold = (uint32_t)(-range) % range;
+        while ((uint32_t)m < threshold) m = (uint64_t)word_next(w) * range;
+    }
+    return (uint32_t)(m >> 32);
+}
+
+/* out (rows x k, int64): per row a uniformly random k-subset of [0, n), 1 <= k <= n < 2^32, by Floyd's
+ * algorithm (Bentley and Floyd, "A sample of brilliance", CACM 1987): for j = n-k .. n-1 take t uniform on
+ * [0, j], or j itself if t is already taken; every k-subset is equally likely. seen: n bytes of scratch. */
+void k_subsets(int64_t rows, int64_t n, int64_t k, uint64_t state_hi, uint64_t state_lo, uint64_t inc_hi,
+               uint64_t inc_lo, int64_t *out, uint8_t *seen) {
+    words w;
+    words_start(&w, ((u128)state_hi << 64) | state_lo, ((u128)inc_hi << 64) | inc_lo);
+    memset(seen, 0, (size_t)n);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t *row = out + r * k;
+        for (int64_t i = 0, j = n - k; j < n; i++, j++) {
+            int64_t t = below(&w, (uint32_t)(j + 1));
+            if (seen[t]) t = j;
+            seen[t] = 1;
+            row[i] = t;
+        }
+        for (int64_t i = 0; i < k; i++) seen[row[i]] = 0;
     }
 }

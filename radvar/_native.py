@@ -30,6 +30,8 @@ def _load() -> ctypes.CDLL | None:
     lib.stochastic_round_f32.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, ctypes.c_int,
                                          _U64, _U64, _U64, _U64, _PTR]
     lib.stochastic_round_f32.restype = None
+    lib.k_subsets.argtypes = [_I64, _I64, _I64, _U64, _U64, _U64, _U64, _PTR, _PTR]
+    lib.k_subsets.restype = None
     return lib
 
 
@@ -41,16 +43,34 @@ def available() -> bool:
     return _LIB is not None
 
 
+def _require() -> ctypes.CDLL:
+    if _LIB is None:
+        raise RuntimeError("radvar's compiled kernels are not available (radvar._native.available() is False)")
+    return _LIB
+
+
 def stochastic_round(x: torch.Tensor, lo: torch.Tensor, delta: torch.Tensor, bits: int, group: int,
                      state: int, increment: int) -> torch.Tensor:
     """:class:`radvar.sketch.Quantize`'s packed levels of the contiguous float32 CPU (rows, n) tensor ``x`` with
     per-group ``lo`` and ``delta`` (float32, one per ``group`` consecutive entries of a row), the uniforms
     drawn from numpy's PCG64 at 128-bit ``state`` and ``increment``. Only when :func:`available`."""
-    if _LIB is None:
-        raise RuntimeError("radvar's compiled kernels are not available (radvar._native.available() is False)")
+    lib = _require()
     rows, n = x.shape
     lo, delta = lo.contiguous(), delta.contiguous()
     out = torch.empty((x.numel() * bits + 7) // 8, dtype=torch.uint8)
-    _LIB.stochastic_round_f32(x.data_ptr(), rows, n, group, lo.data_ptr(), delta.data_ptr(), bits,
-                              state >> 64, state & _MASK, increment >> 64, increment & _MASK, out.data_ptr())
+    lib.stochastic_round_f32(x.data_ptr(), rows, n, group, lo.data_ptr(), delta.data_ptr(), bits,
+                             state >> 64, state & _MASK, increment >> 64, increment & _MASK, out.data_ptr())
+    return out
+
+
+def k_subsets(rows: int, n: int, k: int, state: int, increment: int) -> torch.Tensor:
+    """(rows, k) int64: per row a uniformly random k-subset of range(n) (1 <= k <= n < 2³²), by Floyd's
+    algorithm on numpy's PCG64 stream at ``state`` and ``increment``. Only when :func:`available`."""
+    lib = _require()
+    if not (1 <= k <= n < 1 << 32):
+        raise ValueError(f"k_subsets: need 1 <= k <= n < 2**32, got k={k}, n={n}")
+    out = torch.empty(rows, k, dtype=torch.int64)
+    seen = torch.empty(n, dtype=torch.uint8)
+    lib.k_subsets(rows, n, k, state >> 64, state & _MASK, increment >> 64, increment & _MASK, out.data_ptr(),
+                  seen.data_ptr())
     return out

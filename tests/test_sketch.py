@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radvar import _bits, rng
+from radvar import _bits, _native, rng
 from radvar.sketch import Bernoulli, Importance, Projection, Sketch, Subsample, inclusion_probabilities
 
 ALL = [Bernoulli(0.25), Bernoulli(0.25, per_example=False), Subsample(0.25), Subsample(0.25, per_example=True),
@@ -183,26 +183,53 @@ def test_bernoulli_positions_are_iid_trials():
                        flat_nonzero(coins((500,), 0.5, rng.generator(2, "cpu"), like)))
 
 
-def test_k_subsets_pick_the_k_smallest_keys_uniformly():
-    """``k_subsets``: per row the positions of the k smallest raw words one key draws (numpy's argpartition
-    on CPU), k distinct columns, the same for the same key; over 20,000 rows each column is kept with
-    frequency k/n within 5 binomial standard deviations (a position bias would show)."""
+def _check_k_subsets_uniform(seed: int) -> None:
+    """k distinct columns per row, the same for the same key; over 20,000 rows each column is kept with
+    frequency k/n within 5 binomial standard deviations (a position bias would show); every 2-subset of 6
+    columns equally likely over 30,000 rows (chi-square statistic below its 1e-6 upper quantile)."""
+    from scipy.stats import chi2
+
+    from radvar.sketch.base import k_subsets
+
+    like = torch.zeros(())
+    picked = k_subsets(7, 33, 5, rng.generator(seed, "cpu"), like)
+    assert picked.shape == (7, 5) and picked.dtype == torch.int64
+    assert torch.equal(picked, k_subsets(7, 33, 5, rng.generator(seed, "cpu"), like))
+    assert torch.equal(k_subsets(3, 4, 4, rng.generator(seed, "cpu"), like).sort(1).values, torch.arange(4).repeat(3, 1))
+    rows, n, k = 20_000, 33, 5
+    many = k_subsets(rows, n, k, rng.generator(seed + 1, "cpu"), like)
+    assert (many.sort(1).values.diff(dim=1) > 0).all() and many.min() >= 0 and many.max() < n
+    counts = torch.bincount(many.reshape(-1), minlength=n).double()
+    p = k / n
+    assert ((counts - rows * p).abs() <= 5 * (rows * p * (1 - p)) ** 0.5).all(), counts
+    rows, n = 30_000, 6
+    pairs = k_subsets(rows, n, 2, rng.generator(seed + 2, "cpu"), like).sort(1).values
+    seen = torch.bincount(pairs[:, 0] * n + pairs[:, 1], minlength=n * n).double()
+    observed = seen[[i * n + j for i in range(n) for j in range(i + 1, n)]]
+    expected = rows / observed.numel()
+    assert observed.sum() == rows
+    assert float(((observed - expected) ** 2 / expected).sum()) < chi2.isf(1e-6, observed.numel() - 1), observed
+
+
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+def test_k_subsets_compiled_floyd_is_uniform():
+    """``k_subsets`` with the compiled kernel (Floyd's algorithm)."""
+    _check_k_subsets_uniform(3)
+
+
+def test_k_subsets_numpy_picks_the_k_smallest_keys_uniformly(monkeypatch):
+    """``k_subsets`` without the compiled kernel: per row the positions of the k smallest raw words one key
+    draws (numpy's argpartition), and uniform as above."""
     import numpy as np
 
     from radvar.sketch.base import _words, k_subsets
 
+    monkeypatch.setattr(_native, "available", lambda: False)
     like = torch.zeros(())
     picked = k_subsets(7, 33, 5, rng.generator(3, "cpu"), like)
     keys = torch.from_numpy(_words(rng.generator(3, "cpu"), (7, 33)).astype(np.int64))
-    assert picked.shape == (7, 5) and picked.dtype == torch.int64
     assert torch.equal(picked.sort(1).values, keys.argsort(1)[:, :5].sort(1).values)
-    assert torch.equal(picked, k_subsets(7, 33, 5, rng.generator(3, "cpu"), like))
-    rows, n, k = 20_000, 33, 5
-    many = k_subsets(rows, n, k, rng.generator(4, "cpu"), like)
-    assert (many.sort(1).values.diff(dim=1) > 0).all()
-    counts = torch.bincount(many.reshape(-1), minlength=n).double()
-    p = k / n
-    assert ((counts - rows * p).abs() <= 5 * (rows * p * (1 - p)) ** 0.5).all(), counts
+    _check_k_subsets_uniform(3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
