@@ -162,3 +162,57 @@ void k_subsets(int64_t rows, int64_t n, int64_t k, uint64_t state_hi, uint64_t s
         for (int64_t i = 0; i < k; i++) seen[row[i]] = 0;
     }
 }
+
+/* Importance's Poisson draw of float32 x (rows x n) given each row's scale c: entry (r, j) is kept when
+ * U < c_r |x_rj| (U the entry's uniform, drawn as for Quantize; a NaN product keeps nothing), with value
+ * x / min(1, c_r |x_rj|). Writes the kept values and their columns in C order (capacity rows * n), each
+ * row's count, and the packed mask (bit j of byte i: entry 8i + j); returns the number kept. values and
+ * cols need one slot more than the number kept (each entry is written before it is known to be kept). Bitwise the
+ * numpy path's (uniform, the comparison, the float32 product and quotient). */
+int64_t poisson_keep_f32(const float *x, int64_t rows, int64_t n, const float *scale, uint64_t state_hi,
+                         uint64_t state_lo, uint64_t inc_hi, uint64_t inc_lo, float *values, int32_t *cols,
+                         int32_t *counts, uint8_t *mask) {
+    stream st;
+    stream_start(&st, ((u128)state_hi << 64) | state_lo, ((u128)inc_hi << 64) | inc_lo);
+    const int64_t total = rows * n;
+    uint64_t raw[BLOCK / 2];
+    float quotient[BLOCK];
+    uint8_t take[BLOCK];
+    int64_t kept = 0, row = 0, col = 0; /* the row and column of the next entry */
+    memset(counts, 0, (size_t)rows * sizeof(int32_t));
+    for (int64_t start = 0; start < total; start += BLOCK) {
+        const int64_t m = total - start < BLOCK ? total - start : BLOCK;
+        stream_fill(&st, raw, BLOCK / 2);
+        const uint32_t *word = (const uint32_t *)raw;
+        for (int64_t e = 0; e < m;) { /* a run of one row at a time */
+            const int64_t run = n - col < m - e ? n - col : m - e;
+            const float c = scale[row], *xs = x + start + e;
+            for (int64_t k = 0; k < run; k++) { /* vectorized: the draw and the quotient of every entry */
+                const float scaled = (xs[k] < 0.0f ? -xs[k] : xs[k]) * c;
+                take[e + k] = (float)(word[e + k] >> 8) * 0x1p-24f < scaled;
+                quotient[e + k] = xs[k] / (scaled < 1.0f ? scaled : 1.0f);
+            }
+            const int64_t before = kept;
+            for (int64_t k = 0; k < run; k++) { /* branch-free compaction: write, then advance if kept */
+                values[kept] = quotient[e + k];
+                cols[kept] = (int32_t)(col + k);
+                kept += take[e + k];
+            }
+            counts[row] += (int32_t)(kept - before);
+            e += run;
+            col += run;
+            if (col == n) {
+                col = 0;
+                row++;
+            }
+        }
+        for (int64_t k = m; k < BLOCK; k++) take[k] = 0;
+        uint8_t *bytes = mask + start / 8;
+        for (int64_t b = 0; b < (m + 7) / 8; b++) {
+            uint8_t byte = 0;
+            for (int j = 0; j < 8; j++) byte |= (uint8_t)(take[8 * b + j] << j);
+            bytes[b] = byte;
+        }
+    }
+    return kept;
+}

@@ -32,6 +32,8 @@ def _load() -> ctypes.CDLL | None:
     lib.stochastic_round_f32.restype = None
     lib.k_subsets.argtypes = [_I64, _I64, _I64, _U64, _U64, _U64, _U64, _PTR, _PTR]
     lib.k_subsets.restype = None
+    lib.poisson_keep_f32.argtypes = [_PTR, _I64, _I64, _PTR, _U64, _U64, _U64, _U64, _PTR, _PTR, _PTR, _PTR]
+    lib.poisson_keep_f32.restype = _I64
     return lib
 
 
@@ -74,3 +76,19 @@ def k_subsets(rows: int, n: int, k: int, state: int, increment: int) -> torch.Te
     lib.k_subsets(rows, n, k, state >> 64, state & _MASK, increment >> 64, increment & _MASK, out.data_ptr(),
                   seen.data_ptr())
     return out
+
+
+def poisson_keep(x: torch.Tensor, scale: torch.Tensor, state: int, increment: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:class:`radvar.sketch.Importance`'s draw of the contiguous float32 CPU (rows, n) tensor ``x`` with
+    per-row scale ``scale`` (rows, 1) float32: entry (r, j) kept when U < c_r·|x_rj|, U from numpy's PCG64
+    stream at ``state`` and ``increment``. Returns (values x/min(1, c·|x|) of the kept entries in C order,
+    their int32 columns, int32 count per row, the packed uint8 mask). Only when :func:`available`."""
+    lib = _require()
+    rows, n = x.shape
+    values, cols = torch.empty(rows * n, dtype=torch.float32), torch.empty(rows * n, dtype=torch.int32)
+    counts, mask = torch.empty(rows, dtype=torch.int32), torch.empty((rows * n + 7) // 8, dtype=torch.uint8)
+    kept = lib.poisson_keep_f32(x.data_ptr(), rows, n, scale.contiguous().data_ptr(), state >> 64, state & _MASK,
+                                increment >> 64, increment & _MASK, values.data_ptr(), cols.data_ptr(),
+                                counts.data_ptr(), mask.data_ptr())
+    return values[:kept].clone(), cols[:kept], counts, mask

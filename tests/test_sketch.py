@@ -90,6 +90,24 @@ def test_importance_picks_the_smaller_index_format():
     assert Importance(0.5).compress(x, rng.generator(0, "cpu"))[1]["format"] == "bitmap"
 
 
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+@pytest.mark.parametrize("shape, keep, relu", [((150, 784), 0.1, True), ((40, 1000), 0.01, False), ((7, 13), 0.3, True),
+                                               ((3, 5), 0.9, False), ((1, 1), 0.5, False)])
+def test_importance_compiled_kernel_gives_the_numpy_paths_draw(shape, keep, relu, monkeypatch):
+    """Importance's compiled compress stores bitwise what its numpy path stores (values, index format and
+    index), rows with capped entries, all-zero rows and both index formats included."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    x = x.relu() if relu else x
+    x[0, : max(1, shape[1] // 2)] = 0.0
+    sketch = Importance(keep)
+    saved, meta = sketch.compress(x, rng.generator(9, "cpu"))
+    monkeypatch.setattr(_native, "available", lambda: False)
+    want, want_meta = sketch.compress(x, rng.generator(9, "cpu"))
+    assert meta == want_meta and len(saved) == len(want)
+    for got, ref in zip(saved, want):
+        assert got.dtype == ref.dtype and torch.equal(got, ref)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=200))
 def test_bit_packing_round_trip(bits):

@@ -18,9 +18,9 @@ import math
 
 import torch
 
-from .. import _bits
-from .base import (CLOSED, Meta, Saved, Sketch, count_margin, flat_nonzero, itemsize, less, scatter_flat, uniform,
-                   work_dtype)
+from .. import _bits, _native
+from .base import (CLOSED, PCG_INCREMENT, Meta, Saved, Sketch, count_margin, flat_nonzero, itemsize, less,
+                   pcg_state, scatter_flat, uniform, work_dtype)
 from .moments import ViewStats
 from .registry import family
 
@@ -52,6 +52,13 @@ def inclusion_probabilities(x: torch.Tensor, keep: float) -> torch.Tensor:
 def _scaled_magnitudes(x: torch.Tensor, keep: float) -> torch.Tensor:
     """c·|x| per row, the c of :func:`inclusion_probabilities`, uncapped: π = min(1, c·|x|), and NaN
     (c = ∞ times 0) where π = 0."""
+    a, c = _row_scales(x, keep)
+    return a.mul_(c)
+
+
+def _row_scales(x: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|x| in the work dtype, the c (rows, 1) of :func:`inclusion_probabilities`; ∞ for a row with at
+    most keep · n nonzeros, all of which are kept)."""
     a = x.detach().abs().to(work_dtype(x.dtype))
     budget = keep * a.shape[1]
     c = budget / a.sum(1, keepdim=True)
@@ -65,7 +72,7 @@ def _scaled_magnitudes(x: torch.Tensor, keep: float) -> torch.Tensor:
         sub_c = poisson_scale(s, s.flip(1).cumsum(1).flip(1), budget)
         sub_c = torch.where((sub > 0).sum(1, keepdim=True) <= budget, math.inf, sub_c)
         c.index_copy_(0, rows, sub_c.to(c.dtype))
-    return a.mul_(c)
+    return a, c
 
 
 @dataclasses.dataclass
@@ -125,17 +132,27 @@ class Importance(Sketch):
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
+        if x.dtype == torch.float32 and _native.available() and _bits.numpy_ok(x):
+            # one C pass, bitwise this method's numpy path below (2.2x faster on 150 x 784)
+            values, cols, counts, packed = _native.poisson_keep(x.detach().contiguous(), _row_scales(x, self.keep)[1],
+                                                                pcg_state(gen), PCG_INCREMENT)
+            return self._stored(values, cols, counts, packed, rows, n)
         scaled = _scaled_magnitudes(x, self.keep)  # π = min(1, scaled); U < π iff U < scaled (U < 1, NaN: π = 0)
         mask = less(uniform((rows, n), gen, x), scaled)
         kept = flat_nonzero(mask)
         pi = scaled.reshape(-1).index_select(0, kept).clamp_max_(1.0)
         values = (x.reshape(-1).index_select(0, kept).to(pi.dtype) / pi).to(x.dtype)
+        return self._stored(values, kept % n, mask.sum(1, dtype=torch.int32), _bits.pack(mask), rows, n)
+
+    @staticmethod
+    def _stored(values: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor, packed: torch.Tensor, rows: int,
+                n: int) -> tuple[Saved, Meta]:
+        """The kept values with int16 columns and per-row counts, or with the packed mask, whichever is
+        smaller for this draw."""
         bitmap_bytes = (rows * n + 7) // 8
-        if n <= torch.iinfo(torch.int16).max and 2 * kept.numel() + 4 * rows < bitmap_bytes:
-            cols = (kept % n).to(torch.int16)
-            counts = mask.sum(1, dtype=torch.int32)
-            return (values, cols, counts), {"shape": (rows, n), "format": "int16"}
-        return (values, _bits.pack(mask)), {"shape": (rows, n), "format": "bitmap"}
+        if n <= torch.iinfo(torch.int16).max and 2 * values.numel() + 4 * rows < bitmap_bytes:
+            return (values, cols.to(torch.int16), counts), {"shape": (rows, n), "format": "int16"}
+        return (values, packed), {"shape": (rows, n), "format": "bitmap"}
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         rows, n = meta["shape"]
