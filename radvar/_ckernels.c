@@ -216,3 +216,35 @@ int64_t poisson_keep_f32(const float *x, int64_t rows, int64_t n, const float *s
     }
     return kept;
 }
+
+/* Importance's restore: out (total float32 entries) zero except the kept entries, which take values in C
+ * order; the kept positions given by the packed mask (bit j of byte i: entry 8i + j). */
+void scatter_mask_f32(const float *values, const uint8_t *mask, int64_t total, float *out) {
+    memset(out, 0, (size_t)total * sizeof(float));
+    int64_t next = 0;
+    for (int64_t b = 0; b < (total + 7) / 8; b++)
+        for (unsigned byte = mask[b]; byte; byte &= byte - 1) out[8 * b + __builtin_ctz(byte)] = values[next++];
+}
+
+/* The same with the kept positions given by int16 columns and per-row counts of a rows x n tensor. */
+void scatter_rows_f32(const float *values, const int16_t *cols, const int32_t *counts, int64_t rows, int64_t n,
+                      float *out) {
+    memset(out, 0, (size_t)(rows * n) * sizeof(float));
+    int64_t next = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int32_t i = 0; i < counts[r]; i++, next++) out[r * n + cols[next]] = values[next];
+}
+
+/* out = g * (bit ? on : off) per entry, the bits packed as in _bits.pack (bit j of byte i: entry 8i + j);
+ * out may be g. One pass: each mask byte picks a row of 8 factors from a table made for (on, off). */
+void mask_scale_f32(const float *g, const uint8_t *mask, int64_t total, float on, float off, float *out) {
+    float table[256][8];
+    for (int b = 0; b < 256; b++)
+        for (int j = 0; j < 8; j++) table[b][j] = (b >> j) & 1 ? on : off;
+    const int64_t whole = total / 8;
+    for (int64_t b = 0; b < whole; b++) {
+        const float *f = table[mask[b]];
+        for (int j = 0; j < 8; j++) out[8 * b + j] = g[8 * b + j] * f[j];
+    }
+    for (int64_t e = 8 * whole; e < total; e++) out[e] = g[e] * table[mask[whole]][e & 7];
+}

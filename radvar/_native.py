@@ -34,6 +34,12 @@ def _load() -> ctypes.CDLL | None:
     lib.k_subsets.restype = None
     lib.poisson_keep_f32.argtypes = [_PTR, _I64, _I64, _PTR, _U64, _U64, _U64, _U64, _PTR, _PTR, _PTR, _PTR]
     lib.poisson_keep_f32.restype = _I64
+    lib.scatter_mask_f32.argtypes = [_PTR, _PTR, _I64, _PTR]
+    lib.scatter_mask_f32.restype = None
+    lib.scatter_rows_f32.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _PTR]
+    lib.scatter_rows_f32.restype = None
+    lib.mask_scale_f32.argtypes = [_PTR, _PTR, _I64, ctypes.c_float, ctypes.c_float, _PTR]
+    lib.mask_scale_f32.restype = None
     return lib
 
 
@@ -92,3 +98,26 @@ def poisson_keep(x: torch.Tensor, scale: torch.Tensor, state: int, increment: in
                                 increment >> 64, increment & _MASK, values.data_ptr(), cols.data_ptr(),
                                 counts.data_ptr(), mask.data_ptr())
     return values[:kept].clone(), cols[:kept], counts, mask
+
+
+def scatter_kept(values: torch.Tensor, index: tuple[torch.Tensor, ...], shape: tuple[int, int]) -> torch.Tensor:
+    """The float32 (rows, n) tensor that is zero except at the kept entries, which take ``values`` (float32,
+    C order): ``index`` is (the packed mask,) or (int16 columns, int32 counts per row), as
+    :func:`poisson_keep`'s result is stored. Only when :func:`available`."""
+    lib = _require()
+    rows, n = shape
+    out = torch.empty(rows, n, dtype=torch.float32)
+    if len(index) == 1:
+        lib.scatter_mask_f32(values.data_ptr(), index[0].data_ptr(), rows * n, out.data_ptr())
+    else:
+        cols, counts = index
+        lib.scatter_rows_f32(values.data_ptr(), cols.data_ptr(), counts.data_ptr(), rows, n, out.data_ptr())
+    return out
+
+
+def mask_scale(g: torch.Tensor, packed: torch.Tensor, on: float, off: float, out: torch.Tensor) -> torch.Tensor:
+    """``out = g ⊙ where(mask, on, off)`` for contiguous float32 CPU ``g`` and ``out`` (``out`` may be ``g``),
+    the mask packed as :func:`radvar._bits.pack` packs it. Only when :func:`available`."""
+    lib = _require()
+    lib.mask_scale_f32(g.data_ptr(), packed.data_ptr(), g.numel(), on, off, out.data_ptr())
+    return out

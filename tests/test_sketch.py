@@ -95,17 +95,20 @@ def test_importance_picks_the_smaller_index_format():
                                                ((3, 5), 0.9, False), ((1, 1), 0.5, False)])
 def test_importance_compiled_kernel_gives_the_numpy_paths_draw(shape, keep, relu, monkeypatch):
     """Importance's compiled compress stores bitwise what its numpy path stores (values, index format and
-    index), rows with capped entries, all-zero rows and both index formats included."""
+    index), rows with capped entries, all-zero rows and both index formats included; the compiled restore
+    rebuilds bitwise the numpy path's x̂."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     x = x.relu() if relu else x
     x[0, : max(1, shape[1] // 2)] = 0.0
     sketch = Importance(keep)
     saved, meta = sketch.compress(x, rng.generator(9, "cpu"))
+    restored = sketch.restore(saved, meta, rng.generator(9, "cpu"))
     monkeypatch.setattr(_native, "available", lambda: False)
     want, want_meta = sketch.compress(x, rng.generator(9, "cpu"))
     assert meta == want_meta and len(saved) == len(want)
     for got, ref in zip(saved, want):
         assert got.dtype == ref.dtype and torch.equal(got, ref)
+    assert torch.equal(restored, sketch.restore(want, want_meta, rng.generator(9, "cpu")))
 
 
 @settings(max_examples=60, deadline=None)
@@ -126,6 +129,23 @@ def test_numpy_and_torch_bit_paths_agree(dtype, monkeypatch):
     monkeypatch.setattr(_bits, "numpy_ok", lambda t: False)
     slow = _bits.pack(mask), _bits.select(_bits.pack(mask), mask.shape, 1.0, 0.25, dtype)
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]) and fast[1].dtype == dtype
+
+
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+@pytest.mark.parametrize("numel", [1, 7, 8, 1001, 4096])
+@pytest.mark.parametrize("on, off", [(1.0, 0.0), (1.0, 0.01), (1.0 / 0.7, 0.0)])
+def test_scale_by_mask_compiled_equals_the_decoded_product(numel, on, off, monkeypatch):
+    """A gradient through a kept 1-bit mask: the compiled one-pass product is bitwise the decoded
+    ``g * select(...)``, out of place and in place (negative zeros and NaN included)."""
+    gen = torch.Generator().manual_seed(numel)
+    g = torch.randn(numel, generator=gen)
+    g[0] = float("nan") if numel > 1 else -1.0
+    packed = _bits.pack(torch.rand(numel, generator=gen) < 0.5)
+    fast, inplace = _bits.scale_by_mask(g, packed, on, off), _bits.scale_by_mask(g.clone(), packed, on, off, True)
+    monkeypatch.setattr(_native, "available", lambda: False)
+    want = _bits.scale_by_mask(g, packed, on, off)
+    assert torch.equal(fast.nan_to_num(7.0), want.nan_to_num(7.0)) and torch.equal(inplace.isnan(), want.isnan())
+    assert torch.equal(fast.signbit(), want.signbit()) and torch.equal(inplace.nan_to_num(7.0), want.nan_to_num(7.0))
 
 
 @pytest.mark.parametrize("sketch", ALL, ids=lambda s: s.label())

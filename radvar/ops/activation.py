@@ -33,7 +33,7 @@ from ._kept import keep, restore, sketching
 
 def leaky_relu_mask(x: torch.Tensor, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(leaky_relu(x, slope), packed 1-bit mask of x > 0)`` (slope 0: ReLU); the backward multiplies
-    by ``_bits.select(mask, x.shape, 1.0, slope, dtype)``."""
+    by 1 where the mask is set, by ``slope`` elsewhere (:func:`radvar._bits.scale_by_mask`)."""
     if slope == 0.0:
         y = torch.relu(x)
         return y, _bits.pack(y.bool())  # relu(x) != 0 iff x > 0 (a float->bool cast is cheaper than a compare)
@@ -45,14 +45,14 @@ class CompactLeakyReLUFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
         y, mask = leaky_relu_mask(x, slope)
         ctx.save_for_backward(mask)
-        ctx.shape, ctx.slope = x.shape, slope
+        ctx.slope = slope
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
         (packed,) = ctx.saved_tensors
-        return gy * _bits.select(packed, ctx.shape, 1.0, ctx.slope, gy.dtype), None
+        return _bits.scale_by_mask(gy, packed, 1.0, ctx.slope), None
 
 
 def compact_relu(x: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,14 @@ class CompactDropoutFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         keep = torch.empty_like(x).bernoulli_(1.0 - p)
         ctx.save_for_backward(_bits.pack(keep.bool()))
-        ctx.shape, ctx.scale = x.shape, 1.0 / (1.0 - p)
+        ctx.scale = 1.0 / (1.0 - p)
         return x * keep.mul_(ctx.scale)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
         (packed,) = ctx.saved_tensors
-        return gy * _bits.select(packed, ctx.shape, ctx.scale, 0.0, gy.dtype), None
+        return _bits.scale_by_mask(gy, packed, ctx.scale, 0.0), None
 
 
 def compact_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

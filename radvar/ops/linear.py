@@ -89,7 +89,7 @@ class RADLinearFunction(torch.autograd.Function):
         if needs[0]:
             gx = gy @ weight  # (..., n): the input's shape
             if ctx.slope is not None:
-                gx = gx.mul_(_bits.select(ctx.extra[0], ctx.x_shape, 1.0, ctx.slope, gx.dtype))
+                gx = _bits.scale_by_mask(gx, ctx.extra[0], 1.0, ctx.slope, inplace=True)
         if needs[1]:
             gen = rng.generator(ctx.key, gy.device)
             if ctx.sketch.view == "rows":
