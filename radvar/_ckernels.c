@@ -218,21 +218,30 @@ int64_t poisson_keep_f32(const float *x, int64_t rows, int64_t n, const float *s
 }
 
 /* Importance's restore: out (total float32 entries) zero except the kept entries, which take values in C
- * order; the kept positions given by the packed mask (bit j of byte i: entry 8i + j). */
-void scatter_mask_f32(const float *values, const uint8_t *mask, int64_t total, float *out) {
+ * order; the kept positions given by the packed mask (bit j of byte i: entry 8i + j). Returns the number
+ * of set bits; writes at most `count` values (the caller checks the two agree). */
+int64_t scatter_mask_f32(const float *values, int64_t count, const uint8_t *mask, int64_t total, float *out) {
     memset(out, 0, (size_t)total * sizeof(float));
     int64_t next = 0;
     for (int64_t b = 0; b < (total + 7) / 8; b++)
-        for (unsigned byte = mask[b]; byte; byte &= byte - 1) out[8 * b + __builtin_ctz(byte)] = values[next++];
+        for (unsigned byte = mask[b]; byte; byte &= byte - 1, next++)
+            if (next < count && 8 * b + __builtin_ctz(byte) < total) out[8 * b + __builtin_ctz(byte)] = values[next];
+    return next;
 }
 
-/* The same with the kept positions given by int16 columns and per-row counts of a rows x n tensor. */
-void scatter_rows_f32(const float *values, const int16_t *cols, const int32_t *counts, int64_t rows, int64_t n,
-                      float *out) {
+/* The same with the kept positions given by int16 columns and per-row counts of a rows x n tensor.
+ * Returns -1 (having written only in bounds) if the counts add up to more than `count` or a column is
+ * outside [0, n), else the sum of the counts. */
+int64_t scatter_rows_f32(const float *values, int64_t count, const int16_t *cols, const int32_t *counts,
+                         int64_t rows, int64_t n, float *out) {
     memset(out, 0, (size_t)(rows * n) * sizeof(float));
     int64_t next = 0;
     for (int64_t r = 0; r < rows; r++)
-        for (int32_t i = 0; i < counts[r]; i++, next++) out[r * n + cols[next]] = values[next];
+        for (int32_t i = 0; i < counts[r]; i++, next++) {
+            if (next >= count || cols[next] < 0 || cols[next] >= n) return -1;
+            out[r * n + cols[next]] = values[next];
+        }
+    return next;
 }
 
 /* out = g * (bit ? on : off) per entry, the bits packed as in _bits.pack (bit j of byte i: entry 8i + j);

@@ -1,6 +1,7 @@
 """Optional compiled CPU kernels (``radvar/_ckernels.c``, built at install when a C compiler is found),
-called through ctypes. Each gives bitwise the result of the numpy path it replaces, so whether they are
-built changes speed only; :func:`available` says whether they are. ``RADVAR_NO_KERNELS=1`` turns them off."""
+called through ctypes. Each gives bitwise the result of the numpy path it replaces, except
+:func:`k_subsets`, which draws other subsets from the same distribution; :func:`available` says whether
+they are built. ``RADVAR_NO_KERNELS=1`` turns them off. The callers check dtype, device and layout."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def _load() -> ctypes.CDLL | None:
     lib.k_subsets.restype = None
     lib.poisson_keep_f32.argtypes = [_PTR, _I64, _I64, _PTR, _U64, _U64, _U64, _U64, _PTR, _PTR, _PTR, _PTR]
     lib.poisson_keep_f32.restype = _I64
-    lib.scatter_mask_f32.argtypes = [_PTR, _PTR, _I64, _PTR]
-    lib.scatter_mask_f32.restype = None
-    lib.scatter_rows_f32.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _PTR]
-    lib.scatter_rows_f32.restype = None
+    lib.scatter_mask_f32.argtypes = [_PTR, _I64, _PTR, _I64, _PTR]
+    lib.scatter_mask_f32.restype = _I64
+    lib.scatter_rows_f32.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _PTR]
+    lib.scatter_rows_f32.restype = _I64
     lib.mask_scale_f32.argtypes = [_PTR, _PTR, _I64, ctypes.c_float, ctypes.c_float, _PTR]
     lib.mask_scale_f32.restype = None
     return lib
@@ -107,11 +108,23 @@ def scatter_kept(values: torch.Tensor, index: tuple[torch.Tensor, ...], shape: t
     lib = _require()
     rows, n = shape
     out = torch.empty(rows, n, dtype=torch.float32)
+    values = values.contiguous()
     if len(index) == 1:
-        lib.scatter_mask_f32(values.data_ptr(), index[0].data_ptr(), rows * n, out.data_ptr())
+        mask = index[0].contiguous()
+        if mask.dtype != torch.uint8 or mask.numel() != (rows * n + 7) // 8:
+            raise ValueError(f"scatter_kept: the mask must be {(rows * n + 7) // 8} uint8 bytes, got {mask.numel()} "
+                             f"{mask.dtype}")
+        found = lib.scatter_mask_f32(values.data_ptr(), values.numel(), mask.data_ptr(), rows * n, out.data_ptr())
     else:
-        cols, counts = index
-        lib.scatter_rows_f32(values.data_ptr(), cols.data_ptr(), counts.data_ptr(), rows, n, out.data_ptr())
+        cols, counts = index[0].contiguous(), index[1].contiguous()
+        if cols.dtype != torch.int16 or counts.dtype != torch.int32 or counts.numel() != rows:
+            raise ValueError(f"scatter_kept: need int16 columns and {rows} int32 counts, got {cols.dtype} and "
+                             f"{counts.numel()} {counts.dtype}")
+        found = lib.scatter_rows_f32(values.data_ptr(), values.numel(), cols.data_ptr(), counts.data_ptr(), rows, n,
+                                     out.data_ptr())
+    if found != values.numel():
+        raise ValueError(f"scatter_kept: the index names {found} kept entries (-1: a column outside [0, {n}) or "
+                         f"more than the values), for {values.numel()} values")
     return out
 
 

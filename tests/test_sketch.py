@@ -132,6 +132,22 @@ def test_numpy_and_torch_bit_paths_agree(dtype, monkeypatch):
 
 
 @pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+def test_compiled_scatter_refuses_an_index_that_does_not_match_its_values():
+    """The compiled restore writes only in bounds and says when the index and the values disagree."""
+    values = torch.ones(3)
+    with pytest.raises(ValueError, match="names 2 kept entries"):
+        _native.scatter_kept(values, (_bits.pack(torch.tensor([True, False, True, False])),), (2, 2))
+    with pytest.raises(ValueError, match="outside"):
+        _native.scatter_kept(values, (torch.tensor([0, 5, 1], dtype=torch.int16),
+                                      torch.tensor([2, 1], dtype=torch.int32)), (2, 2))
+    with pytest.raises(ValueError, match="uint8 bytes"):
+        _native.scatter_kept(values, (torch.zeros(9, dtype=torch.uint8),), (2, 2))
+    out = _native.scatter_kept(values, (torch.tensor([1, 0, 1], dtype=torch.int16),
+                                        torch.tensor([2, 1], dtype=torch.int32)), (2, 2))
+    assert torch.equal(out, torch.tensor([[1.0, 1.0], [0.0, 1.0]]))
+
+
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
 @pytest.mark.parametrize("numel", [1, 7, 8, 1001, 4096])
 @pytest.mark.parametrize("on, off", [(1.0, 0.0), (1.0, 0.01), (1.0 / 0.7, 0.0)])
 def test_scale_by_mask_compiled_equals_the_decoded_product(numel, on, off, monkeypatch):
