@@ -1,7 +1,7 @@
 """Optional compiled CPU kernels (``radvar/_ckernels.c``, built at install when a C compiler is found),
 called through ctypes. Each gives bitwise the result of the numpy path it replaces, except
-:func:`k_subsets`, which draws other subsets from the same distribution; :func:`available` says whether
-they are built. ``RADVAR_NO_KERNELS=1`` turns them off. The callers check dtype, device and layout."""
+:func:`k_subsets`, which draws other subsets from the same distribution, and :func:`importance_scales`,
+equal up to rounding; :func:`available` says whether they are built. ``RADVAR_NO_KERNELS=1`` turns them off. The callers check dtype, device and layout."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def _load() -> ctypes.CDLL | None:
     lib.scatter_rows_f32.restype = _I64
     lib.mask_scale_f32.argtypes = [_PTR, _PTR, _I64, ctypes.c_float, ctypes.c_float, _PTR]
     lib.mask_scale_f32.restype = None
+    lib.importance_scales_f32.argtypes = [_PTR, _I64, _I64, ctypes.c_double, _PTR, _PTR]
+    lib.importance_scales_f32.restype = None
     return lib
 
 
@@ -99,6 +101,17 @@ def poisson_keep(x: torch.Tensor, scale: torch.Tensor, state: int, increment: in
                                 increment >> 64, increment & _MASK, values.data_ptr(), cols.data_ptr(),
                                 counts.data_ptr(), mask.data_ptr())
     return values[:kept].clone(), cols[:kept], counts, mask
+
+
+def importance_scales(x: torch.Tensor, keep: float) -> torch.Tensor:
+    """(rows, 1) float32: per row of the contiguous float32 CPU (rows, n) tensor ``x``, the c of
+    :func:`radvar.sketch.inclusion_probabilities` (π = min(1, c·|x|) summing to keep · n; ∞ for a row with at
+    most keep · n nonzeros), computed in double without sorting. Only when :func:`available`."""
+    lib = _require()
+    rows, n = x.shape
+    scale, scratch = torch.empty(rows, 1, dtype=torch.float32), torch.empty(2 * n, dtype=torch.float64)
+    lib.importance_scales_f32(x.data_ptr(), rows, n, keep * n, scale.data_ptr(), scratch.data_ptr())
+    return scale
 
 
 def scatter_kept(values: torch.Tensor, index: tuple[torch.Tensor, ...], shape: tuple[int, int]) -> torch.Tensor:

@@ -94,9 +94,11 @@ def test_importance_picks_the_smaller_index_format():
 @pytest.mark.parametrize("shape, keep, relu", [((150, 784), 0.1, True), ((40, 1000), 0.01, False), ((7, 13), 0.3, True),
                                                ((3, 5), 0.9, False), ((1, 1), 0.5, False)])
 def test_importance_compiled_kernel_gives_the_numpy_paths_draw(shape, keep, relu, monkeypatch):
-    """Importance's compiled compress stores bitwise what its numpy path stores (values, index format and
-    index), rows with capped entries, all-zero rows and both index formats included; the compiled restore
-    rebuilds bitwise the numpy path's x̂."""
+    """Importance's compiled compress stores bitwise what its numpy path stores with the same row scales
+    (values, index format and index), rows with capped entries, all-zero rows and both index formats
+    included; the compiled restore rebuilds bitwise the numpy path's x̂."""
+    from radvar.sketch import importance
+
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     x = x.relu() if relu else x
     x[0, : max(1, shape[1] // 2)] = 0.0
@@ -104,6 +106,8 @@ def test_importance_compiled_kernel_gives_the_numpy_paths_draw(shape, keep, relu
     saved, meta = sketch.compress(x, rng.generator(9, "cpu"))
     restored = sketch.restore(saved, meta, rng.generator(9, "cpu"))
     monkeypatch.setattr(_native, "available", lambda: False)
+    scales, torch_scales = _native.importance_scales(x, keep), importance._row_scales
+    monkeypatch.setattr(importance, "_row_scales", lambda v, k: (torch_scales(v, k)[0], scales))  # same c
     want, want_meta = sketch.compress(x, rng.generator(9, "cpu"))
     assert meta == want_meta and len(saved) == len(want)
     for got, ref in zip(saved, want):
@@ -129,6 +133,28 @@ def test_numpy_and_torch_bit_paths_agree(dtype, monkeypatch):
     monkeypatch.setattr(_bits, "numpy_ok", lambda t: False)
     slow = _bits.pack(mask), _bits.select(_bits.pack(mask), mask.shape, 1.0, 0.25, dtype)
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]) and fast[1].dtype == dtype
+
+
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+def test_compiled_importance_scales_match_the_sorted_water_filling():
+    """The compiled row scales (fixed-point water-filling, a sort after 16 rounds) equal the sorted torch path's
+    to float32 rounding: uncapped rows, heavy-tailed rows, a geometric row whose capped set grows one entry a
+    round (the sort fallback), rows with at most keep·n nonzeros (∞) and all-zero rows."""
+    from radvar.sketch.importance import _row_scales
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 300, generator=gen).relu() * torch.rand(12, 1, generator=gen) ** 4
+    x[1] = torch.randn(300, generator=gen).abs() ** 6
+    x[2] = 0.7 ** torch.arange(300.0)  # keep 0.5: about 20 rounds, so the sort fallback
+    x[3] = 0.0
+    x[4] = 0.0
+    x[4, :5] = torch.tensor([1.0, -2.0, 3.0, 0.5, 7.0])
+    for keep in (0.01, 0.1, 0.5):
+        want = _row_scales(x, keep)[1]
+        got = _native.importance_scales(x, keep)
+        finite = torch.isfinite(want)
+        assert torch.equal(finite, torch.isfinite(got)) and not finite[3] and bool(finite[4]) == (5 > keep * 300)
+        torch.testing.assert_close(got[finite], want[finite], rtol=1e-6, atol=0.0)
 
 
 @pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
