@@ -6,6 +6,7 @@ equal up to rounding; :func:`available` says whether they are built. ``RADVAR_NO
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
 import os
 
@@ -26,8 +27,14 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(spec.origin)
-    except OSError:
+        _declare(lib)
+    except (OSError, AttributeError):  # not loadable, or built from an older source that lacks a kernel
         return None
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Argument and result types of every kernel (an AttributeError if the library lacks one)."""
     lib.stochastic_round_f32.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, ctypes.c_int,
                                          _U64, _U64, _U64, _U64, _PTR]
     lib.stochastic_round_f32.restype = None
@@ -43,15 +50,28 @@ def _load() -> ctypes.CDLL | None:
     lib.mask_scale_f32.restype = None
     lib.importance_scales_f32.argtypes = [_PTR, _I64, _I64, ctypes.c_double, _PTR, _PTR]
     lib.importance_scales_f32.restype = None
-    return lib
+
+
+def _build_id(lib: ctypes.CDLL | None) -> str:
+    if lib is None:
+        return "none"
+    with open(lib._name, "rb") as built:
+        return hashlib.sha256(built.read()).hexdigest()[:12]
 
 
 _LIB = _load()
+_BUILD = _build_id(_LIB)
 
 
 def available() -> bool:
     """Whether the compiled kernels were built and loaded."""
     return _LIB is not None
+
+
+def build_id() -> str:
+    """A short hash of the loaded kernels' shared library ("none" when they are not loaded): a timing
+    cache keyed by it is not read back after the kernels change (:func:`radvar.bench.cost.machine_id`)."""
+    return _BUILD
 
 
 def _require() -> ctypes.CDLL:

@@ -240,3 +240,13 @@ def test_a_stateless_module_is_timed_on_the_cpu(monkeypatch):
     monkeypatch.setattr(cost_lib, "time_layer", lambda *a, **k: fake_time(*a))
     cm = cost_lib.CostModel(cost_lib.CostCache(None))
     assert cm.extra_seconds(nn.ReLU(), [((4, 3), torch.float32)], Subsample(0.5)) == pytest.approx(0.1e-3 * 0.5)
+
+
+def test_machine_id_changes_with_radvars_compiled_kernels(monkeypatch):
+    """Layer timings cached with one build of the kernels (or none) are not read back with another."""
+    from radvar import _native
+
+    cpu = torch.device("cpu")
+    with_kernels = cost_lib.machine_id(cpu)
+    monkeypatch.setattr(_native, "_BUILD", "none" if _native.build_id() != "none" else "0123456789ab")
+    assert cost_lib.machine_id(cpu) != with_kernels

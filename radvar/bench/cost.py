@@ -8,7 +8,7 @@ different moments stay comparable where medians drift with the load. A measureme
 hyper-parameters, input shape, dtype, device, sketch) and cached per machine in a
 JSON file under :func:`cache_dir` (``RADVAR_CACHE_DIR``, else ``$XDG_CACHE_HOME/radvar``,
 else ``~/.cache/radvar``), named by :func:`machine_id` (host, CPU, torch version,
-threads, device). Writes are atomic and respect the umask; a file there that radvar
+threads, device, radvar's version and compiled kernels). Writes are atomic and respect the umask; a file there that radvar
 did not write (no ``"format": "radvar-cost-cache"``) is never overwritten: the model
 then measures without caching and says so once.
 
@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from .._atomic import write_text
-from .. import rng
+from .._version import __version__
+from .. import _native, rng
 from .._hooks import run_with_pre_hooks
 from ..convert import convert
 from ..layers import twin_for
@@ -75,8 +76,10 @@ def cpu_name() -> str:
 
 
 def machine_id(device: torch.device) -> str:
-    """A short hash of what step times depend on: host, CPU model, torch version, threads, device (GPU name)."""
-    parts = [platform.node(), cpu_name(), torch.__version__, str(torch.get_num_threads()), device.type]
+    """A short hash of what step times depend on: host, CPU model, torch version, threads, device (GPU name),
+    radvar's version and its compiled kernels (:func:`radvar._native.build_id`)."""
+    parts = [platform.node(), cpu_name(), torch.__version__, str(torch.get_num_threads()), device.type,
+             __version__, _native.build_id()]
     if device.type == "cuda":
         parts.append(torch.cuda.get_device_name(device))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
