@@ -174,7 +174,7 @@ class Quantize(Sketch):
 
     def _round_compiled(self, x: torch.Tensor, gens: Sequence[torch.Generator]) -> list[Saved]:
         """:meth:`_round` of float32 CPU input by the compiled kernel (:func:`radvar._native.stochastic_round`):
-        bitwise the same codes in one pass with no temporaries (2-bit, 150 x 784: 239 against 397 us)."""
+        bitwise the same codes in one pass with no temporaries (2-bit, 150 x 784: 239 against 397 µs)."""
         _, lo, step, delta = self._bounds(x)
         bounds, flat, g = torch.stack([lo, step]), x.contiguous(), self.group_size(x.shape[1])
         return [(_native.stochastic_round(flat, lo, delta, self.bits, g, pcg_state(gen), PCG_INCREMENT), bounds)
