@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import radvar
+import torch
+from radvar import _native
 from cli.main import cli
 from cli.specs import SpecError
 
@@ -94,6 +96,10 @@ def test_json_dash_prints_only_json(default_report):
     assert doc["format"] == "radvar.analysis"
     assert [r["layer"] for r in doc["layers"]] == ["0", "1", "2", "3", "4", "5", "6", "(loss)"]
     assert doc["meta"]["plan"].startswith("recommended by radvar.tune for the memory of uniform Subsample(0.1")
+    # what the step times depend on: torch, its threads and whether radvar's compiled kernels ran
+    assert doc["meta"]["torch"] == torch.__version__ and doc["meta"]["threads"] >= 1
+    assert doc["meta"]["kernels"] == (f"compiled ({_native.build_id()})" if _native.available()
+                                      else "not built (numpy paths)")
     entries = doc["plan"]["entries"]
     linear = [r for r in doc["layers"] if r["type"] == "Linear"]
     assert [r["layer"] for r in linear] == sorted(entries) == ["0", "2", "4", "6"]
