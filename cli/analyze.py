@@ -7,10 +7,8 @@ import math
 import time
 
 import click
-import torch
 
 import radvar
-from radvar import _native as radvar_native
 from radvar import report as report_lib
 from radvar.tradeoff import DEFAULT_KEEPS
 from radvar.tradeoff.candidates import SITE_PROBES
@@ -20,7 +18,7 @@ from radvar.variance.propagated import ROUND, Probes, reporting
 from . import main, plans, specs
 from .report import echo_analysis
 from .options import (check_batch_size, load_problem, log, output_option, problem_options, progress, runtime_options,
-                      ticker)
+                      ticker, timing_context)
 
 
 @click.command()
@@ -90,10 +88,7 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
                                       draws=draws, progress=tick, stats=stats, keeps=DEFAULT_KEEPS,  # the tuner's
                                       probes=policy)
     analysis.meta = {**problem.meta, "batch_size": batch_size, "plan": source, **analysis.meta,
-                     "radvar": radvar.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "kernels": (f"compiled ({radvar_native.build_id()})" if radvar_native.available()  # step
-                                 else "not built (numpy paths)"),  # times depend on these three
-                     "seconds": round(time.perf_counter() - start, 2)}
+                     "radvar": radvar.__version__, **timing_context(), "seconds": round(time.perf_counter() - start, 2)}
     if out_dir is not None:
         path = report_lib.write_report(analysis, out_dir, started=start)
         log(f"report written to {path}/ (report.html, report.md, analysis.json)")

@@ -11,7 +11,8 @@ from radvar.report import tables
 from radvar._data import take_batch
 
 from . import specs
-from .options import check_batch_size, log, load_problem, output_option, problem_options, progress, runtime_options
+from .options import (check_batch_size, log, load_problem, output_option, problem_options, progress, runtime_options,
+                      timing_context)
 
 # the foundation benchmark's set: same sample, different sample, Bernoulli, projection, importance
 DEFAULT_SKETCHES = ("subsample:0.1", "subsample:0.1:per-example", "bernoulli:0.1", "projection:0.1",
@@ -39,13 +40,15 @@ def bench(model: str | None, data_spec: str | None, loss_spec: str, model_args: 
     problem = load_problem(model, data_spec, loss_spec, model_args, weights, seed, device, output_key)
     check_batch_size(problem, batch_size)
     (x,), y = take_batch((problem.x, problem.y), batch_size, "bench")  # copies: the ledger counts whole storages
-    log(f"bench: {problem.meta['model']} on {problem.meta['data']}, batch {len(x)}, {reps} reps")
+    context = timing_context()
+    log(f"bench: {problem.meta['model']} on {problem.meta['data']}, batch {len(x)}, {reps} reps; torch "
+        f"{context['torch']}, {context['threads']} threads, radvar kernels {context['kernels']}")
     warmup = 3
     with progress((warmup + reps) * (len(sketches) + 1), "bench") as bar:
         frame = bench_lib.compare(problem.model, x, y, problem.loss_fn, sketches, reps=reps, warmup=warmup,
                                   progress=lambda _: bar.update())
     if fmt == "json":
-        click.echo(json.dumps({"meta": {**problem.meta, "batch_size": len(x), "reps": reps},
+        click.echo(json.dumps({"meta": {**problem.meta, "batch_size": len(x), "reps": reps, **context},
                                "configs": frame.to_dict(orient="records")}, indent=2))
     else:
         click.echo(tables.render(tables.bench_table(frame), fmt))

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 import radvar
-from radvar import outputs
+from radvar import _native, outputs
 from radvar.tradeoff.frontier import smallest_batch
 
 from . import specs
@@ -108,6 +108,13 @@ def check_batch_size(problem: Problem, batch_size: int) -> None:
 def quiet() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.meta.get(QUIET_KEY))
+
+
+def timing_context() -> dict[str, Any]:
+    """What measured step times depend on: torch's version, its intra-op threads and whether radvar's compiled
+    CPU kernels ran (``compiled (<build hash>)`` or ``not built (numpy paths)``)."""
+    kernels = f"compiled ({_native.build_id()})" if _native.available() else "not built (numpy paths)"
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "kernels": kernels}
 
 
 def log(message: str) -> None:

@@ -272,9 +272,12 @@ def test_bench_on_a_small_model():
     result = run("bench", "--data", "synthetic:16:4:64", "--model-arg", "in_features=16", "--model-arg",
                  "hidden=8", "--batch-size", "32", "--reps", "1", "--sketch", "subsample:0.5", "--format", "json")
     assert result.exit_code == 0, result.stderr
-    configs = json.loads(result.stdout)["configs"]
+    doc = json.loads(result.stdout)
+    configs = doc["configs"]
     assert [c["config"] for c in configs] == ["plain PyTorch", "Subsample(0.5, shared)"]
     assert configs[1]["saved_bytes"] < configs[0]["saved_bytes"]
+    assert doc["meta"]["kernels"].startswith("compiled (" if _native.available() else "not built")
+    assert f"radvar kernels {doc['meta']['kernels']}" in result.stderr
 
 
 def test_tune_saves_a_plan_within_budget(tmp_path):
