@@ -50,6 +50,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mask_scale_f32.restype = None
     lib.importance_scales_f32.argtypes = [_PTR, _I64, _I64, ctypes.c_double, _PTR, _PTR]
     lib.importance_scales_f32.restype = None
+    lib.scatter_columns_f32.argtypes = [_PTR, _I64, _I64, _PTR, _I64, ctypes.c_float, _PTR]
+    lib.scatter_columns_f32.restype = ctypes.c_int
 
 
 def _build_id(lib: ctypes.CDLL | None) -> str:
@@ -166,4 +168,19 @@ def mask_scale(g: torch.Tensor, packed: torch.Tensor, on: float, off: float, out
     the mask packed as :func:`radvar._bits.pack` packs it. Only when :func:`available`."""
     lib = _require()
     lib.mask_scale_f32(g.data_ptr(), packed.data_ptr(), g.numel(), on, off, out.data_ptr())
+    return out
+
+
+def scatter_columns(cols: torch.Tensor, idx: torch.Tensor, n: int, scale: float) -> torch.Tensor:
+    """The (m, n) float32 tensor that is zero except columns ``idx`` (distinct int64), which take
+    ``cols * scale`` (``cols``: contiguous float32 CPU (m, k)): a shared column sketch's weight gradient in
+    one pass. Only when :func:`available`."""
+    lib = _require()
+    m, k = cols.shape
+    idx = idx.contiguous()
+    if idx.dtype != torch.int64 or idx.numel() != k:
+        raise ValueError(f"scatter_columns: need {k} int64 column indices, got {idx.numel()} {idx.dtype}")
+    out = torch.empty(m, n, dtype=torch.float32)
+    if lib.scatter_columns_f32(cols.data_ptr(), m, k, idx.data_ptr(), n, scale, out.data_ptr()):
+        raise ValueError(f"scatter_columns: a column index outside [0, {n})")
     return out

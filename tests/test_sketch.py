@@ -158,6 +158,22 @@ def test_compiled_importance_scales_match_the_sorted_water_filling():
 
 
 @pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+@pytest.mark.parametrize("sketch", [Subsample(0.1), Subsample(0.37), Bernoulli(0.2, per_example=False)],
+                         ids=lambda s: s.label())
+def test_shared_column_weight_gradient_compiled_equals_torch(sketch, monkeypatch):
+    """A shared column sketch's ``left_matmul`` (the weight gradient): the compiled zero-and-scatter pass gives
+    bitwise torch's tensor; an index outside the columns is refused."""
+    gen = torch.Generator().manual_seed(2)
+    x, a = torch.randn(150, 97, generator=gen), torch.randn(31, 150, generator=gen)
+    saved, meta = sketch.compress(x, rng.generator(3, "cpu"))
+    fast = sketch.left_matmul(a, saved, meta, rng.generator(3, "cpu"))
+    monkeypatch.setattr(_native, "available", lambda: False)
+    assert torch.equal(fast, sketch.left_matmul(a, saved, meta, rng.generator(3, "cpu")))
+    with pytest.raises(ValueError, match="outside"):
+        _native.scatter_columns(torch.ones(2, 2), torch.tensor([0, 7]), 5, 1.0)
+
+
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
 def test_compiled_scatter_refuses_an_index_that_does_not_match_its_values():
     """The compiled restore writes only in bounds and says when the index and the values disagree."""
     values = torch.ones(3)
