@@ -79,12 +79,17 @@ def run(models: list[str], quick: bool, threads: list[int]) -> dict:
                 frame = bench.compare(factory(), x, y, F.cross_entropy, SKETCHES,
                                       reps=max(3, reps // 4) if quick else reps)
                 run_models[name] = frame.to_dict(orient="records")
-                print(f"\n{name} (batch {batch}), {count} thread{'s' if count > 1 else ''}", file=sys.stderr)
+                print(f"\n{name} (batch {batch}), {threads_label(count)}", file=sys.stderr)
                 print(frame.to_string(index=False, float_format=lambda v: f"{v:.2f}"), file=sys.stderr)
             out["runs"].append({"threads": count, "models": run_models})
     finally:
         torch.set_num_threads(before)
     return out
+
+
+def threads_label(count: int) -> str:
+    """``1 thread``, ``2 threads``."""
+    return f"{count} thread{'s' if count > 1 else ''}"
 
 
 def verdict(goal: float, ratio: float) -> str:
@@ -96,7 +101,7 @@ def markdown(result: dict) -> str:
     """The README table: bytes, fewer bytes, the pair ratio at each thread count and the goal (judged at the
     first thread count) for every model and sketch."""
     runs = result["runs"]
-    counts = [f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}" for r in runs]
+    counts = [threads_label(r["threads"]) for r in runs]
     lines = ["| model (batch) | sketch | saved bytes | fewer bytes | step time vs plain, "
              + " | ".join(counts) + " | goal |", "|---|---|---|---|" + "---|" * len(runs) + "---|"]
     for name, rows in runs[0]["models"].items():

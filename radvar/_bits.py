@@ -68,6 +68,12 @@ def numpy_ok(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def kernel_ok(t: torch.Tensor) -> bool:
+    """Whether radvar's compiled float32 kernels (:mod:`radvar._native`) take ``t``: float32 on the CPU,
+    outside ``torch.compile`` tracing, with the kernels built."""
+    return t.dtype == torch.float32 and numpy_ok(t) and _native.available()
+
+
 def pack(mask: torch.Tensor) -> torch.Tensor:
     """Pack a bool tensor (any shape) into ceil(numel / 8) bytes; bit j of byte i is element 8i + j."""
     if numpy_ok(mask):
@@ -100,7 +106,7 @@ def scale_by_mask(g: torch.Tensor, packed: torch.Tensor, on: float, off: float, 
     gradient through a kept 1-bit mask. Contiguous float32 CPU ``g`` goes through radvar's compiled kernel
     where it is built (:mod:`radvar._native`: one pass, no decoded mask; 1.7 against 3.2 ms on
     150 x 32 x 32 x 32, bitwise the same product)."""
-    if g.dtype == torch.float32 and g.is_contiguous() and numpy_ok(g) and _native.available():
+    if kernel_ok(g) and g.is_contiguous():
         return _native.mask_scale(g, packed, float(on), float(off), g if inplace else torch.empty_like(g))
     factors = select(packed, g.shape, on, off, g.dtype)
     return g.mul_(factors) if inplace else g * factors

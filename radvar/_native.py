@@ -1,7 +1,8 @@
 """Optional compiled CPU kernels (``radvar/_ckernels.c``, built at install when a C compiler is found),
 called through ctypes. Each gives bitwise the result of the numpy path it replaces, except
 :func:`k_subsets`, which draws other subsets from the same distribution, and :func:`importance_scales`,
-equal up to rounding; :func:`available` says whether they are built. ``RADVAR_NO_KERNELS=1`` turns them off. The callers check dtype, device and layout."""
+equal up to rounding; :func:`available` says whether they are built. ``RADVAR_NO_KERNELS=1`` turns them off.
+The callers check dtype, device and layout (:func:`radvar._bits.kernel_ok`)."""
 
 from __future__ import annotations
 

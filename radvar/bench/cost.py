@@ -8,8 +8,8 @@ different moments stay comparable where medians drift with the load. A measureme
 hyper-parameters, input shape, dtype, device, sketch) and cached per machine in a
 JSON file under :func:`cache_dir` (``RADVAR_CACHE_DIR``, else ``$XDG_CACHE_HOME/radvar``,
 else ``~/.cache/radvar``), named by :func:`machine_id` (host, CPU, torch version,
-threads, device, radvar's version and compiled kernels). Writes are atomic and respect the umask; a file there that radvar
-did not write (no ``"format": "radvar-cost-cache"``) is never overwritten: the model
+threads, device, radvar's version and compiled kernels). Writes are atomic and respect
+the umask; a file there that radvar did not write (no ``"format": "radvar-cost-cache"``) is never overwritten: the model
 then measures without caching and says so once.
 
 A plan's predicted step time is ``T_plain + Σ_l Σ_calls (r − 1) t_plain``: the

@@ -225,7 +225,7 @@ class ColumnSketch(Sketch):
         (kept,) = saved
         idx, scale = self.shared_columns(meta["shape"][1], gen, kept)
         cols = a @ kept
-        if self.distinct_columns and cols.dtype == torch.float32 and _bits.numpy_ok(cols) and _native.available():
+        if self.distinct_columns and _bits.kernel_ok(cols):
             # zeros and the scaled columns in one C pass: 25 against 68 µs on 300 x 784, 0.9 against 1.3 ms on
             # 2048 x 2048 (bitwise the same tensor)
             return _native.scatter_columns(cols, idx, meta["shape"][1], scale)

@@ -75,6 +75,17 @@ def _row_scales(x: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tenso
     return a, c
 
 
+def _int16_index(kept: int, rows: int, n: int) -> bool:
+    """Whether ``kept`` entries of a (rows, n) draw are indexed in fewer bytes by int16 columns and int32
+    per-row counts than by a packed mask."""
+    return n <= torch.iinfo(torch.int16).max and 2 * kept + 4 * rows < (rows * n + 7) // 8
+
+
+def _stored(values: torch.Tensor, index: tuple[torch.Tensor, ...], rows: int, n: int) -> tuple[Saved, Meta]:
+    """What Importance keeps: the kept values and ``index``, (int16 columns, int32 counts) or (packed mask,)."""
+    return (values, *index), {"shape": (rows, n), "format": "int16" if len(index) == 2 else "bitmap"}
+
+
 @dataclasses.dataclass
 class ImportanceStats:
     """Per row of the view, |x| sorted descending with suffix sums for π ∝ |x| capped at 1.
@@ -132,34 +143,27 @@ class Importance(Sketch):
 
     def compress(self, x: torch.Tensor, gen: torch.Generator) -> tuple[Saved, Meta]:
         rows, n = x.shape
-        if x.dtype == torch.float32 and _native.available() and _bits.numpy_ok(x):
+        if _bits.kernel_ok(x):
             # C: the row scales without sorting (equal to _row_scales' up to rounding), then one pass that draws
             # and stores bitwise what the numpy path below does with the same scales
             flat = x.detach().contiguous()
             values, cols, counts, packed = _native.poisson_keep(flat, _native.importance_scales(flat, self.keep),
                                                                 pcg_state(gen), PCG_INCREMENT)
-            return self._stored(values, cols, counts, packed, rows, n)
+            index = (cols.to(torch.int16), counts) if _int16_index(values.numel(), rows, n) else (packed,)
+            return _stored(values, index, rows, n)
         scaled = _scaled_magnitudes(x, self.keep)  # π = min(1, scaled); U < π iff U < scaled (U < 1, NaN: π = 0)
         mask = less(uniform((rows, n), gen, x), scaled)
         kept = flat_nonzero(mask)
         pi = scaled.reshape(-1).index_select(0, kept).clamp_max_(1.0)
         values = (x.reshape(-1).index_select(0, kept).to(pi.dtype) / pi).to(x.dtype)
-        return self._stored(values, kept % n, mask.sum(1, dtype=torch.int32), _bits.pack(mask), rows, n)
-
-    @staticmethod
-    def _stored(values: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor, packed: torch.Tensor, rows: int,
-                n: int) -> tuple[Saved, Meta]:
-        """The kept values with int16 columns and per-row counts, or with the packed mask, whichever is
-        smaller for this draw."""
-        bitmap_bytes = (rows * n + 7) // 8
-        if n <= torch.iinfo(torch.int16).max and 2 * values.numel() + 4 * rows < bitmap_bytes:
-            return (values, cols.to(torch.int16), counts), {"shape": (rows, n), "format": "int16"}
-        return (values, packed), {"shape": (rows, n), "format": "bitmap"}
+        if _int16_index(kept.numel(), rows, n):
+            return _stored(values, ((kept % n).to(torch.int16), mask.sum(1, dtype=torch.int32)), rows, n)
+        return _stored(values, (_bits.pack(mask),), rows, n)
 
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         rows, n = meta["shape"]
         values = saved[0]
-        if values.dtype == torch.float32 and _native.available() and _bits.numpy_ok(values):
+        if _bits.kernel_ok(values):
             return _native.scatter_kept(values, tuple(saved[1:]), (rows, n))  # one C pass: 1.7-5x faster
         if meta["format"] == "int16":
             cols, counts = saved[1], saved[2]

@@ -155,7 +155,7 @@ class Quantize(Sketch):
         """(packed levels, stacked (lo, Δ)) of a (rows, n) tensor, one per generator (independent draws
         sharing the grid and the bounds tensor). The level is ⌈u − U⌉, U ~ U[0, 1): for u = ⌊u⌋ + f it is
         ⌊u⌋ + 1 exactly when U < f, and in [0, L] since u is (one pass fewer than a compare and an add)."""
-        if x.dtype == torch.float32 and _native.available() and _bits.numpy_ok(x):
+        if _bits.kernel_ok(x):
             return self._round_compiled(x, gens)
         lo, step, _, u = self._grid(x)
         bounds = torch.stack([lo.to(x.dtype), step])
