@@ -324,17 +324,18 @@ void importance_scales_f32(const float *x, int64_t rows, int64_t n, double budge
 }
 
 /* Shared column sketches' weight gradient: out (m x n float32) zero except columns idx[0..k), where column
- * idx[j] takes cols[:, j] * scale (cols: m x k float32; distinct indices). One pass over out. Returns -1,
- * writing nothing, if an index is outside [0, n); else 0. */
-int scatter_columns_f32(const float *cols, int64_t m, int64_t k, const int64_t *idx, int64_t n, float scale,
-                        float *out) {
+ * idx[j] takes cols[:, j] * scale (cols: m x k float32 with element (r, j) at cols[r * row_stride + j * col_stride],
+ * so a transposed product needs no copy; distinct indices). One pass over out. Returns -1, writing nothing, if
+ * an index is outside [0, n); else 0. */
+int scatter_columns_strided_f32(const float *cols, int64_t m, int64_t k, int64_t row_stride, int64_t col_stride,
+                                const int64_t *idx, int64_t n, float scale, float *out) {
     for (int64_t j = 0; j < k; j++)
         if (idx[j] < 0 || idx[j] >= n) return -1;
     for (int64_t r = 0; r < m; r++) {
         float *row = out + r * n;
-        const float *src = cols + r * k;
+        const float *src = cols + r * row_stride;
         memset(row, 0, (size_t)n * sizeof(float));
-        for (int64_t j = 0; j < k; j++) row[idx[j]] = src[j] * scale;
+        for (int64_t j = 0; j < k; j++) row[idx[j]] = src[j * col_stride] * scale;
     }
     return 0;
 }

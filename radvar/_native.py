@@ -51,8 +51,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mask_scale_f32.restype = None
     lib.importance_scales_f32.argtypes = [_PTR, _I64, _I64, ctypes.c_double, _PTR, _PTR]
     lib.importance_scales_f32.restype = None
-    lib.scatter_columns_f32.argtypes = [_PTR, _I64, _I64, _PTR, _I64, ctypes.c_float, _PTR]
-    lib.scatter_columns_f32.restype = ctypes.c_int
+    lib.scatter_columns_strided_f32.argtypes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, ctypes.c_float, _PTR]
+    lib.scatter_columns_strided_f32.restype = ctypes.c_int
 
 
 def _build_id(lib: ctypes.CDLL | None) -> str:
@@ -174,14 +174,16 @@ def mask_scale(g: torch.Tensor, packed: torch.Tensor, on: float, off: float, out
 
 def scatter_columns(cols: torch.Tensor, idx: torch.Tensor, n: int, scale: float) -> torch.Tensor:
     """The (m, n) float32 tensor that is zero except columns ``idx`` (distinct int64), which take
-    ``cols * scale`` (``cols``: contiguous float32 CPU (m, k)): a shared column sketch's weight gradient in
-    one pass. Only when :func:`available`."""
+    ``cols * scale`` (``cols``: float32 CPU (m, k), any strides, e.g. the transpose of a contiguous product):
+    a shared column sketch's weight gradient in one pass. Only when :func:`available`."""
     lib = _require()
     m, k = cols.shape
     idx = idx.contiguous()
     if idx.dtype != torch.int64 or idx.numel() != k:
         raise ValueError(f"scatter_columns: need {k} int64 column indices, got {idx.numel()} {idx.dtype}")
     out = torch.empty(m, n, dtype=torch.float32)
-    if lib.scatter_columns_f32(cols.data_ptr(), m, k, idx.data_ptr(), n, scale, out.data_ptr()):
+    row_stride, col_stride = cols.stride()
+    if lib.scatter_columns_strided_f32(cols.data_ptr(), m, k, row_stride, col_stride, idx.data_ptr(), n, scale,
+                                       out.data_ptr()):
         raise ValueError(f"scatter_columns: a column index outside [0, {n})")
     return out

@@ -169,6 +169,11 @@ def test_shared_column_weight_gradient_compiled_equals_torch(sketch, monkeypatch
     fast = sketch.left_matmul(a, saved, meta, rng.generator(3, "cpu"))
     monkeypatch.setattr(_native, "available", lambda: False)
     assert torch.equal(fast, sketch.left_matmul(a, saved, meta, rng.generator(3, "cpu")))
+    cols, idx = torch.randn(7, 5, generator=gen), torch.tensor([4, 0, 9, 2, 6])
+    want = torch.zeros(7, 10)
+    want[:, idx] = cols * 2.5
+    for layout in (cols, cols.t().contiguous().t()):  # row-major, and a transposed product's strides
+        assert torch.equal(_native.scatter_columns(layout, idx, 10, 2.5), want)
     with pytest.raises(ValueError, match="outside"):
         _native.scatter_columns(torch.ones(2, 2), torch.tensor([0, 7]), 5, 1.0)
 
