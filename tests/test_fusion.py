@@ -99,3 +99,44 @@ def test_fuse_keeps_state_dict_keys_and_leaves_other_sequentials_alone():
     assert list(model.state_dict()) == list(_mlp(nn.ReLU()).state_dict())
     unpaired = nn.Sequential(nn.ReLU(), nn.Linear(3, 3))  # plain modules: nothing to fuse
     assert type(fuse(unpaired)) is nn.Sequential
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.LeakyReLU(0.1)], ids=["relu", "leaky"])
+@pytest.mark.parametrize("mode", ["exact-plan", "radvar.exact", "frozen-weights"])
+def test_a_pair_whose_linear_runs_exact_keeps_no_mask(activation, mode):
+    """An exact linear that trains keeps the ReLU's output, so the pair runs torch.relu: the output and gradients
+    are plain PyTorch's bitwise and the saved bytes are plain PyTorch's, the 1-bit masks the modules run apart
+    keep beside that output fewer. A LeakyReLU stays compact (torch's keeps its input, a second tensor), and so
+    does a ReLU before a frozen linear (which keeps nothing)."""
+    x, y = _data()
+    plan = None if mode == "exact-plan" else Subsample(0.3)
+    model = radvar.convert(_mlp(activation), plan)
+    assert type(model) is FusingSequential
+    apart = radvar.convert(_mlp(activation), plan)
+    apart.__class__ = nn.Sequential
+    plain = _mlp(activation)
+    if mode == "frozen-weights":
+        for m in (model, apart, plain):
+            for p in m.parameters():
+                p.requires_grad_(False)
+    with radvar.exact() if mode == "radvar.exact" else torch.enable_grad():
+        runs = []
+        for m in (model, apart, plain):
+            if mode == "frozen-weights":
+                radvar.seed(7)
+                holder = {}
+                nbytes = saved_bytes_of(lambda: holder.setdefault("out", m(x)), exclude=list(m.parameters()))
+                F.cross_entropy(holder["out"], y).backward()
+                runs.append((holder["out"].detach(), [x.grad.clone()], nbytes))
+                x.grad = None
+            else:
+                runs.append(_step(m, x, y))
+    (out, grads, nbytes), (_, _, bytes_apart), (out_p, grads_p, bytes_p) = runs
+    torch.testing.assert_close(out, out_p, rtol=0, atol=0)
+    for g, gp in zip(grads, grads_p):
+        torch.testing.assert_close(g, gp, rtol=0, atol=0)
+    if isinstance(activation, nn.LeakyReLU) or mode == "frozen-weights":  # the mask is less than what torch keeps
+        assert nbytes == bytes_apart < bytes_p
+    else:
+        assert nbytes == bytes_p
+        assert bytes_apart - nbytes == (24 * 32 + 24 * 16) // 8  # the two masks, beside outputs the linears keep
