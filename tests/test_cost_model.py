@@ -27,7 +27,10 @@ KEEPS = (0.1, 0.3, 0.6)
 
 
 def fake_time(module, shape, dtype, sketch, reps=5, warmup=1):
-    """Plain 1 ms; a sketch adds 10 ms · keep for Importance, 0.1 ms · keep otherwise."""
+    """Plain 1 ms; a sketch adds 10 ms · keep for Importance, 0.1 ms · keep otherwise; an exact compact twin
+    (sketch None: a ReLU keeping its mask) 0.05 ms."""
+    if sketch is None:
+        return cost_lib.LayerTime(1e-3, 1.05e-3, 1.05)
     slope = 10e-3 if isinstance(sketch, Importance) else 0.1e-3
     return cost_lib.LayerTime(1e-3, 1e-3 + slope * sketch.keep, 1.0 + slope * sketch.keep / 1e-3)
 
@@ -250,3 +253,43 @@ def test_machine_id_changes_with_radvars_compiled_kernels(monkeypatch):
     with_kernels = cost_lib.machine_id(cpu)
     monkeypatch.setattr(_native, "_BUILD", "none" if _native.build_id() != "none" else "0123456789ab")
     assert cost_lib.machine_id(cpu) != with_kernels
+
+
+def test_a_sketched_linear_after_a_relu_is_charged_the_relus_mask():
+    """option_seconds: a Linear that follows a ReLU in a Sequential pays the compact ReLU's extra time when
+    sketched (its ReLU keeps a mask then, and runs as torch.relu while the Linear is exact); the first one,
+    after no ReLU, does not."""
+    from radvar.tradeoff.timebudget import option_seconds
+
+    model, x, _, _, cands = _candidates()
+    cost = FakeCost()
+    got = option_seconds(cands, model, x, cost)
+    modules = dict(model.named_modules())
+    calls = [((40, 10), torch.float32)]
+    for i, (layer, sketch) in enumerate(zip(cands.table["layer"], cands.table["sketch"])):
+        if sketch is None:
+            assert got[i] == 0.0
+            continue
+        shapes = cost_lib.input_shapes(model, x)[layer]
+        want = cost.extra_seconds(modules[layer], shapes, sketch) + (0.05e-3 if layer != "0" else 0.0)
+        assert got[i] == pytest.approx(want, rel=1e-12), (layer, sketch)
+    assert cost.compact_seconds(nn.ReLU(), calls) == pytest.approx(0.05e-3)
+    assert cost.compact_seconds(nn.Identity(), calls) == 0.0  # no compact twin
+
+
+class SlowConversion(FakeCost):
+    """The converted model, even all exact, steps at 12 ms against the plain 10 ms."""
+
+    def step_seconds(self, model, x, y, loss_fn, reps=5, warmup=1):
+        return 10e-3 if type(model) is nn.Sequential else 12e-3
+
+
+def test_tune_counts_what_the_all_exact_conversion_adds_to_the_step():
+    model, x, y, fams, cands = _candidates()
+    kw = dict(batch_size=40, families=fams, keeps=KEEPS, stats=cands.capture)
+    timed = tune(model, (x, y), F.cross_entropy, budget=0.6, max_slowdown=1.3, cost=SlowConversion(), **kw)
+    step = timed.provenance["step_time"]
+    assert step["fixed_extra_seconds"] == pytest.approx(2e-3)
+    assert 1.2 <= step["predicted_slowdown"] <= 1.3 + 1e-12
+    with pytest.raises(ValueError, match=r"every layer exact .* already steps at 1.20x plain; raise max_slowdown"):
+        tune(model, (x, y), F.cross_entropy, budget=0.6, max_slowdown=1.15, cost=SlowConversion(), **kw)

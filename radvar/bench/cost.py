@@ -170,10 +170,10 @@ def module_device(module: nn.Module) -> torch.device:
     return state.device if state is not None else torch.device("cpu")
 
 
-def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch,
+def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch | None,
                reps: int = 5, warmup: int = 1) -> LayerTime:
     """Fastest forward+backward seconds (other work on the machine only ever adds time) of a copy of
-    ``module`` plain and with ``sketch`` on a random
+    ``module`` plain and converted with ``sketch`` (None: exact, its compact twin) on a random
     ``shape`` input that requires grad (a fixed private generator), steps interleaved pair by pair.
     radvar's stream is put back where it was, so whether a timing was cached never changes later draws."""
     device = module_device(module)
@@ -182,7 +182,7 @@ def time_layer(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sk
     plain = nn.Sequential(copy.deepcopy(module))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        twin = convert(plain, Plan({"0": sketch}))
+        twin = convert(plain, None if sketch is None else Plan({"0": sketch}))
     with torch.no_grad():
         grad = torch.randn(plain(x).shape, generator=gen, device=device, dtype=dtype)
     a, b = [], []
@@ -231,8 +231,10 @@ class CostModel:
             self.cache = CostCache(cache_dir() / f"cost-{machine_id(device)}.json")
         return self.cache
 
-    def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, sketch: Sketch) -> LayerTime | None:
-        """The cached timing of ``module`` on a ``shape`` input under ``sketch``, measured on a miss
+    def layer(self, module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype,
+              sketch: Sketch | None) -> LayerTime | None:
+        """The cached timing of ``module`` on a ``shape`` input under ``sketch`` (None: its exact compact
+        twin, e.g. a ReLU keeping a mask), measured on a miss
         (None on a miss when the model does not measure)."""
         device = module_device(module)
         cache = self._cache_for(device)
@@ -246,6 +248,17 @@ class CostModel:
             cache.put(key, found)
             self._measured += 1
         return found
+
+    def compact_seconds(self, module: nn.Module, calls: list[tuple[tuple[int, ...], torch.dtype]]) -> float:
+        """Seconds the compact twin of an exact ``module`` (e.g. a ReLU keeping a 1-bit mask) adds to one step
+        over ``calls``, against the module itself (0 for a module without one)."""
+        if twin_for(module) is None:
+            return 0.0
+        total = 0.0
+        for shape, dtype in calls:
+            t = self.layer(module, shape, dtype, None)
+            total += float("nan") if t is None else t.sketched - t.plain
+        return total
 
     def extra_seconds(self, module: nn.Module, calls: list[tuple[tuple[int, ...], torch.dtype]],
                       sketch: Sketch | None) -> float:

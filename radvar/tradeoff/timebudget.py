@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..bench.cost import CostModel, input_shapes
+from ..layers.sequential import fused_pairs
 from .allocate import Allocation, allocate
 from .candidates import Candidates
 
@@ -45,13 +46,19 @@ def check_max_slowdown(value: Any, owner: str = "tune") -> float:
 
 def option_seconds(cands: Candidates, model: nn.Module, inputs: Any, cost: CostModel) -> np.ndarray:
     """Extra seconds per step of every row of ``cands.table`` (exact rows 0), from ``cost``. Functional
-    sites (plan patterns ``"<module>:*"``, no module of their own to time alone) count 0."""
+    sites (plan patterns ``"<module>:*"``, no module of their own to time alone) count 0. A sketched Linear
+    that follows a ReLU in an ``nn.Sequential`` (:func:`radvar.layers.sequential.fused_pairs`) also pays
+    that ReLU's 1-bit mask, which the ReLU does not keep while the Linear is exact: the compact ReLU's
+    extra time over ``nn.ReLU`` on the same input, timed alone."""
     shapes = input_shapes(model, inputs)
     modules = dict(model.named_modules())
+    relu_before = fused_pairs(model)
     out = np.zeros(len(cands.table))
     for i, (layer, sketch) in enumerate(zip(cands.table["layer"], cands.table["sketch"])):
         if layer in modules and sketch is not None and not (isinstance(sketch, float) and math.isnan(sketch)):
             out[i] = cost.extra_seconds(modules[layer], shapes.get(layer, []), sketch)
+            if layer in relu_before:
+                out[i] += cost.compact_seconds(modules[relu_before[layer]], shapes.get(layer, []))
     cost.save()
     return out
 

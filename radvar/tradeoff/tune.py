@@ -94,7 +94,8 @@ def _meet_measured_time(model: nn.Module, batch: tuple[tuple[torch.Tensor, ...],
     cost model under-predicted this plan's extra time (``RETRIES`` solves at most). Raises when no plan
     found meets the time budget as measured. Records each try in ``timing["measured"]``."""
     (x, *_), y = batch
-    plain, allowance = timing["plain_step_seconds"], (timing["max_slowdown"] - 1.0) * timing["plain_step_seconds"]
+    plain, fixed = timing["plain_step_seconds"], timing["fixed_extra_seconds"]
+    allowance = (timing["max_slowdown"] - 1.0) * plain - fixed  # for the sketched layers' extra seconds
     timing["measured"] = []
     for _ in range(RETRIES + 1):
         with untouched(model, x.device):
@@ -104,15 +105,15 @@ def _meet_measured_time(model: nn.Module, batch: tuple[tuple[torch.Tensor, ...],
         if step / plain <= timing["max_slowdown"]:
             timing["measured_slowdown"] = step / plain
             return alloc, measured
-        # the layers, timed alone, under-predicted this plan's extra time by (step - plain) / predicted
-        allowance *= max(predicted, 1e-12) / (step - plain) * 0.95
+        # the layers, timed alone, under-predicted their extra time by (step - plain - fixed) / (predicted - fixed)
+        allowance *= max(predicted - fixed, 1e-12) / max(step - plain - fixed, 1e-12) * 0.95
         try:
             timed = within_time(cands, seconds, limit, allowance, solver)
         except ValueError:  # no plan is predicted to fit the tightened allowance
             break
         alloc = timed.allocation
-        timing.update(predicted_extra_seconds=timed.seconds, time_multiplier=timed.multiplier,
-                      predicted_slowdown=1.0 + timed.seconds / plain)
+        timing.update(predicted_extra_seconds=fixed + timed.seconds, time_multiplier=timed.multiplier,
+                      predicted_slowdown=1.0 + (fixed + timed.seconds) / plain)
         measured = measured_bytes(model, alloc.plan(), batch, loss_fn)
         attempts.append({"solved_for": limit, "predicted_bytes": alloc.bytes, "measured_bytes": measured})
         if target is not None and measured > target:
@@ -159,8 +160,9 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     Options are ranked by ``variance + UCB_Z · se`` (:mod:`radvar.tradeoff.candidates`): an estimated variance
     counts at an upper confidence value, a closed form at its value.
     ``max_slowdown`` (with a memory budget): the plan's predicted step time may be at most this
-    multiple (> 1) of the plain step, measured on the batch; per-candidate extra seconds come from
-    ``cost`` (default: :class:`radvar.bench.cost.CostModel`, cached per machine) and the two budgets
+    multiple (> 1) of the plain step, measured on the batch: the plain step, plus what the all-exact
+    conversion adds (measured: compact activations, pools, dropout), plus each sketched layer's extra
+    seconds from ``cost`` (default: :class:`radvar.bench.cost.CostModel`, cached per machine); the two budgets
     are met together by :func:`radvar.tradeoff.timebudget.within_time` (the uniform-plan check is
     then skipped).
     """
@@ -194,17 +196,23 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         with untouched(model, batch[0][0].device):  # BatchNorm statistics and torch's RNG as they were
             seconds = option_seconds(cands, model, batch[0][0], cost)
             plain = cost.step_seconds(model, batch[0][0], batch[1], loss_fn)
-        timing = {"max_slowdown": max_slowdown, "plain_step_seconds": plain}
+            # what the conversion costs with every layer exact (compact twins: masks of pools, dropout, ...)
+            fixed = max(cost.step_seconds(convert(model, None), batch[0][0], batch[1], loss_fn) - plain, 0.0)
+        timing = {"max_slowdown": max_slowdown, "plain_step_seconds": plain, "fixed_extra_seconds": fixed}
+        if (max_slowdown - 1.0) * plain <= fixed:
+            raise ValueError(f"tune: the time budget of {max_slowdown:g}x the plain step cannot be met: the model "
+                             f"converted with every layer exact (compact activations, pools, dropout) already "
+                             f"steps at {1.0 + fixed / plain:.2f}x plain; raise max_slowdown")
     attempts: list[dict[str, int]] = []
     limit = target
     for attempt in range(RETRIES + 1):
         if timing is None:
             alloc, best_uni = _choose(cands, limit, absolute, solver, families, keep_grid)
         else:
-            timed = within_time(cands, seconds, limit, (max_slowdown - 1.0) * timing["plain_step_seconds"], solver)
+            timed = within_time(cands, seconds, limit, (max_slowdown - 1.0) * plain - fixed, solver)
             alloc, best_uni = timed.allocation, None
-            timing.update(predicted_extra_seconds=timed.seconds, time_multiplier=timed.multiplier,
-                          predicted_slowdown=1.0 + timed.seconds / timing["plain_step_seconds"])
+            timing.update(predicted_extra_seconds=fixed + timed.seconds, time_multiplier=timed.multiplier,
+                          predicted_slowdown=1.0 + (fixed + timed.seconds) / plain)
         measured = measured_bytes(model, alloc.plan(), batch, loss_fn)
         attempts.append({"solved_for": limit, "predicted_bytes": alloc.bytes, "measured_bytes": measured})
         if target is None or measured <= target or limit == smallest:
