@@ -293,3 +293,17 @@ def test_tune_counts_what_the_all_exact_conversion_adds_to_the_step():
     assert 1.2 <= step["predicted_slowdown"] <= 1.3 + 1e-12
     with pytest.raises(ValueError, match=r"every layer exact .* already steps at 1.20x plain; raise max_slowdown"):
         tune(model, (x, y), F.cross_entropy, budget=0.6, max_slowdown=1.15, cost=SlowConversion(), **kw)
+
+
+def test_a_plans_predicted_extra_time_counts_its_layers_and_the_relu_masks_they_bring():
+    from radvar import Plan
+    from radvar.tradeoff.timebudget import plan_extra_seconds
+
+    model, x, _, _, _ = _candidates()
+    cost = FakeCost()
+    plan = Plan({"0": Subsample(0.3), "2": Subsample(0.3), "4": None})
+    shapes, modules = cost_lib.input_shapes(model, x), dict(model.named_modules())
+    want = sum(cost.extra_seconds(modules[n], shapes[n], Subsample(0.3)) for n in ("0", "2")) + 0.05e-3
+    assert plan_extra_seconds(model, x, plan, cost) == pytest.approx(want, rel=1e-12)
+    unmeasured = cost_lib.CostModel(cost_lib.CostCache(None), measure=False)  # nothing cached: not predicted
+    assert math.isnan(plan_extra_seconds(model, x, plan, unmeasured))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import bench, memory, variance
-from ..bench.cost import CostModel, input_shapes
+from ..bench.cost import CostModel
 from .._data import take_batch
 from .._hooks import run_with_pre_hooks
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
@@ -39,6 +39,7 @@ from ..plan import Plan
 from ..sketch import Sketch
 from ..tradeoff import candidates as cand_lib
 from ..tradeoff import frontier as frontier_lib
+from ..tradeoff.timebudget import plan_extra_seconds
 from ..variance.propagated import Probes
 from .result import Analysis
 
@@ -178,20 +179,18 @@ def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Calla
               cost: CostModel | None = None, reps: int = 5) -> dict[str, float]:
     """Measured and predicted step time of ``plan`` on one batch: ``step_plain_ms``/``step_plan_ms``
     (medians of ``reps`` interleaved steps) and ``slowdown_measured`` (their ratio); ``slowdown_predicted``
-    from the tuner's figure in the plan's provenance when it has one, else 1 + Σ_l extra seconds of
-    each sketched layer / the plain step from the timings :class:`radvar.bench.cost.CostModel` has
-    cached on this machine (NaN when one is missing: analysing does not time layers; tuning with a
-    step-time budget does)."""
+    from the tuner's figure in the plan's provenance when it has one, else 1 + the plan's extra seconds
+    (:func:`radvar.tradeoff.timebudget.plan_extra_seconds`: each sketched layer and the ReLU masks they
+    bring) / the plain step, from the timings :class:`radvar.bench.cost.CostModel` has cached on this
+    machine (NaN when one is missing: analysing does not time layers; tuning with a step-time budget
+    does)."""
     frame = bench.compare(model, x, y, loss_fn, [plan], reps=reps, warmup=1)
     plain_s, plan_s = frame["step_ms"].iloc[0] / 1e3, frame["step_ms"].iloc[1] / 1e3
     tuned = (plan.provenance or {}).get("step_time")
     if tuned:
         predicted = float(tuned["predicted_slowdown"])
     else:
-        cost = cost or CostModel(measure=False)
-        shapes, modules = input_shapes(model, x), dict(model.named_modules())
-        extra = sum(cost.extra_seconds(modules[n], shapes.get(n, []), s) for n, s in plan.items() if s is not None)
-        predicted = 1.0 + extra / plain_s
+        predicted = 1.0 + plan_extra_seconds(model, x, plan, cost or CostModel(measure=False)) / plain_s
     return {"step_plain_ms": plain_s * 1e3, "step_plan_ms": plan_s * 1e3, "slowdown_measured": plan_s / plain_s,
             "slowdown_predicted": predicted}
 

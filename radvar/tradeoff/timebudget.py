@@ -63,6 +63,21 @@ def option_seconds(cands: Candidates, model: nn.Module, inputs: Any, cost: CostM
     return out
 
 
+def plan_extra_seconds(model: nn.Module, inputs: Any, plan: Any, cost: CostModel) -> float:
+    """The extra seconds per step that ``cost`` predicts for ``plan`` (a :class:`radvar.Plan`) on ``model``: each
+    sketched module's, plus the mask of a ReLU right before a sketched Linear (as :func:`option_seconds`
+    charges them; NaN where a timing is missing from a cost model that does not measure)."""
+    shapes, modules, relu_before = input_shapes(model, inputs), dict(model.named_modules()), fused_pairs(model)
+    extra = 0.0
+    for name, sketch in plan.items():
+        if sketch is None or name not in modules:
+            continue
+        extra += cost.extra_seconds(modules[name], shapes.get(name, []), sketch)
+        if name in relu_before and not sketch.exact:
+            extra += cost.compact_seconds(modules[relu_before[name]], shapes.get(name, []))
+    return extra
+
+
 def _penalised(cands: Candidates, seconds: np.ndarray, mu: float) -> Candidates:
     table = cands.table.copy()
     floor = table.assign(_s=seconds).groupby("layer", sort=False)["_s"].transform("min").to_numpy()
