@@ -22,6 +22,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 typedef __uint128_t u128;
 
@@ -244,6 +247,40 @@ int64_t scatter_rows_f32(const float *values, int64_t count, const int16_t *cols
             out[r * n + cols[next]] = values[next];
         }
     return next;
+}
+
+/* ReLU forward with its 1-bit mask in one pass: y = x where x is not below zero (NaN and -0.0 kept, as torch.relu
+ * keeps them), else +0.0; bit j of mask byte i set where y[8i + j] != 0 (x > 0 or NaN, as y.bool()). */
+void relu_mask_f32(const float *x, int64_t total, float *y, uint8_t *mask) {
+    const int64_t whole = total / 8;
+#ifdef __SSE2__
+    const __m128 zero = _mm_setzero_ps();
+    for (int64_t b = 0; b < whole; b++) { /* 4 lanes at a time: the compare's sign bits are the mask bits */
+        const __m128 lo = _mm_loadu_ps(x + 8 * b), hi = _mm_loadu_ps(x + 8 * b + 4);
+        _mm_storeu_ps(y + 8 * b, _mm_andnot_ps(_mm_cmplt_ps(lo, zero), lo));
+        _mm_storeu_ps(y + 8 * b + 4, _mm_andnot_ps(_mm_cmplt_ps(hi, zero), hi));
+        mask[b] = (uint8_t)(_mm_movemask_ps(_mm_cmpnle_ps(lo, zero)) | _mm_movemask_ps(_mm_cmpnle_ps(hi, zero)) << 4);
+    }
+#else
+    for (int64_t b = 0; b < whole; b++) {
+        uint8_t byte = 0;
+        for (int j = 0; j < 8; j++) {
+            const float v = x[8 * b + j];
+            y[8 * b + j] = v < 0.0f ? 0.0f : v;
+            byte |= (uint8_t)(!(v <= 0.0f) << j);
+        }
+        mask[b] = byte;
+    }
+#endif
+    if (whole * 8 < total) {
+        uint8_t byte = 0;
+        for (int64_t e = 8 * whole; e < total; e++) {
+            const float v = x[e];
+            y[e] = v < 0.0f ? 0.0f : v;
+            byte |= (uint8_t)(!(v <= 0.0f) << (e & 7));
+        }
+        mask[whole] = byte;
+    }
 }
 
 /* out = g * (bit ? on : off) per entry, the bits packed as in _bits.pack (bit j of byte i: entry 8i + j);

@@ -49,6 +49,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.scatter_rows_f32.restype = _I64
     lib.mask_scale_f32.argtypes = [_PTR, _PTR, _I64, ctypes.c_float, ctypes.c_float, _PTR]
     lib.mask_scale_f32.restype = None
+    lib.relu_mask_f32.argtypes = [_PTR, _I64, _PTR, _PTR]
+    lib.relu_mask_f32.restype = None
     lib.importance_scales_f32.argtypes = [_PTR, _I64, _I64, ctypes.c_double, _PTR, _PTR]
     lib.importance_scales_f32.restype = None
     lib.scatter_columns_strided_f32.argtypes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, ctypes.c_float, _PTR]
@@ -162,6 +164,16 @@ def scatter_kept(values: torch.Tensor, index: tuple[torch.Tensor, ...], shape: t
         raise ValueError(f"scatter_kept: the index names {found} kept entries (-1: a column outside [0, {n}) or "
                          f"more than the values), for {values.numel()} values")
     return out
+
+
+def relu_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(torch.relu(x), its packed 1-bit mask of nonzeros)`` (the mask as :func:`radvar._bits.pack` packs
+    ``y.bool()``) in one pass, for contiguous float32 CPU ``x``. Only when :func:`available`."""
+    lib = _require()
+    y = torch.empty_like(x)
+    mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8)
+    lib.relu_mask_f32(x.data_ptr(), x.numel(), y.data_ptr(), mask.data_ptr())
+    return y, mask
 
 
 def mask_scale(g: torch.Tensor, packed: torch.Tensor, on: float, off: float, out: torch.Tensor) -> torch.Tensor:

@@ -211,6 +211,23 @@ def test_scale_by_mask_compiled_equals_the_decoded_product(numel, on, off, monke
     assert torch.equal(fast.signbit(), want.signbit()) and torch.equal(inplace.nan_to_num(7.0), want.nan_to_num(7.0))
 
 
+@pytest.mark.skipif(not _native.available(), reason="radvar's C kernels were not built (no C compiler at install)")
+@pytest.mark.parametrize("numel", [1, 7, 8, 13, 1001, 4096])
+def test_relu_and_its_mask_compiled_equal_torch(numel, monkeypatch):
+    """The ReLU forward that keeps a 1-bit mask: the compiled one-pass output and mask are bitwise torch.relu's
+    and the packed ``y.bool()`` (NaN, infinities and both zeros included; lengths off whole bytes)."""
+    from radvar.ops.activation import leaky_relu_mask
+
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(numel))
+    special = torch.tensor([float("nan"), -0.0, 0.0, -1.0, float("inf"), -float("inf"), 2.0])
+    x[:min(numel, 7)] = special[:min(numel, 7)]
+    y, mask = leaky_relu_mask(x, 0.0)
+    monkeypatch.setattr(_native, "available", lambda: False)
+    y_torch, mask_torch = leaky_relu_mask(x, 0.0)
+    assert torch.equal(y.nan_to_num(7.0), y_torch.nan_to_num(7.0)) and torch.equal(y.signbit(), y_torch.signbit())
+    assert torch.equal(y.isnan(), y_torch.isnan()) and torch.equal(mask, mask_torch)
+
+
 @pytest.mark.parametrize("sketch", ALL, ids=lambda s: s.label())
 def test_float64_stays_float64(sketch):
     """Saved values and the reconstruction keep float64 (issue: Importance rounded through float32)."""

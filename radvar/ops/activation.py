@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .. import _bits, rng
+from .. import _bits, _native, rng
 from ..sketch import Sketch
 from ..sketch.base import less
 from ._kept import keep, restore, sketching
@@ -35,6 +35,8 @@ def leaky_relu_mask(x: torch.Tensor, slope: float) -> tuple[torch.Tensor, torch.
     """``(leaky_relu(x, slope), packed 1-bit mask of x > 0)`` (slope 0: ReLU); the backward multiplies
     by 1 where the mask is set, by ``slope`` elsewhere (:func:`radvar._bits.scale_by_mask`)."""
     if slope == 0.0:
+        if _bits.kernel_ok(x) and x.is_contiguous():
+            return _native.relu_mask(x)  # one pass, no bool tensor: bitwise the same output and mask
         y = torch.relu(x)
         return y, _bits.pack(y.bool())  # relu(x) != 0 iff x > 0 (a float->bool cast is cheaper than a compare)
     return F.leaky_relu(x, slope), _bits.pack(less(0.0, x))
