@@ -194,7 +194,7 @@ int64_t poisson_keep_f32(const float *x, int64_t rows, int64_t n, const float *s
             const float c = scale[row], *xs = x + start + e;
             for (int64_t k = 0; k < run; k++) { /* vectorized: the draw and the quotient of every entry */
                 const float scaled = (xs[k] < 0.0f ? -xs[k] : xs[k]) * c;
-                take[e + k] = (float)(word[e + k] >> 8) * 0x1p-24f < scaled;
+                take[e + k] = (float)(int32_t)(word[e + k] >> 8) * 0x1p-24f < scaled; /* 24 bits: exact as int32 */
                 quotient[e + k] = xs[k] / (scaled < 1.0f ? scaled : 1.0f);
             }
             const int64_t before = kept;
@@ -213,10 +213,10 @@ int64_t poisson_keep_f32(const float *x, int64_t rows, int64_t n, const float *s
         }
         for (int64_t k = m; k < BLOCK; k++) take[k] = 0;
         uint8_t *bytes = mask + start / 8;
-        for (int64_t b = 0; b < (m + 7) / 8; b++) {
-            uint8_t byte = 0;
-            for (int j = 0; j < 8; j++) byte |= (uint8_t)(take[8 * b + j] << j);
-            bytes[b] = byte;
+        for (int64_t b = 0; b < (m + 7) / 8; b++) { /* eight 0/1 bytes to one byte: a multiply gathers the bits */
+            uint64_t eight;
+            memcpy(&eight, take + 8 * b, 8);
+            bytes[b] = (uint8_t)((eight * 0x0102040810204080ULL) >> 56);
         }
     }
     return kept;
