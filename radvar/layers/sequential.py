@@ -9,8 +9,9 @@ trains, it keeps the ReLU's output itself, so a 1-bit mask beside it would only 
 the pair then runs ``torch.relu``, whose saved tensor is that same output (fewer bytes by the mask,
 bitwise the same output and gradients; the default MLP's all-exact conversion stepped at 1.24-1.39x
 plain with the compact ReLUs, at plain speed with this). A LeakyReLU stays compact (torch's saves
-its input, a second full tensor), and so does a ReLU before a frozen linear (which keeps nothing). The saved-tensor ledger, whose hooks turn this off like the fusion, measures
-the masks: an upper bound by 1/32 of those ReLU outputs.
+its input, a second full tensor), and so does a ReLU before a frozen linear (which keeps nothing).
+The saved-tensor ledger, whose hooks turn this off like the fusion, measures the masks: an upper
+bound by 1/32 of those ReLU outputs.
 
 The fusion is invisible by construction: it happens only where nothing could observe the activation's
 output, i.e. the two modules are adjacent in the Sequential, the activation is a plain compact twin
