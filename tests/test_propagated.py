@@ -123,7 +123,7 @@ def test_a_probes_policy_stops_once_the_standard_error_is_small_enough():
 
 
 def test_stopping_early_leaves_the_estimate_unbiased_within_its_noise():
-    """The tuner's policy (Probes(16, rtol=0.1)) over 40 seeds, against 4,000 fixed probes: the mean of the
+    """The tuner's policy (SITE_PROBES: at most 8, rtol 0.1) over 40 seeds, against 4,000 fixed probes: the mean of the
     stopped estimates differs from the reference by less than 3.3 standard errors (its spread over the seeds
     and the reference's se). Stopping on the draws' own spread could bias the mean low."""
     from radvar.tradeoff.candidates import SITE_PROBES

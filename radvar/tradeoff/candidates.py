@@ -83,9 +83,12 @@ UCB_Z = 2.326
 """One-sided 99% normal quantile: an estimated variance is ranked at ``variance + UCB_Z · se``."""
 SITE_KEEPS = 2
 """Keep-grid points (spread over the grid) at which sampling families are probed on propagating sites."""
-SITE_PROBES = Probes(16, rtol=0.1)
+SITE_PROBES = Probes(8, rtol=0.1)
 """Probe passes per candidate of a propagating site (each candidate is ranked by its upper confidence value):
-4 at a time, stopping once the standard error is within 10% of the estimate, 16 at most."""
+4 at a time, stopping once the standard error is within 10% of the estimate, 8 at most. The candidates that
+reach the cap are the heavy-tailed 0.01-keep samplings (10²-10⁵ times the variance of 1-bit Quantize); with 16
+at most, `radvar analyze` took 284 s instead of 198 s on a ViT-tiny and 49.8 s instead of 41.6 s on ResNet-18
+(docs/variance.md), for the same ResNet-18 plan and a ViT-tiny plan with 5 of 99 entries at another bit width."""
 SITE_DRAW_LIMIT = 1 << 24
 """Largest random matrix (elements) a Projection candidate of a propagating site may draw per call: beyond it
 one probe would draw gigabytes (Projection(0.9) on ResNet-18's first BatchNorm at 64x64: 65,536 x 58,983)."""

@@ -155,7 +155,7 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     ``"exact"`` or ``"lagrangian"``. ``stats``: a :func:`radvar.variance.capture` of the same
     model on the same batch, to reuse (the capture is the expensive step). ``probes``: probe backward passes
     per candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`):
-    an int, or a :class:`radvar.variance.Probes` policy (default: up to 16, stopping once the standard error
+    an int, or a :class:`radvar.variance.Probes` policy (default: up to 8, stopping once the standard error
     is within 10% of the estimate).
     Options are ranked by ``variance + UCB_Z · se`` (:mod:`radvar.tradeoff.candidates`): an estimated variance
     counts at an upper confidence value, a closed form at its value.
