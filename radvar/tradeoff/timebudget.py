@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..bench.cost import CostModel, input_shapes
+from ..convert import _convert as convert  # no CoverageWarning: an all-exact conversion sketches nothing
 from ..layers.sequential import fused_pairs
 from .allocate import Allocation, allocate
 from .candidates import Candidates
@@ -150,6 +151,23 @@ def _picked_rows(cands: Candidates, alloc: Allocation) -> np.ndarray:
                               & (cands.table["keep"] == keep).to_numpy())
         positions.append(int(rows[0]))
     return np.asarray(positions, dtype=np.int64)
+
+
+def conversion_seconds(model: nn.Module, x: torch.Tensor, y: Any, loss_fn: Callable, cost: CostModel,
+                       pairs: int = 8) -> float:
+    """What converting ``model`` with every layer exact (compact twins: masks of pools, dropout, leaky ReLUs)
+    adds to its step, at least 0: the fastest of ``pairs`` converted steps less the fastest of as many plain
+    ones, the two interleaved step by step (each timed with ``cost``) so that a change of load between
+    them does not count."""
+    exact = convert(model, None)
+    plain, converted = [], []
+    for rep in range(pairs + 1):  # the first pair warms both up
+        a = cost.step_seconds(model, x, y, loss_fn, reps=1, warmup=0)
+        b = cost.step_seconds(exact, x, y, loss_fn, reps=1, warmup=0)
+        if rep:
+            plain.append(a)
+            converted.append(b)
+    return max(min(converted) - min(plain), 0.0)
 
 
 def plain_step_seconds(model: nn.Module, inputs: tuple[torch.Tensor, ...], targets: Any, loss_fn: Callable,
