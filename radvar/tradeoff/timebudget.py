@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -153,21 +154,34 @@ def _picked_rows(cands: Candidates, alloc: Allocation) -> np.ndarray:
     return np.asarray(positions, dtype=np.int64)
 
 
+def _interleaved(cost: CostModel, models: Sequence[nn.Module], x: torch.Tensor, y: Any, loss_fn: Callable,
+                 pairs: int) -> list[list[float]]:
+    """Per model, ``pairs`` step times (:meth:`CostModel.step_seconds` of one step), the models stepped in turn
+    after one warm-up round, so that a change of load between them does not count."""
+    times: list[list[float]] = [[] for _ in models]
+    for rep in range(pairs + 1):
+        for m, t in zip(models, times):
+            step = cost.step_seconds(m, x, y, loss_fn, reps=1, warmup=0)
+            if rep:
+                t.append(step)
+    return times
+
+
 def conversion_seconds(model: nn.Module, x: torch.Tensor, y: Any, loss_fn: Callable, cost: CostModel,
                        pairs: int = 8) -> float:
     """What converting ``model`` with every layer exact (compact twins: masks of pools, dropout, leaky ReLUs)
     adds to its step, at least 0: the fastest of ``pairs`` converted steps less the fastest of as many plain
-    ones, the two interleaved step by step (each timed with ``cost``) so that a change of load between
-    them does not count."""
-    exact = convert(model, None)
-    plain, converted = [], []
-    for rep in range(pairs + 1):  # the first pair warms both up
-        a = cost.step_seconds(model, x, y, loss_fn, reps=1, warmup=0)
-        b = cost.step_seconds(exact, x, y, loss_fn, reps=1, warmup=0)
-        if rep:
-            plain.append(a)
-            converted.append(b)
+    ones, interleaved (:func:`_interleaved`)."""
+    plain, converted = _interleaved(cost, [model, convert(model, None)], x, y, loss_fn, pairs)
     return max(min(converted) - min(plain), 0.0)
+
+
+def measured_slowdown(model: nn.Module, plan: Any, x: torch.Tensor, y: Any, loss_fn: Callable, cost: CostModel,
+                      pairs: int = 8) -> float:
+    """``plan``'s step over the plain step, as ``radvar analyze`` reports it: the ratio of the medians of
+    ``pairs`` interleaved steps each (:func:`_interleaved`)."""
+    plain, planned = _interleaved(cost, [model, convert(model, plan)], x, y, loss_fn, pairs)
+    return statistics.median(planned) / statistics.median(plain)
 
 
 def plain_step_seconds(model: nn.Module, inputs: tuple[torch.Tensor, ...], targets: Any, loss_fn: Callable,

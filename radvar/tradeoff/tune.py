@@ -33,7 +33,7 @@ from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from ..bench.cost import CostModel
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, SITE_PROBES, Candidates, candidates, check_families,
                          check_keeps, family_name)
-from .timebudget import check_max_slowdown, conversion_seconds, option_seconds, within_time
+from .timebudget import check_max_slowdown, conversion_seconds, measured_slowdown, option_seconds, within_time
 
 RETRIES = 3
 
@@ -89,8 +89,9 @@ def _meet_measured_time(model: nn.Module, batch: tuple[tuple[torch.Tensor, ...],
                         cands: Candidates, seconds: Any, limit: int, target: int, solver: str, cost: CostModel,
                         timing: dict[str, Any], alloc: Allocation, measured: int,
                         attempts: list[dict[str, int]]) -> tuple[Allocation, int]:
-    """Time ``alloc``'s converted model (fastest of a few steps, as the plain step was timed); while its
-    slowdown exceeds ``max_slowdown``, solve again with the extra-time allowance divided by how far the
+    """Time ``alloc``'s converted model against the plain one (:func:`~radvar.tradeoff.timebudget.measured_slowdown`:
+    the ratio of medians of interleaved steps, the figure ``radvar analyze`` prints); while that slowdown
+    exceeds ``max_slowdown``, solve again with the extra-time allowance divided by how far the
     cost model under-predicted this plan's extra time (``RETRIES`` solves at most). Raises when no plan
     found meets the time budget as measured. Records each try in ``timing["measured"]``."""
     (x, *_), y = batch
@@ -99,14 +100,14 @@ def _meet_measured_time(model: nn.Module, batch: tuple[tuple[torch.Tensor, ...],
     timing["measured"] = []
     for _ in range(RETRIES + 1):
         with untouched(model, x.device):
-            step = cost.step_seconds(convert(model, alloc.plan()), x, y, loss_fn)
+            slowdown = measured_slowdown(model, alloc.plan(), x, y, loss_fn, cost)
         predicted = timing["predicted_extra_seconds"]
-        timing["measured"].append({"predicted_slowdown": 1.0 + predicted / plain, "measured_slowdown": step / plain})
-        if step / plain <= timing["max_slowdown"]:
-            timing["measured_slowdown"] = step / plain
+        timing["measured"].append({"predicted_slowdown": 1.0 + predicted / plain, "measured_slowdown": slowdown})
+        if slowdown <= timing["max_slowdown"]:
+            timing["measured_slowdown"] = slowdown
             return alloc, measured
-        # the layers, timed alone, under-predicted their extra time by (step - plain - fixed) / (predicted - fixed)
-        allowance *= max(predicted - fixed, 1e-12) / max(step - plain - fixed, 1e-12) * 0.95
+        # the layers, timed alone, under-predicted their extra time by (measured - fixed) / (predicted - fixed)
+        allowance *= max(predicted - fixed, 1e-12) / max((slowdown - 1.0) * plain - fixed, 1e-12) * 0.95
         try:
             timed = within_time(cands, seconds, limit, allowance, solver)
         except ValueError:  # no plan is predicted to fit the tightened allowance
