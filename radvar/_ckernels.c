@@ -3,6 +3,10 @@
  * stochastic_round_f32: Quantize's compress in one pass, bitwise the same codes as its numpy path.
  * k_subsets: per-example Subsample's column sets by Floyd's algorithm, O(k) per row (the numpy path
  * partitions n random keys per row: the same distribution, other draws).
+ * importance_scales_f32, poisson_keep_f32, scatter_mask_f32, scatter_rows_f32: Importance's row scales
+ * (without a sort), its draw and its restore.
+ * relu_mask_f32, mask_scale_f32: a ReLU with its 1-bit mask, and a gradient through such a mask.
+ * scatter_columns_strided_f32: a shared column sketch's weight gradient.
  * The random words are numpy's PCG64 stream (XSL-RR 128/64, numpy's multiplier, "step, then output"):
  * raw output i is the (i+1)-th state's output and entry e takes 32-bit half e of those outputs read
  * little-endian, U = (word >> 8) * 2^-24. The stream is generated four lanes at a time (lane j makes
@@ -32,6 +36,10 @@ typedef __uint128_t u128;
 #define BLOCK 512 /* entries per step of the loop: whole bytes at every bit width, and whole raw outputs */
 
 static const u128 MULT = (((u128)0x2360ED051FC65DA4ULL) << 64) | 0x4385DF649FCCF645ULL;
+
+/* U in [0, 1) from a 32-bit word: its top 24 bits times 2^-24 (numpy's float32 recipe; converted through
+ * int32, which holds 24 bits exactly, so that loops over words vectorize) */
+static inline float unit(uint32_t word) { return (float)(int32_t)(word >> 8) * 0x1p-24f; }
 
 static inline uint64_t pcg_output(u128 s) {
     uint64_t hi = (uint64_t)(s >> 64), x = hi ^ (uint64_t)s;
@@ -97,7 +105,7 @@ void stochastic_round_f32(const float *x, int64_t rows, int64_t n, int64_t group
         for (int64_t k = 0; k < m; k++) {
             float v = u[k] > 0.0f ? u[k] : 0.0f; /* NaN -> 0 */
             v = v < levels ? v : levels;
-            float y = v - (float)(word[k] >> 8) * 0x1p-24f; /* in (-1, L] */
+            float y = v - unit(word[k]);                   /* in (-1, L] */
             int32_t low = (int32_t)y;                      /* truncation; the ceiling adds one above it */
             level[k] = (uint8_t)(low + (y > (float)low));
         }
@@ -194,7 +202,7 @@ int64_t poisson_keep_f32(const float *x, int64_t rows, int64_t n, const float *s
             const float c = scale[row], *xs = x + start + e;
             for (int64_t k = 0; k < run; k++) { /* vectorized: the draw and the quotient of every entry */
                 const float scaled = (xs[k] < 0.0f ? -xs[k] : xs[k]) * c;
-                take[e + k] = (float)(int32_t)(word[e + k] >> 8) * 0x1p-24f < scaled; /* 24 bits: exact as int32 */
+                take[e + k] = unit(word[e + k]) < scaled;
                 quotient[e + k] = xs[k] / (scaled < 1.0f ? scaled : 1.0f);
             }
             const int64_t before = kept;
@@ -252,34 +260,25 @@ int64_t scatter_rows_f32(const float *values, int64_t count, const int16_t *cols
 /* ReLU forward with its 1-bit mask in one pass: y = x where x is not below zero (NaN and -0.0 kept, as torch.relu
  * keeps them), else +0.0; bit j of mask byte i set where y[8i + j] != 0 (x > 0 or NaN, as y.bool()). */
 void relu_mask_f32(const float *x, int64_t total, float *y, uint8_t *mask) {
-    const int64_t whole = total / 8;
+    int64_t e = 0;
 #ifdef __SSE2__
     const __m128 zero = _mm_setzero_ps();
-    for (int64_t b = 0; b < whole; b++) { /* 4 lanes at a time: the compare's sign bits are the mask bits */
-        const __m128 lo = _mm_loadu_ps(x + 8 * b), hi = _mm_loadu_ps(x + 8 * b + 4);
-        _mm_storeu_ps(y + 8 * b, _mm_andnot_ps(_mm_cmplt_ps(lo, zero), lo));
-        _mm_storeu_ps(y + 8 * b + 4, _mm_andnot_ps(_mm_cmplt_ps(hi, zero), hi));
-        mask[b] = (uint8_t)(_mm_movemask_ps(_mm_cmpnle_ps(lo, zero)) | _mm_movemask_ps(_mm_cmpnle_ps(hi, zero)) << 4);
-    }
-#else
-    for (int64_t b = 0; b < whole; b++) {
-        uint8_t byte = 0;
-        for (int j = 0; j < 8; j++) {
-            const float v = x[8 * b + j];
-            y[8 * b + j] = v < 0.0f ? 0.0f : v;
-            byte |= (uint8_t)(!(v <= 0.0f) << j);
-        }
-        mask[b] = byte;
+    for (; e + 8 <= total; e += 8) { /* 4 lanes at a time: the compare's sign bits are the mask bits */
+        const __m128 lo = _mm_loadu_ps(x + e), hi = _mm_loadu_ps(x + e + 4);
+        _mm_storeu_ps(y + e, _mm_andnot_ps(_mm_cmplt_ps(lo, zero), lo));
+        _mm_storeu_ps(y + e + 4, _mm_andnot_ps(_mm_cmplt_ps(hi, zero), hi));
+        mask[e / 8] = (uint8_t)(_mm_movemask_ps(_mm_cmpnle_ps(lo, zero)) | _mm_movemask_ps(_mm_cmpnle_ps(hi, zero)) << 4);
     }
 #endif
-    if (whole * 8 < total) {
-        uint8_t byte = 0;
-        for (int64_t e = 8 * whole; e < total; e++) {
-            const float v = x[e];
-            y[e] = v < 0.0f ? 0.0f : v;
-            byte |= (uint8_t)(!(v <= 0.0f) << (e & 7));
+    uint8_t byte = 0; /* the rest (everything without SSE2), one entry at a time */
+    for (; e < total; e++) {
+        const float v = x[e];
+        y[e] = v < 0.0f ? 0.0f : v;
+        byte |= (uint8_t)(!(v <= 0.0f) << (e & 7));
+        if ((e & 7) == 7 || e == total - 1) {
+            mask[e / 8] = byte;
+            byte = 0;
         }
-        mask[whole] = byte;
     }
 }
 
