@@ -28,6 +28,7 @@ from torch import nn
 from ..bench.cost import CostModel, input_shapes
 from ..convert import _convert as convert  # no CoverageWarning: an all-exact conversion sketches nothing
 from ..layers.sequential import fused_pairs
+from ..sketch import Sketch
 from .allocate import Allocation, allocate
 from .candidates import Candidates
 
@@ -52,32 +53,37 @@ def option_seconds(cands: Candidates, model: nn.Module, inputs: Any, cost: CostM
     that follows a ReLU in an ``nn.Sequential`` (:func:`radvar.layers.sequential.fused_pairs`) also pays
     that ReLU's 1-bit mask, which the ReLU does not keep while the Linear is exact: the compact ReLU's
     extra time over ``nn.ReLU`` on the same input, timed alone."""
-    shapes = input_shapes(model, inputs)
-    modules = dict(model.named_modules())
-    relu_before = fused_pairs(model)
+    sketch_seconds = _sketch_seconds(model, inputs, cost)
     out = np.zeros(len(cands.table))
     for i, (layer, sketch) in enumerate(zip(cands.table["layer"], cands.table["sketch"])):
-        if layer in modules and sketch is not None and not (isinstance(sketch, float) and math.isnan(sketch)):
-            out[i] = cost.extra_seconds(modules[layer], shapes.get(layer, []), sketch)
-            if layer in relu_before:
-                out[i] += cost.compact_seconds(modules[relu_before[layer]], shapes.get(layer, []))
+        if sketch is not None and not (isinstance(sketch, float) and math.isnan(sketch)):
+            out[i] = sketch_seconds(layer, sketch)
     cost.save()
     return out
 
 
 def plan_extra_seconds(model: nn.Module, inputs: Any, plan: Any, cost: CostModel) -> float:
-    """The extra seconds per step that ``cost`` predicts for ``plan`` (a :class:`radvar.Plan`) on ``model``: each
-    sketched module's, plus the mask of a ReLU right before a sketched Linear (as :func:`option_seconds`
-    charges them; NaN where a timing is missing from a cost model that does not measure)."""
+    """The extra seconds per step that ``cost`` predicts for ``plan`` (a :class:`radvar.Plan`) on ``model``, each
+    sketched module charged as :func:`option_seconds` charges it (NaN where a timing is missing from a cost model
+    that does not measure)."""
+    sketch_seconds = _sketch_seconds(model, inputs, cost)
+    return sum(sketch_seconds(name, sketch) for name, sketch in plan.items() if sketch is not None)
+
+
+def _sketch_seconds(model: nn.Module, inputs: Any, cost: CostModel) -> Callable[[str, Sketch], float]:
+    """``(module name, sketch) -> extra seconds per step``: the module's under that sketch over its calls on
+    ``inputs``, plus, for a Linear right after a ReLU in an ``nn.Sequential`` sketched with a non-exact sketch,
+    the ReLU's mask (:meth:`CostModel.compact_seconds`); 0 for a name that is not a module (a functional site)."""
     shapes, modules, relu_before = input_shapes(model, inputs), dict(model.named_modules()), fused_pairs(model)
-    extra = 0.0
-    for name, sketch in plan.items():
-        if sketch is None or name not in modules:
-            continue
-        extra += cost.extra_seconds(modules[name], shapes.get(name, []), sketch)
+
+    def seconds(name: str, sketch: Sketch) -> float:
+        if name not in modules:
+            return 0.0
+        extra = cost.extra_seconds(modules[name], shapes.get(name, []), sketch)
         if name in relu_before and not sketch.exact:
             extra += cost.compact_seconds(modules[relu_before[name]], shapes.get(name, []))
-    return extra
+        return extra
+    return seconds
 
 
 def _penalised(cands: Candidates, seconds: np.ndarray, mu: float) -> Candidates:
@@ -167,13 +173,13 @@ def _interleaved(cost: CostModel, models: Sequence[nn.Module], x: torch.Tensor, 
     return times
 
 
-def conversion_seconds(model: nn.Module, x: torch.Tensor, y: Any, loss_fn: Callable, cost: CostModel,
-                       pairs: int = 8) -> float:
-    """What converting ``model`` with every layer exact (compact twins: masks of pools, dropout, leaky ReLUs)
-    adds to its step, at least 0: the fastest of ``pairs`` converted steps less the fastest of as many plain
-    ones, interleaved (:func:`_interleaved`)."""
+def reference_seconds(model: nn.Module, x: torch.Tensor, y: Any, loss_fn: Callable, cost: CostModel,
+                      pairs: int = 8) -> tuple[float, float]:
+    """(the plain step, what converting ``model`` with every layer exact adds to it): the fastest of ``pairs``
+    plain steps, and the fastest of as many converted ones less that, at least 0 (compact twins: masks of
+    pools, dropout, leaky ReLUs), the two interleaved (:func:`_interleaved`)."""
     plain, converted = _interleaved(cost, [model, convert(model, None)], x, y, loss_fn, pairs)
-    return max(min(converted) - min(plain), 0.0)
+    return min(plain), max(min(converted) - min(plain), 0.0)
 
 
 def measured_slowdown(model: nn.Module, plan: Any, x: torch.Tensor, y: Any, loss_fn: Callable, cost: CostModel,
@@ -183,8 +189,3 @@ def measured_slowdown(model: nn.Module, plan: Any, x: torch.Tensor, y: Any, loss
     plain, planned = _interleaved(cost, [model, convert(model, plan)], x, y, loss_fn, pairs)
     return statistics.median(planned) / statistics.median(plain)
 
-
-def plain_step_seconds(model: nn.Module, inputs: tuple[torch.Tensor, ...], targets: Any, loss_fn: Callable,
-                       cost: CostModel) -> float:
-    """The reference: median seconds of a plain step of ``model`` on the batch."""
-    return cost.step_seconds(model, inputs[0], targets, loss_fn)

@@ -33,7 +33,7 @@ from .allocate import SOLVERS, Allocation, allocate, best_uniform
 from ..bench.cost import CostModel
 from .candidates import (DEFAULT_FAMILIES, DEFAULT_KEEPS, SITE_PROBES, Candidates, candidates, check_families,
                          check_keeps, family_name)
-from .timebudget import check_max_slowdown, conversion_seconds, measured_slowdown, option_seconds, within_time
+from .timebudget import check_max_slowdown, measured_slowdown, option_seconds, reference_seconds, within_time
 
 RETRIES = 3
 
@@ -196,8 +196,7 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
         cost = cost or CostModel()
         with untouched(model, batch[0][0].device):  # BatchNorm statistics and torch's RNG as they were
             seconds = option_seconds(cands, model, batch[0][0], cost)
-            plain = cost.step_seconds(model, batch[0][0], batch[1], loss_fn)
-            fixed = conversion_seconds(model, batch[0][0], batch[1], loss_fn, cost)
+            plain, fixed = reference_seconds(model, batch[0][0], batch[1], loss_fn, cost)
         timing = {"max_slowdown": max_slowdown, "plain_step_seconds": plain, "fixed_extra_seconds": fixed}
         if (max_slowdown - 1.0) * plain <= fixed:
             raise ValueError(f"tune: the time budget of {max_slowdown:g}x the plain step cannot be met: the model "
