@@ -35,8 +35,12 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
 @click.option("--draws", type=click.IntRange(min=0), default=0, show_default=True,
               help="Monte Carlo draws checking the plan's closed-form RAD variance (0: none; else >= 2).")
 @click.option("--probes", type=click.IntRange(min=2), default=SITE_PROBES.most, show_default=True,
-              help="Most probe backward passes per propagating site (norm, activation, attention) and sketch, "
-                   "when tuning and on each RAD batch: fewer is faster, with larger standard errors.")
+              help="Most probes per propagating site (norm, activation, attention) and sketch, when tuning and "
+                   "on each RAD batch: fewer is faster, with larger standard errors.")
+@click.option("--directions", type=click.IntRange(min=0), default=SITE_PROBES.directions, show_default=True,
+              metavar="Z", help="Score the probes against Z random directions shared by all sites (one forward-mode "
+                                "pass each) instead of one backward pass per probe; 0: a backward pass per probe "
+                                "(slower, smaller standard errors).")
 @click.option("--probe-rtol", type=click.FloatRange(min=0.0), default=SITE_PROBES.rtol, show_default=True,
               metavar="R", help=f"Stop probing a site and sketch once the standard error is at most R times the "
                                 f"estimate (checked every {ROUND} probes); 0: always --probes.")
@@ -51,8 +55,8 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
 @runtime_options
 def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args: tuple[str, ...],
             weights: str | None, seed: int, device: str, output_key: str | None, batch_size: int,
-            budget_spec: str | None, sketch_specs: tuple[str, ...], draws: int, probes: int, probe_rtol: float,
-            slowdown_spec: str | None, out_dir: str | None, json_path: str | None, fmt: str) -> None:
+            budget_spec: str | None, sketch_specs: tuple[str, ...], draws: int, probes: int, directions: int,
+            probe_rtol: float, slowdown_spec: str | None, out_dir: str | None, json_path: str | None, fmt: str) -> None:
     """Where memory goes, what RAD saves, what it costs, which plan.
 
     MODEL defaults to the paper MLP on scikit-learn digits. Prints, per layer:
@@ -67,7 +71,10 @@ def analyze(model: str | None, data_spec: str | None, loss_spec: str, model_args
         raise specs.SpecError("--draws: 1 draw has no variance; use 0 (no Monte Carlo check) or at least 2")
     if not math.isfinite(probe_rtol):
         raise specs.SpecError(f"--probe-rtol: must be a finite number >= 0 (0: always --probes), got {probe_rtol}")
-    policy = Probes(probes, probe_rtol or None)
+    if directions == 1:
+        raise specs.SpecError("--directions: 1 direction has no standard error; use 0 (a backward pass per probe) "
+                              "or at least 2")
+    policy = Probes(probes, probe_rtol or None, directions or None)
     if out_dir is not None:
         report_lib.check_target(out_dir)
     if json_path not in (None, "-"):

@@ -189,15 +189,19 @@ def test_analyze_shows_the_probed_variance_of_propagating_layers(user_file, tmp_
 
 
 def test_analyze_probes_sets_the_probe_passes_per_site(user_file, tmp_path):
-    """--probes P with --probe-rtol 0: the propagating rows say each RAD batch took P probes; fewer than 2
-    probes, or a negative or infinite tolerance, is refused."""
-    path = tmp_path / "analysis.json"
-    result = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--batch-size", "32",
-                 "--sketch", "subsample:0.5", "--probes", "6", "--probe-rtol", "0", "--json", str(path), "--quiet")
-    assert result.exit_code == 0, result.stderr
-    layers = {r["layer"]: r for r in json.loads(path.read_text())["layers"]}
-    assert layers["block.norm"]["method"] == "propagated (6 probes)"
-    for flag, value in [("--probes", "1"), ("--probe-rtol", "-0.1"), ("--probe-rtol", "inf")]:
+    """--probes P with --probe-rtol 0: the propagating rows say each RAD batch took P probes, scored against the
+    default 8 shared directions, or each pushed back with --directions 0; fewer than 2 probes, 1 direction, or a
+    negative or infinite tolerance, is refused."""
+    for extra, method in [((), "propagated (6 probes, 8 directions)"), (("--directions", "0"), "propagated (6 probes)"),
+                          (("--directions", "3"), "propagated (6 probes, 3 directions)")]:
+        path = tmp_path / "analysis.json"
+        result = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--batch-size", "32",
+                     "--sketch", "subsample:0.5", "--probes", "6", "--probe-rtol", "0", *extra, "--json", str(path),
+                     "--quiet")
+        assert result.exit_code == 0, result.stderr
+        layers = {r["layer"]: r for r in json.loads(path.read_text())["layers"]}
+        assert layers["block.norm"]["method"] == method
+    for flag, value in [("--probes", "1"), ("--probe-rtol", "-0.1"), ("--probe-rtol", "inf"), ("--directions", "1")]:
         bad = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", flag, value, "--quiet")
         assert bad.exit_code == 2 and flag in bad.stderr and "Traceback" not in bad.stderr, (flag, bad.stderr)
 

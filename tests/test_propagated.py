@@ -18,7 +18,7 @@ from radvar.sketch import Quantize, Subsample
 from radvar.tradeoff import allocate, candidates
 from radvar.tradeoff.tune import measured_bytes
 from radvar.variance import Capture
-from radvar.variance.propagated import method_label, propagated
+from radvar.variance.propagated import Shared, method_label, propagated
 from radvar.variance.statistics import agreement, holm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -265,7 +265,7 @@ def test_estimated_variances_are_ranked_by_an_upper_confidence_value():
     picks = {}
     for se in (2e-3, 0.0):
         t = table(se)
-        t["ucb"] = t["variance"] + candidates.UCB_Z * t["se"]
+        t["ucb"], t["shared"] = t["variance"] + candidates.UCB_Z * t["se"], [Shared()] * len(t)
         cands = candidates.Candidates(t[candidates.COLUMNS], 0, 1000, 1, Capture({}, 0.0, 1))
         alloc = allocate.allocate(cands, budget=10)
         picks[se] = alloc.per_layer["family"].iloc[0]

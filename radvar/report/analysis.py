@@ -161,7 +161,7 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
         "memory_saved": plain.total - planned.total,
         "memory_ratio": plain.total / planned.total if planned.total else math.inf,
         "data_variance": total["data_variance"], "rad_variance": total["rad_variance"],
-        "rad_se": math.sqrt(float((layers["rad_se"] ** 2).sum())),
+        "rad_se": total.get("rad_se", 0.0),  # the probe estimates' (closed forms: 0), correlations counted
         "rad_total": probed.get("total", "exact: the sum of closed-form per-layer variances"),
         "variance_added": total["rad_variance"] / total["data_variance"] if total["data_variance"] > 0 else math.inf,
         "equivalent_batch_size": total["equivalent_batch_size"],

@@ -44,6 +44,14 @@ def _sketches(part: pd.DataFrame) -> str:
     return f"{len(used)}× {names[0]}" if len(names) == 1 else f"{len(used)} sketched (mixed)"
 
 
+def _merged_se(part: pd.DataFrame) -> float:
+    """Standard error of the sum of ``part``'s RAD variances: independent estimates add in quadrature; probe
+    estimates scored against shared directions (``method`` names them) are correlated, and their standard
+    errors are added (an upper bound)."""
+    shared = part["method"].astype(str).str.contains("directions")
+    return math.sqrt(_sum(part.loc[~shared, "rad_se"] ** 2)) + _sum(part.loc[shared, "rad_se"])
+
+
 def _merge(part: pd.DataFrame, name: str, kind: str) -> dict[str, Any]:
     """One row standing for the rows of ``part`` (a single row stands for itself)."""
     if len(part) == 1:
@@ -55,8 +63,7 @@ def _merge(part: pd.DataFrame, name: str, kind: str) -> dict[str, Any]:
         "bytes_exact": int(part["bytes_exact"].sum()), "bytes_plan": int(part["bytes_plan"].sum()),
         "sketch": _sketches(part), "keep": keeps[0] if len(keeps) == 1 else math.nan,
         "rad_variance": _sum(part["rad_variance"]), "data_variance": _sum(part["data_variance"]),
-        # independent estimates: standard errors add in quadrature
-        "rad_se": math.sqrt(_sum(part["rad_se"] ** 2)) if "rad_se" in part else 0.0,
+        "rad_se": _merged_se(part) if "rad_se" in part else 0.0,
         "method": ", ".join(dict.fromkeys(part["method"].dropna().astype(str))),
         "batch_rad_variance": _sum(part["batch_rad_variance"]), "mc_variance": _sum(part["mc_variance"]),
         "ci_low": math.nan, "ci_high": math.nan,  # a sum of intervals is no interval

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..plan import Plan
 from ..sketch import Sketch
+from ..variance.propagated import sum_se
 from . import solve
 from .candidates import Candidates
 
@@ -43,8 +44,9 @@ class Allocation:
 
     @property
     def se(self) -> float:
-        """Standard error of :attr:`variance` (Monte Carlo parts add in quadrature; closed forms 0)."""
-        return float((self.per_layer["se"] ** 2).sum() ** 0.5)
+        """Standard error of :attr:`variance` (independent estimates add in quadrature, probe estimates scored
+        against shared directions add their direction noise per direction first; closed forms 0)."""
+        return sum_se(zip(self.per_layer["se"], self.per_layer["shared"]))
 
     def plan(self, provenance: dict[str, Any] | None = None) -> Plan:
         """The :class:`radvar.Plan` (exact layers map to None)."""

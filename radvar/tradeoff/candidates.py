@@ -31,9 +31,9 @@ Variance of each candidate is the closed form of
 Propagating sites (twins with ``propagates = True``: activations, norms, attention) are
 candidates too: exact, ``Quantize`` at each bit width and each sampling family the twin
 accepts (:meth:`radvar.layers.registry.Twin.accepts`) on :data:`SITE_KEEPS` points of the
-keep grid. Their variance is the total gradient variance they add, estimated with probe
-backward passes (:func:`radvar.variance.propagated.propagated`, every candidate probed
-from one exact pass; it has a standard error). Their bytes are measured first: one ledger pass
+keep grid. Their variance is the total gradient variance they add, estimated with probes
+(:func:`radvar.variance.propagated.propagated`, every candidate probed from one exact pass,
+scored against shared random directions; it has a standard error). Their bytes are measured first: one ledger pass
 per candidate sketch with that sketch on every propagating site that takes it, each site
 charged the storages it alone keeps there; a candidate keeping at least the site's exact bytes
 is dominated by exact and not probed, nor is a Projection too large to draw (:func:`draw_fits`).
@@ -69,7 +69,7 @@ from ..plan import Plan
 from ..sketch import Family, Importance, Projection, Quantize, Sketch, Subsample, as_family, kept_count
 from ..sketch.base import Z_MARGIN, itemsize  # noqa: F401  (Z_MARGIN: public here since 0.x)
 from ..variance import Capture, LayerStats, capture, layer_variance, layer_variance_se
-from ..variance.propagated import Probes, as_probes, propagated
+from ..variance.propagated import Probes, Shared, as_probes, propagated, sum_se
 from .solve import _nondominated
 
 PAPER_FAMILIES: tuple[Family, ...] = (Subsample.family(), Subsample.family(per_example=True), Projection.family())
@@ -78,17 +78,18 @@ DEFAULT_FAMILIES: tuple[Family, ...] = PAPER_FAMILIES + (Importance.family(), Qu
 DEFAULT_KEEPS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                                     0.6, 0.7, 0.8, 0.9)
 EXACT = "exact"
-COLUMNS = ["layer", "type", "family", "keep", "k", "sketch", "bytes", "variance", "se", "ucb", "method"]
+COLUMNS = ["layer", "type", "family", "keep", "k", "sketch", "bytes", "variance", "se", "ucb", "method", "shared"]
 UCB_Z = 2.326
 """One-sided 99% normal quantile: an estimated variance is ranked at ``variance + UCB_Z · se``."""
 SITE_KEEPS = 2
 """Keep-grid points (spread over the grid) at which sampling families are probed on propagating sites."""
-SITE_PROBES = Probes(8, rtol=0.1)
-"""Probe passes per candidate of a propagating site (each candidate is ranked by its upper confidence value):
-4 at a time, stopping once the standard error is within 10% of the estimate, 8 at most. The candidates that
-reach the cap are the heavy-tailed 0.01-keep samplings (10²-10⁵ times the variance of 1-bit Quantize); with 16
-at most, `radvar analyze` took 284 s instead of 198 s on a ViT-tiny and 49.8 s instead of 41.6 s on ResNet-18
-(docs/variance.md), for the same ResNet-18 plan and a ViT-tiny plan with 5 of 99 entries at another bit width."""
+SITE_PROBES = Probes(8, rtol=0.1, directions=8)
+"""Probes per candidate of a propagating site (each candidate is ranked by its upper confidence value): 4 at a
+time, stopping once the standard error is within 10% of the estimate, 8 at most, each scored against 8 random
+directions shared by all sites (one forward-mode pass each) instead of pushed back by its own backward pass
+(:mod:`radvar.variance.propagated`, *Directions*). Their standard errors are about four times those of backward
+probes, so most candidates take the 8; `radvar analyze` took 79 s instead of 272 s on a ViT-tiny and 30 s
+instead of 44 s on ResNet-18 (docs/variance.md)."""
 SITE_DRAW_LIMIT = 1 << 24
 """Largest random matrix (elements) a Projection candidate of a propagating site may draw per call: beyond it
 one probe would draw gigabytes (Projection(0.9) on ResNet-18's first BatchNorm at 64x64: 65,536 x 58,983)."""
@@ -338,7 +339,7 @@ def _option(stats: LayerStats, sketch: Sketch | None, family: str) -> dict[str, 
     return {"layer": stats.name, "type": stats.type, "family": family,
             "keep": 1.0 if sketch is None else sketch.keep, "k": k, "sketch": sketch,
             "bytes": layer_reserved(stats, sketch), "variance": float(value), "se": se,
-            "ucb": float(value) + UCB_Z * se, "method": method}
+            "ucb": float(value) + UCB_Z * se, "method": method, "shared": Shared()}
 
 
 def layer_options(stats: LayerStats, families: Sequence[Family | Sketch],
@@ -441,16 +442,17 @@ def site_options(model: nn.Module, batch: tuple[Any, torch.Tensor], loss_fn: Cal
         kind = "functional" if owner is not None else type(modules[name]).__name__
         rows.append({"layer": name, "type": kind, "family": EXACT, "keep": 1.0, "k": None, "sketch": None,
                      "bytes": base[owner] if owner is not None else alone.get(name, 0), "variance": 0.0,
-                     "se": 0.0, "ucb": 0.0, "method": "exact"})
+                     "se": 0.0, "ucb": 0.0, "method": "exact", "shared": Shared()})
         for label, sketch in pairs:
             if owner is None:
                 est = [probed[name][[sk for _, sk in pairs].index(sketch)]]
             else:
                 est = [probed[s][takes[s].index(sketch)] for s in grouped[owner] if sketch in takes[s]]
-            value, se = sum(e.variance for e in est), math.sqrt(sum(e.se ** 2 for e in est))
+            value, se = sum(e.variance for e in est), sum_se((e.se, e.shared) for e in est)
             rows.append({"layer": name, "type": kind, "family": label, "keep": sketch.keep, "k": None,
                          "sketch": sketch, "bytes": measured[(name, sketch)], "variance": value, "se": se,
-                         "ucb": value + UCB_Z * se, "method": est[0].method})
+                         "ucb": value + UCB_Z * se, "method": est[0].method,
+                         "shared": sum((e.shared for e in est), Shared())})
     return rows, sum(base.values())
 
 

@@ -154,10 +154,11 @@ def tune(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], budg
     ``data`` (default: all of it). ``families``: sketch templates (keep ignored);
     ``keeps``: the keep grid (exact is always a candidate); ``solver``:
     ``"exact"`` or ``"lagrangian"``. ``stats``: a :func:`radvar.variance.capture` of the same
-    model on the same batch, to reuse (the capture is the expensive step). ``probes``: probe backward passes
-    per candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`):
-    an int, or a :class:`radvar.variance.Probes` policy (default: up to 8, stopping once the standard error
-    is within 10% of the estimate).
+    model on the same batch, to reuse (the capture is the expensive step). ``probes``: probes per
+    candidate of each propagating site (activations, norms, attention; :mod:`radvar.variance.propagated`):
+    an int (that many backward passes), or a :class:`radvar.variance.Probes` policy (default
+    :data:`~radvar.tradeoff.candidates.SITE_PROBES`: up to 8, stopping once the standard error is within 10% of
+    the estimate, scored against 8 shared random directions).
     Options are ranked by ``variance + UCB_Z · se`` (:mod:`radvar.tradeoff.candidates`): an estimated variance
     counts at an upper confidence value, a closed form at its value.
     ``max_slowdown`` (with a memory budget): the plan's predicted step time may be at most this

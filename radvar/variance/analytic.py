@@ -16,7 +16,7 @@ from .capture import Batch, capture, layer_variance, layer_variance_se
 from .dropout import held
 from .ledger import measure
 from .plan_input import as_plan, needs_importance
-from .propagated import DEFAULT_PROBES, Probes, as_probes, plan_sites, propagated, propagating_sites
+from .propagated import DEFAULT_PROBES, Probes, Shared, as_probes, plan_sites, propagated, propagating_sites, sum_se
 from .report import COLUMNS, VarianceReport
 
 
@@ -68,11 +68,12 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
     ledger = measure(model, inputs, targets, loss_fn, plan, measured)
     rows, totals = [], []
     for i, keep in enumerate(grid):
-        at_keep, shift = (keep if sites else None), 0
+        at_keep, shift, parts = (keep if sites else None), 0, []  # parts: (se, shared) of each row
         for name in entries:
             sk = at[name][i]
             if name in probed:
                 est = probed[name][i]
+                parts.append((est.se, est.shared))
                 rows.append({"layer": name, "type": est.type, "sketch": sk.label() if sk else "exact",
                              "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
                              "bytes_plan": ledger.bytes_plan(name, at_keep) if name in plan else 0,
@@ -84,19 +85,20 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
             delta = 0 if sites else stats.saved_bytes(sk) - stats.saved_bytes(plan[name])
             shift += delta
             value, method = layer_variance(stats, sk)
+            parts.append((layer_variance_se(stats, sk), Shared()))
             if not math.isfinite(value):
                 raise ValueError(f"analytic: the RAD variance of layer {name!r} under {sk.label()} is {value} "
                                  f"although its inputs and gradient are finite; this is a bug, please report it")
             rows.append({"layer": name, "type": stats.type, "sketch": sk.label() if sk else "exact",
                          "keep": sk.keep if sk else 1.0, "bytes_exact": ledger.bytes_exact(name),
                          "bytes_plan": ledger.bytes_plan(name, at_keep) + delta, "rad_variance": value,
-                         "rad_se": layer_variance_se(stats, sk), "data_variance": float("nan"),
+                         "rad_se": parts[-1][0], "data_variance": float("nan"),
                          "grad_norm_sq": stats.grad_sq, "ci_low": float("nan"), "ci_high": float("nan"),
                          "method": method})
         mine = rows[-len(entries):] if entries else []
         totals.append({"keep": float("nan") if keep is None else keep,
                        "rad_variance": sum(r["rad_variance"] for r in mine),
-                       "rad_se": sum(r["rad_se"] ** 2 for r in mine) ** 0.5,
+                       "rad_se": sum_se(parts),
                        "grad_norm_sq": sum(r["grad_norm_sq"] for r in mine),
                        "bytes_exact": ledger.exact.total, "bytes_plan": ledger.plan[at_keep].total + shift})
     meta = {"batch_size": cap.batch_size, "loss": cap.loss, "plan": plan.to_dict()}

@@ -46,7 +46,8 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
-from .propagated import DEFAULT_PROBES, Probes, SiteEstimate, method_label, plan_sites, propagated, propagating_sites
+from .propagated import (DEFAULT_PROBES, Probes, SiteEstimate, method_label, plan_sites, propagated, propagating_sites,
+                         sum_se)
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -379,14 +380,15 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
                      "ci_low": float("nan"), "ci_high": float("nan"),
                      "method": "per-example gradients (fast path)", "trace_sigma": trace[name],
                      "noise_scale": trace[name] / mean_sq[name] if mean_sq[name] > 0 else float("inf")})
-    for name, ests in estimates.items():  # the mean over batches of independent estimates: se = √(Σ se²)/count
+    for name, ests in estimates.items():  # the mean over batches of independent estimates
         sk = sketches[name]
         rows.append({"layer": name, "type": ests[0].type, "sketch": sk.label() if sk else "exact",
                      "keep": sk.keep if sk else 1.0, "bytes_exact": bytes_exact_mod.get(name, 0),
                      "bytes_plan": bytes_plan_mod.get(name, 0), "rad_variance": rad[name],
-                     "rad_se": math.sqrt(sum(e.se ** 2 for e in ests)) / len(ests), "data_variance": float("nan"),
+                     "rad_se": sum_se((e.se, e.shared) for e in ests) / len(ests), "data_variance": float("nan"),
                      "grad_norm_sq": ests[0].grad_norm_sq, "ci_low": float("nan"), "ci_high": float("nan"),
-                     "method": method_label([e.probes for e in ests]) if all(e.probes for e in ests)
+                     "method": method_label([e.probes for e in ests], [e.directions for e in ests])
+                     if all(e.probes for e in ests)
                      else ests[0].method, "trace_sigma": float("nan"), "noise_scale": float("nan")})
     data_var = trace_all / batch_size
     total = {"batch_size": batch_size, "examples": n, "trace_sigma": trace_all, "grad_norm_sq": mean_all,
@@ -397,6 +399,7 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
         small, small_bytes = _largest_batch_within(model, x[:batch_size], y[:batch_size], loss_fn, int(plan_total))
         small_var = trace_all / small if small else float("inf")
         total.update({"rad_variance": rad_total, "total_variance": data_var + rad_total,
+                      "rad_se": sum_se((e.se, e.shared) for ests in estimates.values() for e in ests) / len(batches),
                       "equivalent_batch_size": trace_all / (data_var + rad_total), "bytes_plan": plan_total,
                       "small_batch_same_memory": small, "small_batch_bytes": small_bytes,
                       "small_batch_variance": small_var,

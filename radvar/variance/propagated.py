@@ -24,7 +24,28 @@ backward of ε through the kept graph gives ``d_p = ‖J_k ε_p + δ_p‖²``
 each probe, each against its exact output gradient. With a :class:`Probes` policy
 that has ``rtol``, probes are drawn ``ROUND`` at a time and stop once the
 standard error is at most ``rtol`` times the estimate (``most`` at the latest):
-the tuner's default, where most (site, sketch) pairs settle after one round.
+where most (site, sketch) pairs settle after one round.
+
+*Directions* (``Probes(directions=Z)``: the tuner's and ``radvar analyze``'s
+default). Pushing ε back through the kept graph is most of a probe's cost (about
+half a backward pass each). ``‖w‖²`` has an unbiased estimate without it: for z
+with independent ±1 entries over the trainable parameters, ``E_z ⟨z, w⟩² = ‖w‖²``
+(Hutchinson 1990), and ``⟨z, J_k ε⟩ = ⟨J_kᵀ z, ε⟩`` where ``J_kᵀ z`` is the tangent
+of the site's argument when the parameters move along z (the backward is the
+transpose of the forward's Jacobian), which one forward-mode pass gives for every
+call of every site at once. Z directions are drawn per :func:`propagated` call (Z
+forward-mode passes, with the exact pass's dropout masks, attention through
+``scaled_dot_product_attention``'s math backend, which has forward-mode
+derivatives); each probe (one rerun of the site's op) then scores
+``x_pz = ⟨z, J_k ε_p⟩² + 2⟨z, J_k ε_p⟩⟨z, δ_p⟩ + ‖δ_p‖²`` along each direction,
+whose mean over z is ``‖J_k ε_p + δ_p‖²``. ``v̂_k = mean(x_pz)`` is unbiased;
+probes and directions being independent draws, its variance is at most
+``Var(probe means)/P + Var(direction means)/Z`` (the standard error given). The
+direction part is common to every estimate of the call, so sums of estimates add it
+direction by direction (:class:`Shared`, :func:`sum_se`). The tangents take Z times
+the bytes of the sites' graph arguments, at most :data:`DIRECTION_BYTES` (fewer
+directions where they would not fit); a model with an op that has no forward-mode
+derivative, or where two directions do not fit, gets a backward pass per probe.
 
 Dropout is held fixed (:func:`radvar.variance.dropout.held`): the exact pass
 draws the masks :func:`radvar.variance.empirical` draws, each site call keeps the
@@ -48,10 +69,14 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Mapping, Sequence
+import statistics
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .. import rng
@@ -66,6 +91,7 @@ from .dropout import held
 DEFAULT_PROBES = 64
 CHUNK = 64  # probes pushed back in one batched backward
 ROUND = 4  # probes per round when a policy stops early (and the fewest it stops after)
+DIRECTION_BYTES = 1 << 30  # the most the tangents of one estimate's forward-mode passes may take
 _PROGRESS: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("radvar_probe_progress",
                                                                                          default=None)
 
@@ -85,10 +111,13 @@ def reporting(callback: Callable[[str], None]) -> Iterator[None]:
 class Probes:
     """How many probe passes estimate one (site, sketch): at most ``most`` (>= 2); with ``rtol`` (> 0) they
     are drawn :data:`ROUND` at a time and stop once the standard error is at most ``rtol`` times the estimate.
-    An int ``P`` anywhere a policy is taken means ``Probes(P)``: exactly P probes."""
+    ``directions`` (>= 2): score each probe against that many random directions shared by all sites, one
+    forward-mode pass each, instead of one backward pass per probe (module docstring, *Directions*).
+    An int ``P`` anywhere a policy is taken means ``Probes(P)``: exactly P probes, each pushed back."""
 
     most: int
     rtol: float | None = None
+    directions: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.most, bool) or not isinstance(self.most, int) or self.most < 2:
@@ -97,6 +126,10 @@ class Probes:
                                       or not self.rtol > 0 or math.isinf(self.rtol)):
             raise ValueError(f"probes: rtol must be a finite number > 0 or None (always `most` probes), "
                              f"got {self.rtol!r}")
+        if self.directions is not None and (isinstance(self.directions, bool) or not isinstance(self.directions, int)
+                                            or self.directions < 2):
+            raise ValueError(f"probes: directions must be an int >= 2 (the standard error needs two) or None "
+                             f"(one backward pass per probe), got {self.directions!r}")
 
 
 def as_probes(probes: int | Probes, owner: str) -> Probes:
@@ -110,19 +143,53 @@ def as_probes(probes: int | Probes, owner: str) -> Probes:
                          f"radvar.variance.Probes, got {probes!r}") from None
 
 
-def method_label(probes: int | Sequence[int]) -> str:
+def method_label(probes: int | Sequence[int], directions: int | Sequence[int] = 0) -> str:
     """The ``method`` of a probe estimate, e.g. ``propagated (8 probes)``; of several estimates whose probe
-    counts differ (a policy that stops early), the range, e.g. ``propagated (4-12 probes)``."""
-    counts = [probes] if isinstance(probes, int) else list(probes)
-    low, high = min(counts), max(counts)
-    return f"propagated ({low} probes)" if low == high else f"propagated ({low}-{high} probes)"
+    counts differ (a policy that stops early), the range, e.g. ``propagated (4-12 probes)``; probes scored
+    against shared directions add their number, e.g. ``propagated (8 probes, 8 directions)``."""
+    def span(counts: int | Sequence[int]) -> tuple[int, str]:
+        values = [counts] if isinstance(counts, int) else list(counts)
+        low, high = min(values), max(values)
+        return high, f"{low}" if low == high else f"{low}-{high}"
+
+    along = span(directions)
+    return f"propagated ({span(probes)[1]} probes{f', {along[1]} directions' if along[0] else ''})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """The direction noise an estimate shares with every estimate scored against the same directions (one
+    :func:`propagated` call): per set of directions (its key), the estimate's mean score along each direction.
+    Added per direction when estimates are summed (:func:`sum_se`); empty for estimates that share nothing."""
+
+    means: tuple[tuple[int, tuple[float, ...]], ...] = ()
+
+    def __add__(self, other: Shared) -> Shared:
+        merged = dict(self.means)
+        for key, values in other.means:
+            merged[key] = tuple(a + b for a, b in zip(merged[key], values)) if key in merged else values
+        return Shared(tuple(merged.items()))
+
+    def variance(self) -> float:
+        """The direction part of the estimate's variance: Σ over sets of Var(means along the directions) / Z."""
+        return sum(statistics.variance(values) / len(values) for _, values in self.means)
+
+
+def sum_se(parts: Iterable[tuple[float, Shared]]) -> float:
+    """Standard error of a sum of estimates, each given as (se, shared): the probe parts (se² less the shared
+    direction part) add, and the direction parts of estimates scored against the same directions are summed
+    along each direction first (they are correlated: one direction draw moves them all)."""
+    parts = list(parts)
+    own = sum(max(se * se - shared.variance(), 0.0) for se, shared in parts)
+    return math.sqrt(own + sum((shared for _, shared in parts), Shared()).variance())
 
 
 @dataclasses.dataclass(frozen=True)
 class SiteEstimate:
     """One (site, sketch): the added variance E‖Ĝ^(k) − G‖² over all parameters, its standard error,
-    how it was obtained, the site's calls in the forward, ‖G‖² of the site's own parameters, and the probe
-    passes it took (0: exact, no probes)."""
+    how it was obtained, the site's calls in the forward, ‖G‖² of the site's own parameters, the probes it
+    took (0: exact, no probes), the directions they were scored against (0: each pushed back) and the direction
+    noise it shares with the other estimates of the same call (:class:`Shared`)."""
 
     site: str
     type: str
@@ -133,17 +200,21 @@ class SiteEstimate:
     calls: int
     grad_norm_sq: float
     probes: int = 0
+    directions: int = 0
+    shared: Shared = Shared()
 
 
 @dataclasses.dataclass
 class _Call:
     """One call of a site: its arguments (flattened, with graph tensors), the distinct differentiable ones
-    (an argument passed twice, as q is k is v, once), the keys of the dropout masks it drew
-    (:func:`radvar.rng.dropout_key`) and, after the exact backward, the gradient of each output that needs one."""
+    (an argument passed twice, as q is k is v, once) and their positions among the arguments, the keys of the
+    dropout masks it drew (:func:`radvar.rng.dropout_key`) and, after the exact backward, the gradient of each
+    output that needs one."""
 
     leaves: list[Any]
     spec: Any
     grad_inputs: list[torch.Tensor]
+    positions: list[int]
     drops: list[int]
     grads: list[torch.Tensor | None]
 
@@ -170,9 +241,13 @@ def _record(calls: list[_Call], hooks: list[Any], args: Any, output: Any, drops:
     """Append the call ``args -> output`` (which drew dropout keys ``drops``) to ``calls``; tensor hooks (kept in
     ``hooks``) store its output gradients."""
     leaves, spec = tree_flatten(args)
-    grad_inputs = list({id(t): t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad}.values())
+    first: dict[int, int] = {}
+    for i, t in enumerate(leaves):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            first.setdefault(id(t), i)
     outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
-    call = _Call(leaves, spec, grad_inputs, list(drops), [None] * len(outs))
+    call = _Call(leaves, spec, [leaves[i] for i in first.values()], list(first.values()), list(drops),
+                 [None] * len(outs))
 
     def keep(i: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
@@ -299,20 +374,22 @@ def _propagated(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable
             raise ValueError(f"{owner}: {name!r} names no functional kind {split_site(name)[1]!r}; "
                              f"allowed: {sorted(FUNCTION_KINDS)}")
         chosen[name] = _Site(name, None, split_site(name)[1])
-    params = [p for p in work.parameters() if p.requires_grad]
-    try:
-        with held(params + list(inputs)) as same, rng.exact(), same(), torch.enable_grad(), \
-                intercept(work, {n: recorder(chosen[n]) for n in functional}):
-            loss = batch_loss(work, inputs, targets, loss_fn, owner)
-            exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    except ValueError as e:
-        if "functional site" in str(e):
-            raise ValueError(f"{owner}: {e}") from None
-        raise
-    finally:
-        for h in handles:  # the probes' backward passes must not overwrite the recorded gradients
-            h.remove()
-    require_finite(inputs, targets, owner, loss.detach(), {})
+    named = [(n, p) for n, p in work.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    with held(params + list(inputs)) as same, rng.exact():
+        try:
+            with same(), torch.enable_grad(), intercept(work, {n: recorder(chosen[n]) for n in functional}):
+                loss = batch_loss(work, inputs, targets, loss_fn, owner)
+                exact = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        except ValueError as e:
+            if "functional site" in str(e):
+                raise ValueError(f"{owner}: {e}") from None
+            raise
+        finally:
+            for h in handles:  # the probes' backward passes must not overwrite the recorded gradients
+                h.remove()
+        require_finite(inputs, targets, owner, loss.detach(), {})
+        directions = _directions(work, inputs, chosen, named, probes.directions, same) if probes.directions else None
     index = {id(p): i for i, p in enumerate(params)}
     out: dict[str, list[SiteEstimate]] = {}
     for name, sketches in wanted.items():
@@ -320,10 +397,94 @@ def _propagated(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable
         own = sum(float(g.double().square().sum()) for p in site.own if (g := exact[index[id(p)]]) is not None)
         out[name] = []
         for s in sketches:
-            out[name].append(dataclasses.replace(_estimate(site, s, probes, params, index), grad_norm_sq=own))
+            out[name].append(dataclasses.replace(_estimate(site, s, probes, params, index, directions),
+                                                 grad_norm_sq=own))
             if (tick := _PROGRESS.get()) is not None:
                 tick(f"probe {name or '(model)'} {s.label() if s is not None else 'exact'}")
     return out
+
+
+@dataclasses.dataclass
+class _Directions:
+    """The shared random directions z_1..z_Z (Rademacher over the trainable parameters, drawn from ``key``) and,
+    per graph argument of the sites' calls (by id), its tangents along them, one flattened row each (Z, numel)."""
+
+    key: int
+    count: int
+    params: list[torch.Tensor]
+    tangents: dict[int, torch.Tensor]
+    cache: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def of(self, j: int, z: int) -> torch.Tensor:
+        """Direction ``z``'s part on parameter ``j``: ±1 entries of its shape, dtype and device."""
+        p = self.params[j]
+        gen = rng.generator(rng.mix(rng.mix(self.key ^ (j + 1)) ^ (z + 1)) >> 1, p.device)
+        return torch.randint(0, 2, p.shape, generator=gen, device=p.device, dtype=p.dtype).mul_(2).sub_(1)
+
+    def matrix(self, j: int) -> torch.Tensor:
+        """All directions' parts on parameter ``j``, one flattened row each (Z, numel); cached."""
+        if j not in self.cache:
+            self.cache[j] = torch.stack([self.of(j, z).reshape(-1) for z in range(self.count)])
+        return self.cache[j]
+
+
+def _directions(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named: list[tuple[str, nn.Parameter]],
+                count: int, same: Callable[[], Any]) -> _Directions | None:
+    """The sites' argument tangents along ``count`` shared random directions, one forward-mode pass each; fewer
+    directions where their tangents would take over :data:`DIRECTION_BYTES`. None (every probe is then pushed
+    back) where an op of the model has no forward-mode derivative or two directions do not fit."""
+    index = {id(p) for _, p in named}
+    arguments = {id(t): t for site in chosen.values() for call in site.calls for t in call.grad_inputs
+                 if t.grad_fn is not None and id(t) not in index}
+    per = sum(t.numel() * t.element_size() for t in arguments.values())
+    count = min(count, DIRECTION_BYTES // max(per, 1))
+    if count < 2:
+        return None
+    tangents = {i: torch.zeros(count, t.numel(), dtype=t.dtype, device=t.device) for i, t in arguments.items()}
+    position = rng.get_state()
+    found = _Directions(rng.next_key(), count, [p for _, p in named], tangents)
+    try:
+        for z in range(count):
+            _tangent_pass(work, inputs, chosen, named, found, z, same)
+    except (NotImplementedError, RuntimeError):
+        rng.set_state(position)  # the probes draw what they would have drawn without directions
+        return None
+    return found
+
+
+def _tangent_pass(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named: list[tuple[str, nn.Parameter]],
+                  directions: _Directions, z: int, same: Callable[[], Any]) -> None:
+    """One forward-mode pass, the parameters' tangents direction ``z``, with the exact pass's dropout masks:
+    row ``z`` of ``directions.tangents`` (a graph argument no trainable parameter reaches keeps zeros)."""
+    seen: dict[str, list[list[Any]]] = {name: [] for name in chosen}
+    handles = [site.module.register_forward_pre_hook(
+        lambda mod, args, kwargs, n=name: seen[n].append(tree_flatten((args, kwargs))[0]), with_kwargs=True)
+        for name, site in chosen.items() if site.module is not None]
+
+    def recorder(name: str, function: str) -> Callable[..., Any]:
+        def op(*args: Any, **kwargs: Any) -> Any:
+            seen[name].append(tree_flatten((args, kwargs))[0])
+            return FUNCTION_KINDS[function].factory(None)(*args, **kwargs)
+        return op
+
+    try:  # with grad on, as in the exact pass: routing and a product site's condition depend on it
+        with fwAD.dual_level(), same(), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), \
+                intercept(work, {n: recorder(n, s.function) for n, s in chosen.items() if s.module is None}):
+            functional_call(work, {n: fwAD.make_dual(p, directions.of(j, z)) for j, (n, p) in enumerate(named)},
+                            inputs)
+            for name, site in chosen.items():
+                if len(seen[name]) != len(site.calls):
+                    raise RuntimeError(f"{name}: {len(seen[name])} calls in the forward-mode pass, "
+                                       f"{len(site.calls)} in the exact one")
+                for call, leaves in zip(site.calls, seen[name]):
+                    for t, i in zip(call.grad_inputs, call.positions):
+                        row = directions.tangents.get(id(t))
+                        tangent = fwAD.unpack_dual(leaves[i]).tangent if isinstance(leaves[i], torch.Tensor) else None
+                        if row is not None and tangent is not None:
+                            row[z].copy_(tangent.detach().reshape(-1))
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
@@ -401,26 +562,53 @@ def _squared_errors(chunk: list[tuple[list[torch.Tensor], list[torch.Tensor], di
     return d
 
 
+def _scores(errors: tuple[list[torch.Tensor], list[torch.Tensor], dict[int, torch.Tensor]],
+            directions: _Directions) -> torch.Tensor:
+    """One probe's Z scores ⟨z, J_k ε⟩² + 2⟨z, J_k ε⟩⟨z, δ⟩ + ‖δ‖² (float64): each averages over z to
+    ‖J_k ε + δ‖², and ⟨z, J_k ε⟩ = ⟨J_kᵀ z, ε⟩ is the tangent of the site's argument along z dotted with ε."""
+    outputs, signals, direct = errors
+    a = torch.zeros(directions.count, dtype=torch.float64)
+    b = torch.zeros(directions.count, dtype=torch.float64)
+    squared = 0.0
+    for t, eps in zip(outputs, signals):
+        if (tangents := directions.tangents.get(id(t))) is not None:
+            a += (tangents @ eps.reshape(-1).to(tangents.dtype)).double().cpu()
+    for j, delta in direct.items():
+        rows = directions.matrix(j)
+        b += (rows @ delta.reshape(-1).to(rows.dtype)).double().cpu()
+        squared += float(_sq_norm(delta))
+    return a * a + 2 * a * b + squared
+
+
 def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[torch.Tensor],
-              index: dict[int, int]) -> SiteEstimate:
+              index: dict[int, int], directions: _Directions | None = None) -> SiteEstimate:
     if sketch is None or sketch.exact or not site.calls:
         return SiteEstimate(site.name, site.type, sketch, 0.0, 0.0, "exact" if site.calls else "not called",
                             len(site.calls), 0.0)
     if site.reference is None:
         site.reference = [site.run(c, None) for c in site.calls]
     reference = site.reference
-    draws: list[float] = []
+    # per probe: its squared error d_p, or its Z direction scores. Probes and directions are independent draws:
+    # Var(mean) ≈ Var(probe means)/P + Var(direction means)/Z, an upper bound by the interaction's variance / PZ
+    rows: list[torch.Tensor] = []
     step = CHUNK if probes.rtol is None else ROUND
     while True:  # the first chunk has at least two probes (most >= 2), so the spread is defined
-        chunk = [_errors(site, sketch, reference, index) for _ in range(min(step, probes.most - len(draws)))]
-        draws += _squared_errors(chunk, params)
-        values = torch.tensor(draws, dtype=torch.float64)
-        mean, se = float(values.mean()), float(values.std()) / math.sqrt(len(draws))
-        if len(draws) >= probes.most or (probes.rtol is not None and se <= probes.rtol * mean):
+        chunk = [_errors(site, sketch, reference, index) for _ in range(min(step, probes.most - len(rows)))]
+        if directions is None:
+            rows += [torch.tensor([d], dtype=torch.float64) for d in _squared_errors(chunk, params)]
+        else:
+            rows += [_scores(errors, directions) for errors in chunk]
+        table = torch.stack(rows)
+        shared = Shared() if directions is None else \
+            Shared(((directions.key, tuple(table.mean(0).tolist())),))
+        mean = float(table.mean())
+        se = math.sqrt(float(table.mean(1).var()) / len(rows) + shared.variance())
+        if len(rows) >= probes.most or (probes.rtol is not None and se <= probes.rtol * mean):
             break
-    return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(len(draws)), len(site.calls), 0.0,
-                        len(draws))
+    count = directions.count if directions is not None else 0
+    return SiteEstimate(site.name, site.type, sketch, mean, se, method_label(len(rows), count), len(site.calls),
+                        0.0, len(rows), count, shared)
 
 
-__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "DEFAULT_PROBES", "Probes", "as_probes",
-           "ROUND", "method_label", "reporting"]
+__all__ = ["propagated", "propagating_sites", "plan_sites", "SiteEstimate", "Shared", "sum_se", "DEFAULT_PROBES",
+           "Probes", "as_probes", "ROUND", "method_label", "reporting"]
