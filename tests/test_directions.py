@@ -18,30 +18,12 @@ from radvar.sketch import Bernoulli, Quantize, Subsample
 from radvar.variance.propagated import Probes, Shared, method_label, propagated, sum_se
 from radvar.variance.statistics import holm
 
+from .test_propagated import DropAttend, setup
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SITES = {"act1": [Quantize(2), Subsample(0.5)], "norm": [Quantize(2), Bernoulli(0.3)], "act2": [Subsample(0.5)],
-         ":gelu.0": [Quantize(2)]}
-
-
-class Net(nn.Module):
-    """Linear -> nn.GELU ("act1") -> Linear -> F.gelu (site ":gelu.0") -> nn.LayerNorm ("norm") -> Linear ->
-    nn.SiLU ("act2") -> Linear."""
-
-    def __init__(self, width: int = 8):
-        super().__init__()
-        self.lin1, self.act1, self.lin2 = nn.Linear(5, width), nn.GELU(), nn.Linear(width, width)
-        self.norm, self.lin3, self.act2, self.lin4 = nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(), \
-            nn.Linear(width, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(F.gelu(self.lin2(self.act1(self.lin1(x)))))
-        return self.lin4(self.act2(self.lin3(h)))
-
-
-def setup() -> tuple[Net, tuple[torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(0)
-    return Net().double(), (torch.randn(12, 5, dtype=torch.float64), torch.arange(12) % 3)
+         ":gelu.0": [Quantize(2)]}  # sites of test_propagated.Net: a GELU and a SiLU twin, a LayerNorm, a routed F.gelu
 
 
 def test_direction_estimates_agree_with_backward_probes():
@@ -150,3 +132,35 @@ def test_bad_directions_are_refused():
     for bad in (1, 0, True, 2.5):
         with pytest.raises(ValueError, match=r"directions must be an int >= 2"):
             Probes(8, directions=bad)
+
+
+def test_tangents_are_the_backward_maps_transpose_with_dropout_and_attention(monkeypatch):
+    """DropAttend (dropout 0.3 in nn.Dropout, in the MultiheadAttention twin and in a routed sdpa): the forward-mode
+    passes replay the exact pass's dropout masks and run attention through sdpa's math backend, so for every site
+    argument t and direction z, ⟨tangent_z(t), u⟩ = ⟨z, J_tᵀ-backward of u⟩ for a random u (the identity the
+    scores rest on), to float64 rounding."""
+    import sys
+
+    module = sys.modules["radvar.variance.propagated"]
+    estimate, checked = module._estimate, []
+
+    def check(site, sketch, probes, params, index, directions=None):
+        for call in site.calls:
+            for t in call.grad_inputs:
+                if id(t) in directions.tangents:
+                    u = torch.randn_like(t)
+                    pushed = torch.autograd.grad(t, params, u, retain_graph=True, allow_unused=True)
+                    for z in range(directions.count):
+                        along = sum(float((directions.of(j, z) * g).sum()) for j, g in enumerate(pushed)
+                                    if g is not None)
+                        checked.append((float(directions.tangents[id(t)][z] @ u.reshape(-1)), along))
+        return estimate(site, sketch, probes, params, index, directions)
+
+    monkeypatch.setattr(module, "_estimate", check)
+    model, x = DropAttend(0.3).double(), torch.randn(6, 5, 4, dtype=torch.float64)
+    out = propagated(model, (x, torch.arange(6) % 3), F.cross_entropy, {"attn": Quantize(2), ":sdpa.0": Quantize(2)},
+                     Probes(2, directions=3))
+    assert {e[0].method for e in out.values()} == {method_label(2, 3)}
+    assert len(checked) == 3 * 4  # the attention's input (q is k is v), the sdpa call's q, k and v
+    for lhs, rhs in checked:
+        assert lhs == pytest.approx(rhs, rel=1e-9, abs=1e-12)
