@@ -41,6 +41,23 @@ def test_per_example_norms_match_torch_func():
     torch.testing.assert_close(sums["4"], per["4.weight"].sum(0).reshape(-1))
 
 
+def test_per_example_norms_through_attention_say_nothing_about_batching_rules(recwarn):
+    """vmap has no batching rule for CPU flash attention and loops inside torch, warning each call; the
+    per-example norms (every radvar analyze of a transformer) keep that to themselves, and match a loop."""
+    from radvar.apps.architectures import vit
+
+    model = vit(image=16, patch=8, embed=16, depth=1, heads=2, classes=3)
+    x, y = torch.randn(4, 3, 16, 16), torch.arange(4) % 3
+    norms, _ = per_example_sq_norms(model, x, y, CE)
+    assert not [w for w in recwarn.list if "batching rule" in str(w.message)]
+    total = sum(norms.values())  # every parameter once: the layers, their biases, the rest (OTHER)
+    for i in range(4):
+        model.zero_grad()
+        CE(model(x[i:i + 1]), y[i:i + 1]).backward()
+        whole = sum(p.grad.double().square().sum() for p in model.parameters())
+        assert torch.isclose(total[i], whole, rtol=1e-4), (i, total[i], whole)
+
+
 def test_minibatch_trace_and_total_picture():
     model, x, y = _small()
     rep = variance.minibatch(model, (x, y), CE, 3, plan=Subsample(0.5))

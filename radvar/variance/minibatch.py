@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Callable, Iterator
 
 import pandas as pd
@@ -240,7 +241,9 @@ def _func_sq_norms(model: nn.Module, others: dict[str, torch.Tensor], x: torch.T
 
     theta = {n: p.detach() for n, p in others.items()}
     try:
-        with rng.exact():
+        with rng.exact(), warnings.catch_warnings():  # ops without a batching rule (CPU flash attention) loop inside
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet "
+                                                      "implemented the batching rule", category=UserWarning)
             per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(theta, x, y)
     except RuntimeError:  # vmap cannot batch the model (data-dependent control flow, .item(), ...)
         return _loop_sq_norms(model, others, x, y, loss_fn)
