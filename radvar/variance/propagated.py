@@ -455,36 +455,43 @@ def _directions(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named:
 def _tangent_pass(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named: list[tuple[str, nn.Parameter]],
                   directions: _Directions, z: int, same: Callable[[], Any]) -> None:
     """One forward-mode pass, the parameters' tangents direction ``z``, with the exact pass's dropout masks:
-    row ``z`` of ``directions.tangents`` (a graph argument no trainable parameter reaches keeps zeros)."""
-    seen: dict[str, list[list[Any]]] = {name: [] for name in chosen}
-    handles = [site.module.register_forward_pre_hook(
-        lambda mod, args, kwargs, n=name: seen[n].append(tree_flatten((args, kwargs))[0]), with_kwargs=True)
-        for name, site in chosen.items() if site.module is not None]
+    row ``z`` of ``directions.tangents``, copied as each call starts (a graph argument no trainable parameter
+    reaches keeps zeros)."""
+    started = {name: 0 for name in chosen}
+
+    def keep(name: str, args: Any) -> None:
+        site, c = chosen[name], started[name]
+        started[name] += 1
+        if c >= len(site.calls):
+            return  # more calls than the exact pass had: refused below
+        leaves = tree_flatten(args)[0]
+        for t, i in zip(site.calls[c].grad_inputs, site.calls[c].positions):
+            row, leaf = directions.tangents.get(id(t)), leaves[i] if i < len(leaves) else None
+            tangent = fwAD.unpack_dual(leaf).tangent if isinstance(leaf, torch.Tensor) else None
+            if row is not None and tangent is not None:
+                row[z].copy_(tangent.detach().reshape(-1))
 
     def recorder(name: str, function: str) -> Callable[..., Any]:
         def op(*args: Any, **kwargs: Any) -> Any:
-            seen[name].append(tree_flatten((args, kwargs))[0])
+            keep(name, (args, kwargs))
             return FUNCTION_KINDS[function].factory(None)(*args, **kwargs)
         return op
 
+    handles = [site.module.register_forward_pre_hook(lambda mod, args, kwargs, n=name: keep(n, (args, kwargs)),
+                                                     with_kwargs=True)
+               for name, site in chosen.items() if site.module is not None]
     try:  # with grad on, as in the exact pass: routing and a product site's condition depend on it
         with fwAD.dual_level(), same(), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), \
                 intercept(work, {n: recorder(n, s.function) for n, s in chosen.items() if s.module is None}):
             functional_call(work, {n: fwAD.make_dual(p, directions.of(j, z)) for j, (n, p) in enumerate(named)},
                             inputs)
-            for name, site in chosen.items():
-                if len(seen[name]) != len(site.calls):
-                    raise RuntimeError(f"{name}: {len(seen[name])} calls in the forward-mode pass, "
-                                       f"{len(site.calls)} in the exact one")
-                for call, leaves in zip(site.calls, seen[name]):
-                    for t, i in zip(call.grad_inputs, call.positions):
-                        row = directions.tangents.get(id(t))
-                        tangent = fwAD.unpack_dual(leaves[i]).tangent if isinstance(leaves[i], torch.Tensor) else None
-                        if row is not None and tangent is not None:
-                            row[z].copy_(tangent.detach().reshape(-1))
     finally:
         for h in handles:
             h.remove()
+    for name, site in chosen.items():
+        if started[name] != len(site.calls):
+            raise RuntimeError(f"{name}: {started[name]} calls in the forward-mode pass, {len(site.calls)} in the "
+                               f"exact one")
 
 
 def _errors(site: _Site, sketch: Sketch, reference: list, index: dict[int, int]
