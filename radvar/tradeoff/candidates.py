@@ -88,7 +88,7 @@ SITE_PROBES = Probes(8, rtol=0.1, directions=8)
 time, stopping once the standard error is within 10% of the estimate, 8 at most, each scored against 8 random
 directions shared by all sites (one forward-mode pass each) instead of pushed back by its own backward pass
 (:mod:`radvar.variance.propagated`, *Directions*). Their standard errors are about four times those of backward
-probes, so most candidates take the 8; `radvar analyze` took 68.7 s instead of 272 s on a ViT-tiny and 28.0 s
+probes, so most candidates take the 8; `radvar analyze` took 69-79 s instead of 272 s on a ViT-tiny and 28-32 s
 instead of 72.6 s on ResNet-18 (docs/variance.md)."""
 SITE_DRAW_LIMIT = 1 << 24
 """Largest random matrix (elements) a Projection candidate of a propagating site may draw per call: beyond it
