@@ -164,3 +164,13 @@ def test_tangents_are_the_backward_maps_transpose_with_dropout_and_attention(mon
     assert len(checked) == 3 * 4  # the attention's input (q is k is v), the sdpa call's q, k and v
     for lhs, rhs in checked:
         assert lhs == pytest.approx(rhs, rel=1e-9, abs=1e-12)
+
+
+def test_forward_mode_passes_stop_after_the_last_site_call():
+    """What runs after the last site call (a language model's head over its vocabulary) is skipped: the head runs
+    in the exact pass only."""
+    model, batch = setup()
+    calls = []
+    model.lin4.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    out = propagated(model, batch, F.cross_entropy, {"act1": Quantize(2), "act2": Quantize(2)}, Probes(2, directions=3))
+    assert {e[0].method for e in out.values()} == {method_label(2, 3)} and len(calls) == 1

@@ -452,12 +452,17 @@ def _directions(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named:
     return found
 
 
+class _AllStarted(Exception):
+    """Raised inside a forward-mode pass once every site call has started (the rest of the forward is skipped)."""
+
+
 def _tangent_pass(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named: list[tuple[str, nn.Parameter]],
                   directions: _Directions, z: int, same: Callable[[], Any]) -> None:
     """One forward-mode pass, the parameters' tangents direction ``z``, with the exact pass's dropout masks:
     row ``z`` of ``directions.tangents``, copied as each call starts (a graph argument no trainable parameter
-    reaches keeps zeros)."""
-    started = {name: 0 for name in chosen}
+    reaches keeps zeros). The pass stops once the last site call has started: what follows (a language model's
+    head over its vocabulary) is not needed."""
+    started, total = {name: 0 for name in chosen}, sum(len(site.calls) for site in chosen.values())
 
     def keep(name: str, args: Any) -> None:
         site, c = chosen[name], started[name]
@@ -470,6 +475,8 @@ def _tangent_pass(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], name
             tangent = fwAD.unpack_dual(leaf).tangent if isinstance(leaf, torch.Tensor) else None
             if row is not None and tangent is not None:
                 row[z].copy_(tangent.detach().reshape(-1))
+        if sum(started.values()) == total:
+            raise _AllStarted
 
     def recorder(name: str, function: str) -> Callable[..., Any]:
         def op(*args: Any, **kwargs: Any) -> Any:
@@ -485,6 +492,8 @@ def _tangent_pass(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], name
                 intercept(work, {n: recorder(n, s.function) for n, s in chosen.items() if s.module is None}):
             functional_call(work, {n: fwAD.make_dual(p, directions.of(j, z)) for j, (n, p) in enumerate(named)},
                             inputs)
+    except _AllStarted:
+        pass
     finally:
         for h in handles:
             h.remove()
