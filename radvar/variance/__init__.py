@@ -4,7 +4,7 @@
 closed form per sketch, cheap enough for a keep grid) -> ``analytic`` /
 ``empirical`` / ``minibatch`` -> :class:`VarianceReport`. Propagating sites (activations,
 norms, attention) have no closed form: ``propagated`` estimates the total gradient variance
-each adds with probe backward passes. The math, with
+each adds with probes, pushed back by backward passes or scored against shared random directions. The math, with
 sources, is in docs/variance.md and docs/design.md §3.
 """
 

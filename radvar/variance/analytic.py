@@ -34,8 +34,8 @@ def analytic(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tensor
              keeps: Sequence[float] | None = None, probes: int | Probes = DEFAULT_PROBES) -> VarianceReport:
     """Closed-form E‖Ĝ − G‖²_F per planned layer on ``batch`` (see :mod:`radvar.variance.forms`), and for
     each propagating site (activations, norms, attention, functional sites) the total gradient variance it
-    adds over all parameters, estimated with ``probes`` probe backward passes
-    (:mod:`radvar.variance.propagated`; ``method`` "propagated (P probes)", ``rad_se`` its standard error).
+    adds over all parameters, estimated with ``probes`` probes (:mod:`radvar.variance.propagated`; default 64,
+    each pushed back by a backward pass: ``method`` "propagated (P probes)", ``rad_se`` its standard error).
     The total is their sum: first order in the propagating sites (product terms of independent sketches,
     all non-negative, are left out).
 

@@ -1,4 +1,4 @@
-"""``propagated``: the gradient variance a propagating site adds, estimated with probe backward passes.
+"""``propagated``: the gradient variance a propagating site adds, estimated with probes (fresh sketch draws).
 
 A sketch of a linear layer's input perturbs only that layer's weight gradient.
 A *propagating* site (a twin with ``propagates = True``: an activation keeping a
@@ -311,8 +311,9 @@ def propagated(model: nn.Module, batch: Batch, loss_fn: Callable[..., torch.Tens
     """Per site, per sketch: the added total gradient variance v_k = E‖J_k ε_k + δ_k‖² (module docstring).
 
     ``sites`` maps a propagating module's name or a functional site key to a sketch, or a list of
-    sketches to estimate from the same exact pass. ``probes``: backward passes per (site, sketch), an int
-    (>= 2) or a :class:`Probes` policy that may stop early.
+    sketches to estimate from the same exact pass. ``probes``: probes per (site, sketch), an int (>= 2: that
+    many, each pushed back by a backward pass) or a :class:`Probes` policy (that may stop early, and may score
+    the probes against shared directions instead).
     Returns, per site, one :class:`SiteEstimate` per sketch in the order given. ``memo``: estimates made
     earlier on the same model and batch (e.g. :attr:`radvar.variance.Capture.memo`), keyed by (site, sketch,
     probes); those found are returned as they are, the others estimated and added to it.
