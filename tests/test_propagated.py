@@ -222,7 +222,8 @@ def test_site_candidates_keeping_the_exact_bytes_are_not_probed():
 
 def test_candidates_and_probe_estimates_are_reused_from_the_capture_memo():
     """radvar analyze hands one capture to tune and to the report: the second candidates call returns the
-    first's result, and minibatch's first RAD batch takes the tuner's probe estimate of a planned site."""
+    first's result. minibatch's first RAD batch probes the planned site afresh: the tuner picked the plan on
+    its estimates, which are biased low for the options picked (an option chosen for a low estimate)."""
     model, x, y = Block(), torch.randn(48, 16), torch.arange(48) % 4
     xb, yb = x[:24].clone(), y[:24].clone()  # the first batch of 24
     stats = variance.capture(model, (xb, yb), F.cross_entropy)
@@ -233,10 +234,11 @@ def test_candidates_and_probe_estimates_are_reused_from_the_capture_memo():
     est = stats.memo[("propagated", "act1", Quantize(2), variance.Probes(4))]
     again = propagated(model, (xb, yb), F.cross_entropy, {"act1": Quantize(2)}, 4, memo=stats.memo)
     assert again["act1"][0] is est
+    memo = dict(stats.memo)
     mb = variance.minibatch(model, (x, y), F.cross_entropy, 24, plan=radvar.Plan({"act1": Quantize(2)}),
                             stats=stats, probes=4)
-    second = mb.per_layer.set_index("layer").at["act1", "rad_variance"] * 2 - est.variance  # mean of 2 batches
-    assert mb.meta["propagated"]["first_batch"]["act1"] == est.variance and second > 0
+    fresh = mb.meta["propagated"]["first_batch"]["act1"]
+    assert fresh > 0 and fresh != est.variance and stats.memo == memo
 
 
 def test_projection_site_candidates_must_fit_their_random_matrix():

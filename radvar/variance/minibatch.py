@@ -288,8 +288,10 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     """Data noise per layer and in total at ``batch_size``; with ``plan``, RAD variance, the total,
     the equivalent batch size and the memory-equivalent small batch (see the module docstring).
     ``stats``: a :func:`capture` of the first ``batch_size`` examples (every planned layer, with entries
-    when the plan needs them) to reuse for the first RAD batch instead of capturing it again, with the probe
-    estimates in its ``memo``. ``probes``: probe passes per propagating site of the plan on each RAD batch (an int, or a
+    when the plan needs them) to reuse for the first RAD batch instead of capturing it again. Its ``memo``'s
+    probe estimates are not reused: the tuner chose the plan's sketches on them, and an option picked for a
+    low estimate is likely underestimated there (more so the noisier the estimate), so every RAD batch probes
+    afresh. ``probes``: probes per propagating site of the plan on each RAD batch (an int, or a
     :class:`radvar.variance.Probes` policy).
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
@@ -357,7 +359,7 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
             cap = stats if i == 0 and stats is not None else capture(
                 model, (bx, by), loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
             probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional}, probes,
-                                owner="minibatch", memo=getattr(cap, "memo", None) if cap is stats else None)
+                                owner="minibatch")
             for name, sk in {**dict(plan.items()), **functional}.items():
                 if name in probed:
                     est = probed[name][0]
