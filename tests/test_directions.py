@@ -174,3 +174,15 @@ def test_forward_mode_passes_stop_after_the_last_site_call():
     model.lin4.register_forward_pre_hook(lambda mod, args: calls.append(1))
     out = propagated(model, batch, F.cross_entropy, {"act1": Quantize(2), "act2": Quantize(2)}, Probes(2, directions=3))
     assert {e[0].method for e in out.values()} == {method_label(2, 3)} and len(calls) == 1
+
+
+def test_no_forward_mode_pass_without_a_sketch_to_probe(monkeypatch):
+    """Sites whose sketches are all exact are answered without probes, and without the directions' passes."""
+    import sys
+
+    module = sys.modules["radvar.variance.propagated"]
+    passes = []
+    monkeypatch.setattr(module, "_tangent_pass", lambda *args: passes.append(1))
+    model, batch = setup()
+    out = propagated(model, batch, F.cross_entropy, {"act1": [None, Subsample(1.0)]}, Probes(4, directions=3))
+    assert [e.method for e in out["act1"]] == ["exact", "exact"] and not passes

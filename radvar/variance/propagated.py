@@ -390,7 +390,9 @@ def _propagated(model: nn.Module, inputs: tuple, targets: Any, loss_fn: Callable
             for h in handles:  # the probes' backward passes must not overwrite the recorded gradients
                 h.remove()
         require_finite(inputs, targets, owner, loss.detach(), {})
-        directions = _directions(work, inputs, chosen, named, probes.directions, same) if probes.directions else None
+        probed = any(s is not None and not s.exact for sks in wanted.values() for s in sks)  # else no probe runs
+        directions = _directions(work, inputs, chosen, named, probes.directions, same) \
+            if probes.directions and probed else None
     index = {id(p): i for i, p in enumerate(params)}
     out: dict[str, list[SiteEstimate]] = {}
     for name, sketches in wanted.items():
