@@ -436,9 +436,8 @@ def _directions(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named:
     """The sites' argument tangents along ``count`` shared random directions, one forward-mode pass each; fewer
     directions where their tangents would take over :data:`DIRECTION_BYTES`. None (every probe is then pushed
     back) where an op of the model has no forward-mode derivative or two directions do not fit."""
-    index = {id(p) for _, p in named}
     arguments = {id(t): t for site in chosen.values() for call in site.calls for t in call.grad_inputs
-                 if t.grad_fn is not None and id(t) not in index}
+                 if t.grad_fn is not None}  # parameters (leaves) score through their directions directly
     per = sum(t.numel() * t.element_size() for t in arguments.values())
     count = min(count, DIRECTION_BYTES // max(per, 1))
     if count < 2:
