@@ -91,7 +91,7 @@ from .dropout import held
 DEFAULT_PROBES = 64
 CHUNK = 64  # probes pushed back in one batched backward
 ROUND = 4  # probes per round when a policy stops early (and the fewest it stops after)
-DIRECTION_BYTES = 1 << 30  # the most the tangents of one estimate's forward-mode passes may take
+DIRECTION_BYTES = 1 << 30  # the most the tangents of one propagated() call's forward-mode passes may take
 _PROGRESS: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("radvar_probe_progress",
                                                                                          default=None)
 
@@ -448,7 +448,7 @@ def _directions(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named:
     try:
         for z in range(count):
             _tangent_pass(work, inputs, chosen, named, found, z, same)
-    except (NotImplementedError, RuntimeError):
+    except RuntimeError:  # an op without a forward-mode derivative (torch's error subclasses it), calls that differ
         rng.set_state(position)  # the probes draw what they would have drawn without directions
         return None
     return found
