@@ -36,10 +36,12 @@ from .options import (check_batch_size, load_problem, log, output_option, proble
               help="Monte Carlo draws checking the plan's closed-form RAD variance (0: none; else >= 2).")
 @click.option("--probes", type=click.IntRange(min=2), default=SITE_PROBES.most, show_default=True,
               help="Most probes per propagating site (norm, activation, attention) and sketch, when tuning and "
-                   "on each RAD batch: fewer is faster, with larger standard errors.")
+                   "for the plan's variance (spread over its RAD batches): fewer is faster, with larger standard "
+                   "errors.")
 @click.option("--directions", type=click.IntRange(min=0), default=SITE_PROBES.directions, show_default=True,
               metavar="Z", help="Score the probes against Z random directions shared by all sites (one forward-mode "
-                                "pass each) instead of one backward pass per probe; 0: a backward pass per probe "
+                                "pass each; spread over the RAD batches as --probes) instead of one backward pass "
+                                "per probe; 0: a backward pass per probe "
                                 "(slower, smaller standard errors).")
 @click.option("--probe-rtol", type=click.FloatRange(min=0.0), default=SITE_PROBES.rtol, show_default=True,
               metavar="R", help=f"Stop probing a site and sketch once the standard error is at most R times the "

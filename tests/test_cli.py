@@ -189,11 +189,13 @@ def test_analyze_shows_the_probed_variance_of_propagating_layers(user_file, tmp_
 
 
 def test_analyze_probes_sets_the_probe_passes_per_site(user_file, tmp_path):
-    """--probes P with --probe-rtol 0: the propagating rows say each RAD batch took P probes, scored against the
-    default 8 shared directions, or each pushed back with --directions 0; fewer than 2 probes, 1 direction, or a
-    negative or infinite tolerance, is refused."""
-    for extra, method in [((), "propagated (6 probes, 8 directions)"), (("--directions", "0"), "propagated (6 probes)"),
-                          (("--directions", "3"), "propagated (6 probes, 3 directions)")]:
+    """--probes P with --probe-rtol 0: the propagating rows say the 3 RAD batches shared P probes (P/3 each, at
+    least 2), scored against the default 8 shared directions (3 each), or each pushed back with --directions 0;
+    fewer than 2 probes, 1 direction, or a negative or infinite tolerance, is refused."""
+    each = "on each of 3 batches"
+    for extra, method in [((), f"propagated (2 probes, 3 directions, {each})"),
+                          (("--directions", "0"), f"propagated (2 probes, {each})"),
+                          (("--directions", "3"), f"propagated (2 probes, 2 directions, {each})")]:
         path = tmp_path / "analysis.json"
         result = run("analyze", f"{user_file}:make_model", "--data", "synthetic:8x16:5:96", "--batch-size", "32",
                      "--sketch", "subsample:0.5", "--probes", "6", "--probe-rtol", "0", *extra, "--json", str(path),

@@ -17,8 +17,8 @@ Over the N examples of ``data``:
   variance); and the largest exact small batch whose measured saved bytes fit in
   the plan's measured bytes at B, with its variance tr Σ_all / b. A propagating
   site of the plan (module or functional site) gets a row of its own: the variance it
-  adds over all parameters, a probe estimate (``rad_se``, ``method`` "propagated (P
-  probes)"; data columns NaN: its parameters' data noise is in the total); the RAD
+  adds over all parameters, a probe estimate averaged over the RAD batches, the probe budget
+  spread over them (``rad_se``, ``method`` "propagated (P probes on each of k batches)"; data columns NaN: its parameters' data noise is in the total); the RAD
   total sums every row, first order in the sites (:mod:`radvar.variance.propagated`).
 
 Examples must not interact in the forward pass: BatchNorm in training mode is measured with the
@@ -28,6 +28,7 @@ batch statistics held fixed (:func:`batch_stats_frozen`); active dropout draws o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from typing import Any, Callable, Iterator
@@ -47,8 +48,8 @@ from ..outputs import take
 from .capture import capture, layer_variance
 from .kinds import kind_for
 from .plan_input import as_plan, needs_importance
-from .propagated import (DEFAULT_PROBES, Probes, SiteEstimate, method_label, plan_sites, propagated, propagating_sites,
-                         sum_se)
+from .propagated import (DEFAULT_PROBES, Probes, SiteEstimate, as_probes, method_label, plan_sites, propagated,
+                         propagating_sites, sum_se)
 from .report import COLUMNS, VarianceReport
 
 OTHER = "(other parameters)"
@@ -291,8 +292,9 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     when the plan needs them) to reuse for the first RAD batch instead of capturing it again. Its ``memo``'s
     probe estimates are not reused: the tuner chose the plan's sketches on them, and an option picked for a
     low estimate is likely underestimated there (more so the noisier the estimate), so every RAD batch probes
-    afresh. ``probes``: probes per propagating site of the plan on each RAD batch (an int, or a
-    :class:`radvar.variance.Probes` policy).
+    afresh. ``probes``: the probe budget of one estimate per propagating site of the plan (an int, or a
+    :class:`radvar.variance.Probes` policy), spread over the RAD batches (:func:`spread`): the averaged
+    estimate costs about what one batch's would, with about its precision.
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
     the model's buffers and torch's global RNG are left as they were."""
@@ -300,6 +302,16 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     validate((x, y), name="minibatch")
     with untouched(model, x.device):
         return _minibatch(model, x, y, loss_fn, batch_size, plan, rad_batches, stats, probes)
+
+
+def spread(probes: Probes, batches: int) -> Probes:
+    """``probes``, the budget of one estimate, spread over ``batches`` RAD batches: ⌈most/k⌉ probes and
+    ⌈directions/k⌉ directions on each (at least 2 of each; the stopping rule as given). The mean of k such
+    estimates has about the probe and direction noise of one estimate with the whole budget (each part of the
+    variance falls as 1/(probes) and 1/(directions) in total), at about 1/k of the cost per batch."""
+    most = max(2, -(-probes.most // batches))
+    along = None if probes.directions is None else max(2, -(-probes.directions // batches))
+    return dataclasses.replace(probes, most=most, directions=along)
 
 
 def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
@@ -355,10 +367,11 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
         batches = batches[:max(1, rad_batches)]
         sites = propagating_sites(model, list(plan))
         functional = plan_sites(model, plan, (first[0],))
+        per_batch = spread(as_probes(probes, "minibatch"), len(batches))
         for i, (bx, by) in enumerate(batches):
             cap = stats if i == 0 and stats is not None else capture(
                 model, (bx, by), loss_fn, names=[n for n in plan if n not in sites], importance=needs_importance(plan))
-            probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional}, probes,
+            probed = propagated(model, (bx, by), loss_fn, {**{n: plan[n] for n in sites}, **functional}, per_batch,
                                 owner="minibatch")
             for name, sk in {**dict(plan.items()), **functional}.items():
                 if name in probed:
@@ -392,7 +405,7 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
                      "bytes_plan": bytes_plan_mod.get(name, 0), "rad_variance": rad[name],
                      "rad_se": sum_se((e.se, e.shared) for e in ests) / len(ests), "data_variance": float("nan"),
                      "grad_norm_sq": ests[0].grad_norm_sq, "ci_low": float("nan"), "ci_high": float("nan"),
-                     "method": method_label([e.probes for e in ests], [e.directions for e in ests])
+                     "method": method_label([e.probes for e in ests], [e.directions for e in ests], len(ests))
                      if all(e.probes for e in ests)
                      else ests[0].method, "trace_sigma": float("nan"), "noise_scale": float("nan")})
     data_var = trace_all / batch_size
@@ -420,4 +433,4 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
 
 as_examples = examples  # the earlier name, kept for callers
 
-__all__ = ["minibatch", "per_example_sq_norms", "as_examples", "untouched", "batch_stats_frozen", "OTHER"]
+__all__ = ["minibatch", "spread", "per_example_sq_norms", "as_examples", "untouched", "batch_stats_frozen", "OTHER"]

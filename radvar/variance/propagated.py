@@ -143,17 +143,19 @@ def as_probes(probes: int | Probes, owner: str) -> Probes:
                          f"radvar.variance.Probes, got {probes!r}") from None
 
 
-def method_label(probes: int | Sequence[int], directions: int | Sequence[int] = 0) -> str:
+def method_label(probes: int | Sequence[int], directions: int | Sequence[int] = 0, batches: int = 1) -> str:
     """The ``method`` of a probe estimate, e.g. ``propagated (8 probes)``; of several estimates whose probe
     counts differ (a policy that stops early), the range, e.g. ``propagated (4-12 probes)``; probes scored
-    against shared directions add their number, e.g. ``propagated (8 probes, 8 directions)``."""
+    against shared directions add their number, e.g. ``propagated (8 probes, 8 directions)``; the mean of
+    estimates on ``batches`` > 1 batches says so, e.g. ``propagated (2 probes, 2 directions, on each of 4 batches)``."""
     def span(counts: int | Sequence[int]) -> tuple[int, str]:
         values = [counts] if isinstance(counts, int) else list(counts)
         low, high = min(values), max(values)
         return high, f"{low}" if low == high else f"{low}-{high}"
 
     along = span(directions)
-    return f"propagated ({span(probes)[1]} probes{f', {along[1]} directions' if along[0] else ''})"
+    each = f", on each of {batches} batches" if batches > 1 else ""
+    return f"propagated ({span(probes)[1]} probes{f', {along[1]} directions' if along[0] else ''}{each})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,6 +456,10 @@ def _directions(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named:
     return found
 
 
+def _unsaved() -> Any:
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: None, lambda _: None)
+
+
 class _AllStarted(Exception):
     """Raised inside a forward-mode pass once every site call has started (the rest of the forward is skipped)."""
 
@@ -490,7 +496,7 @@ def _tangent_pass(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], name
                                                      with_kwargs=True)
                for name, site in chosen.items() if site.module is not None]
     try:  # with grad on, as in the exact pass: routing and a product site's condition depend on it
-        with fwAD.dual_level(), same(), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), \
+        with fwAD.dual_level(), same(), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), _unsaved(), \
                 intercept(work, {n: recorder(n, s.function) for n, s in chosen.items() if s.module is None}):
             functional_call(work, {n: fwAD.make_dual(p, directions.of(j, z)) for j, (n, p) in enumerate(named)},
                             inputs)
