@@ -197,3 +197,18 @@ def test_plan_coerce_reads_a_plan_a_sketch_or_none():
         Plan.coerce(model, 0.1, "analytic")
     with pytest.raises(ValueError, match="Plan names module 'nope'"):
         Plan.coerce(model, Plan({"nope": None}))
+
+
+@pytest.mark.parametrize("rows,n_in,n_out", [(3, 16, 12), (40, 6, 5)], ids=["gram", "entries"])
+def test_linear_per_example_norms_on_sequences_match_each_examples_gradient(rows, n_in, n_out):
+    """‖∂W_b‖² and ‖∂b_b‖² for inputs (B, T, n_in): through the T x T Gram matrices where T(n_in + n_out) <
+    n_in·n_out, else through ∂W_b's entries; both equal the norms of Σ_t g_t x_tᵀ and Σ_t g_t."""
+    from radvar.layers import kind_for
+
+    module = nn.Linear(n_in, n_out).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, rows, n_in, dtype=torch.float64, generator=gen)
+    g = torch.randn(4, rows, n_out, dtype=torch.float64, generator=gen)
+    w, b = kind_for(module).per_example_sq_norms(module, x, g)
+    torch.testing.assert_close(w, torch.einsum("bto,bti->boi", g, x).square().sum((1, 2)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(b, g.sum(1).square().sum(1), rtol=1e-12, atol=0)

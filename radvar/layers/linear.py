@@ -47,14 +47,20 @@ class LinearStats:
 
     def per_example_sq_norms(self, module: nn.Module, x: torch.Tensor,
                              g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """‖∂W_b‖², ‖∂b_b‖² per example b (batch dim 0; further leading dims are summed)."""
+        """‖∂W_b‖², ‖∂b_b‖² per example b (batch dim 0; further leading dims are summed). With T rows per
+        example, ∂W_b = Σ_t g_t x_tᵀ: its entries are formed when that is cheaper (T·(n_in + n_out) ≥ n_in·n_out
+        multiply-adds per row), else ‖∂W_b‖² = Σ_{t,s} (x_t·x_s)(g_t·g_s) from the two T x T Gram matrices."""
         x, g = x.double(), g.double()
         if x.dim() == 2:
             w = (x * x).sum(1) * (g * g).sum(1)
             b = (g * g).sum(1)
         else:
             x3, g3 = x.reshape(x.shape[0], -1, x.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
-            w = (g3.transpose(1, 2) @ x3).square().sum((1, 2))
+            rows, n_in, n_out = x3.shape[1], x3.shape[2], g3.shape[2]
+            if rows * (n_in + n_out) >= n_in * n_out:
+                w = (g3.transpose(1, 2) @ x3).square().sum((1, 2))
+            else:
+                w = ((x3 @ x3.transpose(1, 2)) * (g3 @ g3.transpose(1, 2))).sum((1, 2))
             b = g3.sum(1).square().sum(1)
         return w, (b if module.bias is not None else None)
 
