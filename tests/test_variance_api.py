@@ -155,12 +155,12 @@ def test_variance_study_quick_runs():
 
 
 def test_spread_shares_one_estimates_probe_budget_over_the_rad_batches():
-    """minibatch averages a propagating site's estimate over k RAD batches: each takes ⌈P/k⌉ probes and ⌈Z/k⌉
-    directions (at least 2 of each), the stopping rule unchanged."""
+    """minibatch averages a propagating site's estimate over k RAD batches: each takes ⌈P/√k⌉ probes and ⌈Z/√k⌉
+    directions (at least 2 of each), or ⌈P/k⌉ probes pushed back; the stopping rule unchanged."""
     from radvar.variance import Probes
     from radvar.variance.minibatch import spread
 
-    assert spread(Probes(8, rtol=0.1, directions=8), 4) == Probes(2, rtol=0.1, directions=2)
-    assert spread(Probes(8, directions=8), 3) == Probes(3, directions=3)
+    assert spread(Probes(8, rtol=0.1, directions=8), 4) == Probes(4, rtol=0.1, directions=4)
+    assert spread(Probes(4, directions=12), 3) == Probes(3, directions=7)
     assert spread(Probes(64), 4) == Probes(16) and spread(Probes(6), 4) == Probes(2)
     assert spread(Probes(8, directions=2), 1) == Probes(8, directions=2)

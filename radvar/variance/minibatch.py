@@ -293,8 +293,8 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     probe estimates are not reused: the tuner chose the plan's sketches on them, and an option picked for a
     low estimate is likely underestimated there (more so the noisier the estimate), so every RAD batch probes
     afresh. ``probes``: the probe budget of one estimate per propagating site of the plan (an int, or a
-    :class:`radvar.variance.Probes` policy), spread over the RAD batches (:func:`spread`): the averaged
-    estimate costs about what one batch's would, with about its precision.
+    :class:`radvar.variance.Probes` policy), spread over the RAD batches (:func:`spread`): their mean is about as precise as
+    one batch's estimate with the whole budget.
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
     the model's buffers and torch's global RNG are left as they were."""
@@ -305,13 +305,17 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
 
 
 def spread(probes: Probes, batches: int) -> Probes:
-    """``probes``, the budget of one estimate, spread over ``batches`` RAD batches: ⌈most/k⌉ probes and
-    ⌈directions/k⌉ directions on each (at least 2 of each; the stopping rule as given). The mean of k such
-    estimates has about the probe and direction noise of one estimate with the whole budget (each part of the
-    variance falls as 1/(probes) and 1/(directions) in total), at about 1/k of the cost per batch."""
-    most = max(2, -(-probes.most // batches))
-    along = None if probes.directions is None else max(2, -(-probes.directions // batches))
-    return dataclasses.replace(probes, most=most, directions=along)
+    """``probes``, the budget of one estimate, spread over k = ``batches`` RAD batches (the stopping rule as
+    given). Probes scored against directions: ⌈P/√k⌉ probes and ⌈Z/√k⌉ directions on each batch (at least 2 of
+    each). Such an estimate's variance is mostly the probe-direction interaction, which falls as 1/(P·Z) (its
+    probe and direction parts as 1/P and 1/Z), so the mean over the k batches is at least as precise as one
+    estimate with the whole budget, at √k times its cost instead of k times. Probes pushed back: ⌈P/k⌉ on each
+    batch (their variance falls as 1/P in all)."""
+    root = math.sqrt(batches)
+    if probes.directions is None:
+        return dataclasses.replace(probes, most=max(2, math.ceil(probes.most / batches)))
+    return dataclasses.replace(probes, most=max(2, math.ceil(probes.most / root)),
+                               directions=max(2, math.ceil(probes.directions / root)))
 
 
 def _require_finite_norms(norms: dict[str, torch.Tensor], start: int) -> None:
