@@ -190,11 +190,11 @@ def test_analyze_shows_the_probed_variance_of_propagating_layers(user_file, tmp_
 
 def test_analyze_probes_sets_the_probe_passes_per_site(user_file, tmp_path):
     """--probes P with --probe-rtol 0: the propagating rows say how the 3 RAD batches shared P probes scored
-    against the default 12 shared directions (⌈P/√3⌉ and ⌈12/√3⌉ each), or P probes each pushed back with
+    against the default 8 shared directions (⌈P/√3⌉ and ⌈8/√3⌉ each), or P probes each pushed back with
     --directions 0 (P/3 each); fewer than 2 probes, 1 direction, or a negative or infinite tolerance, is
     refused."""
     each = "on each of 3 batches"
-    for extra, method in [((), f"propagated (4 probes, 7 directions, {each})"),
+    for extra, method in [((), f"propagated (4 probes, 5 directions, {each})"),
                           (("--directions", "0"), f"propagated (2 probes, {each})"),
                           (("--directions", "3"), f"propagated (4 probes, 2 directions, {each})")]:
         path = tmp_path / "analysis.json"

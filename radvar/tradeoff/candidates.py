@@ -83,7 +83,7 @@ UCB_Z = 2.326
 """One-sided 99% normal quantile: an estimated variance is ranked at ``variance + UCB_Z · se``."""
 SITE_KEEPS = 2
 """Keep-grid points (spread over the grid) at which sampling families are probed on propagating sites."""
-SITE_PROBES = Probes(4, rtol=0.1, directions=12)
+SITE_PROBES = Probes(8, rtol=0.1, directions=8)
 """Probes per candidate of a propagating site (each candidate is ranked by its upper confidence value): 4 at a
 time, stopping once the standard error is within 10% of the estimate, 8 at most, each scored against 8 random
 directions shared by all sites (one forward-mode pass each) instead of pushed back by its own backward pass
