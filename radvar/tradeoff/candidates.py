@@ -88,8 +88,10 @@ SITE_PROBES = Probes(8, rtol=0.1, directions=8)
 time, stopping once the standard error is within 10% of the estimate, 8 at most, each scored against 8 random
 directions shared by all sites (one forward-mode pass each) instead of pushed back by its own backward pass
 (:mod:`radvar.variance.propagated`, *Directions*). Their standard errors are about four times those of backward
-probes, so most candidates take the 8; `radvar analyze` took 90-94 s instead of 272-320 s on a ViT-tiny and
-28-35 s instead of 54-73 s on ResNet-18 (docs/variance.md)."""
+probes, so most candidates take the 8. The variance is mostly the probes' interaction with the directions
+(1/(P·Z)): 4 probes x 12 directions took 20 s instead of 29 s for a ViT-tiny's candidates, but with standard
+errors 16% larger it recommended a plan with 8% more RAD variance (150.0 ± 6.0 against 137.9 ± 3.7, same bytes)
+in the same analysis time (docs/variance.md)."""
 SITE_DRAW_LIMIT = 1 << 24
 """Largest random matrix (elements) a Projection candidate of a propagating site may draw per call: beyond it
 one probe would draw gigabytes (Projection(0.9) on ResNet-18's first BatchNorm at 64x64: 65,536 x 58,983)."""
