@@ -67,6 +67,28 @@ def test_standard_errors_match_the_spread_over_seeds():
     assert low / 2 < ratio < high, ratio
 
 
+def test_minibatch_standard_errors_match_the_spread_over_seeds():
+    """minibatch's RAD rows and total with the tuner's policy spread over 4 RAD batches (4 probes x 4 directions
+    on each, :func:`radvar.variance.minibatch.spread`): over 40 seeds the spread of each site's mean over the
+    batches, and of the RAD total, against the mean reported se², in the bounds of the test above."""
+    model = setup()[0]
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(48, 5, dtype=torch.float64, generator=gen), torch.arange(48) % 3
+    plan = radvar.Plan({"act1": Quantize(2), "norm": Quantize(2), "act2": Subsample(0.5)})
+    rows, totals = [], []
+    for seed in range(40):
+        radvar.seed(200 + seed)
+        rep = radvar.variance.minibatch(model, (x, y), F.cross_entropy, 12, plan=plan, probes=Probes(8, directions=8))
+        rows.append(rep.per_layer.set_index("layer").loc[list(plan), ["rad_variance", "rad_se"]].to_numpy())
+        totals.append(rep.total[["rad_variance", "rad_se"]].to_numpy()[0])
+    assert set(rep.per_layer.set_index("layer").loc[list(plan), "method"]) == {
+        method_label(4, 4, 4)}
+    low, high = stats.chi2.ppf([0.001, 0.999], 39) / 39
+    for series in [*np.stack(rows).transpose(1, 0, 2), np.array(totals)]:
+        ratio = np.var(series[:, 0], ddof=1) / np.mean(series[:, 1] ** 2)
+        assert low / 2 < ratio < high, ratio
+
+
 def test_sum_se_adds_shared_direction_noise_per_direction():
     """sum_se: estimates sharing nothing add in quadrature; two estimates with the same directions add their
     direction means first (here exactly opposite, so their direction parts cancel); other keys stay apart."""

@@ -72,8 +72,8 @@ def analyze(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss_fn: 
     ``batch_size`` examples are the step whose memory and RAD variance are shown.
     ``families``: sketch templates scanned over ``keeps`` (default :data:`FAMILIES` and :data:`KEEPS`; with
     ``stats``, candidates the tuner computed from it for the same families, keeps and ``probes`` are reused).
-    ``probes``: probe passes per propagating site and sketch, for the candidates and on each RAD batch of the
-    plan's variance (the first batch's estimates are the tuner's when ``stats`` holds them).
+    ``probes``: probe passes per propagating site and sketch, for the candidates, and for the plan's variance
+    spread over its RAD batches (:func:`radvar.variance.minibatch.spread`; every batch probed afresh).
     ``draws`` > 0 adds a Monte Carlo check, on the first batch, of the closed form
     ``batch_rad_variance`` of that batch (:func:`radvar.variance.empirical`:
     ``mc_variance`` with its 99% ``ci_low``/``ci_high``). ``stats``: a

@@ -17,9 +17,10 @@ Over the N examples of ``data``:
   variance); and the largest exact small batch whose measured saved bytes fit in
   the plan's measured bytes at B, with its variance tr Σ_all / b. A propagating
   site of the plan (module or functional site) gets a row of its own: the variance it
-  adds over all parameters, a probe estimate averaged over the RAD batches, the probe budget
-  spread over them (``rad_se``, ``method`` "propagated (P probes on each of k batches)"; data columns NaN: its parameters' data noise is in the total); the RAD
-  total sums every row, first order in the sites (:mod:`radvar.variance.propagated`).
+  adds over all parameters, a probe estimate averaged over the RAD batches with one estimate's
+  probe budget spread over them (``rad_se``, ``method`` "propagated (P probes, on each of k
+  batches)"; data columns NaN: its parameters' data noise is in the total); the RAD total sums
+  every row, first order in the sites (:mod:`radvar.variance.propagated`).
 
 Examples must not interact in the forward pass: BatchNorm in training mode is measured with the
 batch statistics held fixed (:func:`batch_stats_frozen`); active dropout draws one mask per example.
@@ -293,8 +294,8 @@ def minibatch(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     probe estimates are not reused: the tuner chose the plan's sketches on them, and an option picked for a
     low estimate is likely underestimated there (more so the noisier the estimate), so every RAD batch probes
     afresh. ``probes``: the probe budget of one estimate per propagating site of the plan (an int, or a
-    :class:`radvar.variance.Probes` policy), spread over the RAD batches (:func:`spread`): their mean is about as precise as
-    one batch's estimate with the whole budget.
+    :class:`radvar.variance.Probes` policy), spread over the RAD batches (:func:`spread`): their mean is about
+    as precise as one batch's estimate with the whole budget.
 
     All of ``data`` is checked first (:func:`radvar._data.validate`: finite values, consistent shapes);
     the model's buffers and torch's global RNG are left as they were."""

@@ -457,6 +457,8 @@ def _directions(work: nn.Module, inputs: tuple, chosen: dict[str, _Site], named:
 
 
 def _unsaved() -> Any:
+    """Within it, autograd saves nothing for backward: a forward-mode pass records a graph (the parameters
+    require grad, as in the exact pass) that is never run backward."""
     return torch.autograd.graph.saved_tensors_hooks(lambda t: None, lambda _: None)
 
 
