@@ -17,9 +17,12 @@ kinks and thresholds.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +78,33 @@ Derivative = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GELU_CUBIC = 0.044715
 
 
+@dataclasses.dataclass
+class SketchedCall:
+    """One call of :class:`SketchedDerivativeFunction` as :func:`sketched_calls` records it: its input x (to
+    tell which tensor it was: an in-place call overwrites its values), the derivative d = f'(x) it sketched, and
+    (after backward) the gradient g of its output."""
+
+    x: torch.Tensor
+    derivative: torch.Tensor
+    grad: torch.Tensor | None = None
+
+
+_RECORDING: contextvars.ContextVar[list[SketchedCall] | None] = contextvars.ContextVar("radvar_sketched_calls",
+                                                                                      default=None)
+
+
+@contextlib.contextmanager
+def sketched_calls() -> Iterator[list[SketchedCall]]:
+    """Within the block, each :class:`SketchedDerivativeFunction` call appends a :class:`SketchedCall` to the
+    list yielded (detached tensors; the gradient filled in when its backward runs). The variance analysis
+    reads the per-entry error of ∂x = g ⊙ d̂ off it."""
+    token = _RECORDING.set([])
+    try:
+        yield _RECORDING.get()
+    finally:
+        _RECORDING.reset(token)
+
+
 class SketchedDerivativeFunction(torch.autograd.Function):
     """``y = f(x)`` exactly; keeps ``sketch`` of d = f'(x) (never x or y) and returns ``∂x = g ⊙ d̂``.
 
@@ -87,6 +117,9 @@ class SketchedDerivativeFunction(torch.autograd.Function):
                 sketch: Sketch, key: int, inplace: bool) -> torch.Tensor:
         y = f(x)
         d = derivative(x, y)
+        if (recording := _RECORDING.get()) is not None:
+            ctx.record = SketchedCall(x.detach(), d.detach())
+            recording.append(ctx.record)
         saved: list[torch.Tensor] = []
         (ctx.kept,) = keep(sketch, d, (key,), saved)
         ctx.save_for_backward(*saved)
@@ -99,6 +132,8 @@ class SketchedDerivativeFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
+        if (record := getattr(ctx, "record", None)) is not None:
+            record.grad = g.detach()
         return g * restore(ctx.sketch, ctx.kept, list(ctx.saved_tensors)), None, None, None, None, None
 
 

@@ -152,6 +152,17 @@ class Sketch(abc.ABC):
         """Standard error of :meth:`variance` (non-zero only for Monte Carlo estimates)."""
         return 0.0
 
+    @property
+    def independent_entries(self) -> bool:
+        """Whether :meth:`compress` draws the entries of x̂ independently of each other (then, for any fixed
+        a, Var Σ a_ij x̂_ij = Σ a_ij² Var(x̂_ij), from :meth:`entry_variance`)."""
+        return False
+
+    def entry_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """Var(x̂_ij) for every entry of the (rows, n) view ``x``, for sketches with
+        :attr:`independent_entries`."""
+        raise ValueError(f"{self.label()}: its entries are not drawn independently; no per-entry variance")
+
     def reserve_bytes(self, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> int:
         """Bytes the tuner reserves for one call: a bound that a draw exceeds with probability below
         1e-9 (fixed-size sketches: :meth:`saved_bytes`; random sizes add :data:`Z_MARGIN` sd)."""

@@ -46,6 +46,17 @@ class Bernoulli(ColumnSketch):
         out[:, coins((n,), self.keep, gen, kept)] = kept / self.keep
         return out
 
+    @property
+    def independent_entries(self) -> bool:
+        """Per example: one coin per entry (shared: one per column, so the rows move together)."""
+        return self.per_example
+
+    def entry_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """Var(x̂) = x² (1/p − 1) for every entry of the (rows, n) view ``x`` (per example)."""
+        if not self.per_example:
+            return super().entry_variance(x)
+        return x.detach().square() * (1.0 / self.keep - 1.0)
+
     def shared_columns(self, n: int, gen: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, float]:
         return coins((n,), self.keep, gen, like).nonzero().squeeze(1), 1.0 / self.keep
 

@@ -160,6 +160,14 @@ class Importance(Sketch):
             return _stored(values, ((kept % n).to(torch.int16), mask.sum(1, dtype=torch.int32)), rows, n)
         return _stored(values, (_bits.pack(mask),), rows, n)
 
+    independent_entries = True  # Poisson sampling: each entry kept by its own uniform
+
+    def entry_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """Var(x̂) = x² (1/π − 1) for every entry of the (rows, n) view ``x`` (0 where π = 1 or x = 0)."""
+        pi = inclusion_probabilities(x, self.keep)
+        work = x.detach().to(pi.dtype)
+        return torch.where(pi > 0, work.square() * (1.0 / pi - 1.0), 0.0)
+
     def restore(self, saved: Saved, meta: Meta, gen: torch.Generator) -> torch.Tensor:
         rows, n = meta["shape"]
         values = saved[0]

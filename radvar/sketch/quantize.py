@@ -218,8 +218,15 @@ class Quantize(Sketch):
             return super().right_matmul(saved, meta, gen, b)
         return self.sample.right_matmul((self._values(saved, meta), *saved[2:]), meta["inner"], gen, b)
 
+    @property
+    def independent_entries(self) -> bool:
+        """Rounding alone: each entry by its own uniform, on a grid fixed by x (after sampling: no)."""
+        return self.sample is None
+
     def entry_variance(self, x: torch.Tensor) -> torch.Tensor:
         """Var(x̂) = Δ² f (1 − f) for every entry of the (rows, n) view ``x``, as compress would round it."""
+        if self.sample is not None:
+            return super().entry_variance(x)
         _, _, delta, u = self._grid(x)
         f = u - u.floor()
         return (delta.square() * f * (1.0 - f)).reshape(x.shape)

@@ -411,7 +411,7 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
                      "rad_se": sum_se((e.se, e.shared) for e in ests) / len(ests), "data_variance": float("nan"),
                      "grad_norm_sq": ests[0].grad_norm_sq, "ci_low": float("nan"), "ci_high": float("nan"),
                      "method": method_label([e.probes for e in ests], [e.directions for e in ests], len(ests))
-                     if all(e.probes for e in ests)
+                     if all(e.probes or e.directions for e in ests)
                      else ests[0].method, "trace_sigma": float("nan"), "noise_scale": float("nan")})
     data_var = trace_all / batch_size
     total = {"batch_size": batch_size, "examples": n, "trace_sigma": trace_all, "grad_norm_sq": mean_all,

@@ -47,6 +47,16 @@ the bytes of the sites' graph arguments, at most :data:`DIRECTION_BYTES` (fewer
 directions where they would not fit); a model with an op that has no forward-mode
 derivative, or where two directions do not fit, gets a backward pass per probe.
 
+*Averaged over the sketch* (with directions). An elementwise site keeps a sketch d̂ of
+d = f'(t) for its argument t and returns ``g ⊙ d̂``, so ``ε = g ⊙ (d̂ − d)``. Where
+the sketch draws the entries of d̂ independently (:attr:`Sketch.independent_entries`:
+Quantize, Bernoulli and Importance per example), the expectation of a direction's
+score over the sketch is known: ``E⟨J_kᵀz, ε⟩² = Σ_i (J_kᵀz)_i² g_i² Var(d̂_i)``
+(:meth:`Sketch.entry_variance`). Each call is run once with the sketch to read d and g
+(:func:`radvar.ops.activation.sketched_calls`), and the estimate is the mean of these
+Z scores: unbiased, with only the direction noise (no probes; ``propagated
+(sketch averaged, Z directions)``). Any other site or sketch is probed.
+
 Dropout is held fixed (:func:`radvar.variance.dropout.held`): the exact pass
 draws the masks :func:`radvar.variance.empirical` draws, each site call keeps the
 keys of the radvar masks it drew (attention's ``dropout_p``), and its exact
@@ -84,11 +94,14 @@ from .._data import Batch, split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, is_site, site_entry, split_site
 from ..layers.registry import propagating
+from ..ops._kept import rows_view
+from ..ops.activation import sketched_calls
 from ..sketch import Sketch
 from .capture import batch_loss, require_finite
 from .dropout import held
 
 DEFAULT_PROBES = 64
+_SQUARES = 1 << 16  # tangent columns squared at a time by the sketch-averaged scores
 CHUNK = 64  # probes pushed back in one batched backward
 ROUND = 4  # probes per round when a policy stops early (and the fewest it stops after)
 DIRECTION_BYTES = 1 << 30  # the most the tangents of one propagated() call's forward-mode passes may take
@@ -146,8 +159,10 @@ def as_probes(probes: int | Probes, owner: str) -> Probes:
 def method_label(probes: int | Sequence[int], directions: int | Sequence[int] = 0, batches: int = 1) -> str:
     """The ``method`` of a probe estimate, e.g. ``propagated (8 probes)``; of several estimates whose probe
     counts differ (a policy that stops early), the range, e.g. ``propagated (4-12 probes)``; probes scored
-    against shared directions add their number, e.g. ``propagated (8 probes, 8 directions)``; the mean of
-    estimates on ``batches`` > 1 batches says so, e.g. ``propagated (2 probes, 2 directions, on each of 4 batches)``."""
+    against shared directions add their number, e.g. ``propagated (8 probes, 8 directions)``; scores averaged
+    over the sketch in closed form (no probes: 0) read ``propagated (sketch averaged, 8 directions)``; the mean
+    of estimates on ``batches`` > 1 batches says so, e.g. ``propagated (4 probes, 4 directions, on each of 4
+    batches)``."""
     def span(counts: int | Sequence[int]) -> tuple[int, str]:
         values = [counts] if isinstance(counts, int) else list(counts)
         low, high = min(values), max(values)
@@ -155,7 +170,9 @@ def method_label(probes: int | Sequence[int], directions: int | Sequence[int] = 
 
     along = span(directions)
     each = f", on each of {batches} batches" if batches > 1 else ""
-    return f"propagated ({span(probes)[1]} probes{f', {along[1]} directions' if along[0] else ''}{each})"
+    most, counts = span(probes)
+    drawn = f"{counts} probes" if most else "sketch averaged"
+    return f"propagated ({drawn}{f', {along[1]} directions' if along[0] else ''}{each})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +207,7 @@ def sum_se(parts: Iterable[tuple[float, Shared]]) -> float:
 class SiteEstimate:
     """One (site, sketch): the added variance E‖Ĝ^(k) − G‖² over all parameters, its standard error,
     how it was obtained, the site's calls in the forward, ‖G‖² of the site's own parameters, the probes it
-    took (0: exact, no probes), the directions they were scored against (0: each pushed back) and the direction
+    took (0: none, exact or averaged over the sketch in closed form), the directions they were scored against (0: each pushed back) and the direction
     noise it shares with the other estimates of the same call (:class:`Shared`)."""
 
     site: str
@@ -268,6 +285,7 @@ class _Site:
         self.calls: list[_Call] = []
         self.reference: list | None = None  # the calls run exactly (the probes' baseline), computed once
         self.start = 0  # the position in the exact pass's dropout keys where the running call began
+        self.elementwise: bool | None = None  # one sketched derivative of its argument per call (None: not known)
 
     @property
     def type(self) -> str:
@@ -606,11 +624,45 @@ def _scores(errors: tuple[list[torch.Tensor], list[torch.Tensor], dict[int, torc
     return a * a + 2 * a * b + squared
 
 
+def _averaged_scores(site: _Site, sketch: Sketch, directions: _Directions) -> torch.Tensor | None:
+    """The Z direction scores of an elementwise site averaged over the sketch in closed form, or None where
+    that does not apply. Each call of such a site is one sketched derivative of its argument t (no own
+    parameters): ε = g ⊙ (d̂ − d) with d = f'(t). Where the sketch draws the entries of d̂ independently
+    (Quantize, Bernoulli and Importance per example), E over the sketch of ⟨J_kᵀz, ε⟩² is
+    Σ_i (J_kᵀz)_i² g_i² Var(d̂_i), summed over the calls (independent draws): an unbiased score per direction
+    with no probe noise, from one run of each call (which records d and g) instead of one per probe."""
+    if site.own or site.elementwise is False or not sketch.independent_entries:
+        return None
+    scores = torch.zeros(directions.count, dtype=torch.float64)
+    for call in site.calls:
+        tangents = directions.tangents.get(id(call.grad_inputs[0])) if len(call.grad_inputs) == 1 else None
+        if tangents is None:
+            return None
+        with sketched_calls() as recorded:
+            site.run(call, sketch)
+        t = call.grad_inputs[0]
+        site.elementwise = len(recorded) == 1 and recorded[0].x.data_ptr() == t.data_ptr() \
+            and recorded[0].x.shape == t.shape
+        if not site.elementwise:
+            return None
+        d, g = recorded[0].derivative, recorded[0].grad
+        if g is not None:
+            weight = (g.to(tangents.dtype).square() * sketch.entry_variance(rows_view(d)).reshape(d.shape)).reshape(-1)
+            for start in range(0, weight.numel(), _SQUARES):  # squares a slice at a time: no (Z, numel) temporary
+                part = tangents[:, start:start + _SQUARES]
+                scores += (part.square() @ weight[start:start + _SQUARES].to(part.dtype)).double().cpu()
+    return scores
+
+
 def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[torch.Tensor],
               index: dict[int, int], directions: _Directions | None = None) -> SiteEstimate:
     if sketch is None or sketch.exact or not site.calls:
         return SiteEstimate(site.name, site.type, sketch, 0.0, 0.0, "exact" if site.calls else "not called",
                             len(site.calls), 0.0)
+    if directions is not None and (scores := _averaged_scores(site, sketch, directions)) is not None:
+        shared = Shared(((directions.key, tuple(scores.tolist())),))
+        return SiteEstimate(site.name, site.type, sketch, float(scores.mean()), math.sqrt(shared.variance()),
+                            method_label(0, directions.count), len(site.calls), 0.0, 0, directions.count, shared)
     if site.reference is None:
         site.reference = [site.run(c, None) for c in site.calls]
     reference = site.reference
