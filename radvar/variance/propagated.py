@@ -648,9 +648,11 @@ def _averaged_scores(site: _Site, sketch: Sketch, directions: _Directions) -> to
         d, g = recorded[0].derivative, recorded[0].grad
         if g is not None:
             weight = (g.to(tangents.dtype).square() * sketch.entry_variance(rows_view(d)).reshape(d.shape)).reshape(-1)
+            part = torch.zeros(directions.count, dtype=torch.float64, device=tangents.device)
             for start in range(0, weight.numel(), _SQUARES):  # squares a slice at a time: no (Z, numel) temporary
-                part = tangents[:, start:start + _SQUARES]
-                scores += (part.square() @ weight[start:start + _SQUARES].to(part.dtype)).double().cpu()
+                columns = tangents[:, start:start + _SQUARES]
+                part += (columns.square() @ weight[start:start + _SQUARES].to(columns.dtype)).double()
+            scores += part.cpu()
     return scores
 
 
