@@ -10,7 +10,9 @@ tensors off the front of that list (restore in the order they were kept).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+import contextvars
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
@@ -23,6 +25,27 @@ def sketching(sketch: Sketch | None) -> bool:
     """Whether a call under ``sketch`` keeps a sketch: a non-exact sketch, outside ``radvar.exact()``,
     with grad enabled (each op adds its own check that some input needs a gradient)."""
     return sketch is not None and not sketch.exact and not rng.is_exact() and torch.is_grad_enabled()
+
+
+_RECORDING: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("radvar_sketched_calls", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Any]]:
+    """Within the block, the sketching ops that can describe their error append a record of each call to the
+    list yielded (:class:`radvar.ops.activation.SketchedCall`, :class:`radvar.ops.norm.NormCall`: detached
+    tensors, the output gradient filled in when the call's backward runs). The variance analysis reads each
+    call's error in closed form off them."""
+    token = _RECORDING.set([])
+    try:
+        yield _RECORDING.get()
+    finally:
+        _RECORDING.reset(token)
+
+
+def recorder() -> list[Any] | None:
+    """The list :func:`recording` appends to, or None outside it."""
+    return _RECORDING.get()
 
 
 class Kept(NamedTuple):

@@ -17,12 +17,10 @@ kinks and thresholds.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
 import math
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +29,7 @@ from torch.autograd.function import once_differentiable
 from .. import _bits, _native, rng
 from ..sketch import Sketch
 from ..sketch.base import less
-from ._kept import keep, restore, sketching
+from ._kept import keep, recorder, restore, sketching
 
 
 def leaky_relu_mask(x: torch.Tensor, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,29 +78,13 @@ GELU_CUBIC = 0.044715
 
 @dataclasses.dataclass
 class SketchedCall:
-    """One call of :class:`SketchedDerivativeFunction` as :func:`sketched_calls` records it: its input x (to
-    tell which tensor it was: an in-place call overwrites its values), the derivative d = f'(x) it sketched, and
-    (after backward) the gradient g of its output."""
+    """One call of :class:`SketchedDerivativeFunction` as :func:`radvar.ops._kept.recording` records it: its
+    input x (to tell which tensor it was: an in-place call overwrites its values), the derivative d = f'(x) it
+    sketched, and (after backward) the gradient g of its output."""
 
     x: torch.Tensor
     derivative: torch.Tensor
     grad: torch.Tensor | None = None
-
-
-_RECORDING: contextvars.ContextVar[list[SketchedCall] | None] = contextvars.ContextVar("radvar_sketched_calls",
-                                                                                      default=None)
-
-
-@contextlib.contextmanager
-def sketched_calls() -> Iterator[list[SketchedCall]]:
-    """Within the block, each :class:`SketchedDerivativeFunction` call appends a :class:`SketchedCall` to the
-    list yielded (detached tensors; the gradient filled in when its backward runs). The variance analysis
-    reads the per-entry error of ∂x = g ⊙ d̂ off it."""
-    token = _RECORDING.set([])
-    try:
-        yield _RECORDING.get()
-    finally:
-        _RECORDING.reset(token)
 
 
 class SketchedDerivativeFunction(torch.autograd.Function):
@@ -117,9 +99,9 @@ class SketchedDerivativeFunction(torch.autograd.Function):
                 sketch: Sketch, key: int, inplace: bool) -> torch.Tensor:
         y = f(x)
         d = derivative(x, y)
-        if (recording := _RECORDING.get()) is not None:
+        if (calls := recorder()) is not None:
             ctx.record = SketchedCall(x.detach(), d.detach())
-            recording.append(ctx.record)
+            calls.append(ctx.record)
         saved: list[torch.Tensor] = []
         (ctx.kept,) = keep(sketch, d, (key,), saved)
         ctx.save_for_backward(*saved)

@@ -59,7 +59,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import rng
 from ..sketch import Sketch
-from ._kept import sketching
+from ._kept import recorder, sketching
 
 TOKEN_VIEWS = ("features",)
 CHANNEL_VIEWS = ("examples", "positions")
@@ -112,6 +112,19 @@ def randomizes(sketch: Sketch | None, *tensors: torch.Tensor | None) -> bool:
     return tensors[0].numel() > 0 and any(t is not None and t.requires_grad for t in tensors)
 
 
+@dataclasses.dataclass
+class NormCall:
+    """One row-layout call (LayerNorm, RMSNorm) of :class:`RADNormFunction` as
+    :func:`radvar.ops._kept.recording` records it: its input x, z as the sketch saw it (rows, n), 1/σ per
+    row, γ as passed (None without one) and, after backward, the output gradient (rows, n)."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    rstd: torch.Tensor
+    weight: torch.Tensor | None
+    grad: torch.Tensor | None = None
+
+
 class RADNormFunction(torch.autograd.Function):
     """(y, z, 1/σ) = run(x, γ, β), y by torch's forward; keeps 1/σ and one or two sketches of z (see the
     module docstring)."""
@@ -127,6 +140,9 @@ class RADNormFunction(torch.autograd.Function):
         ctx.sketch, ctx.metas, ctx.keys, ctx.layout = sketch, [meta for _, meta in draws], used, layout
         ctx.x_shape, ctx.split = x.shape, len(draws[0][0])
         ctx.bias_shape = None if bias is None else bias.shape
+        if (calls := recorder()) is not None and layout.reduce == (1, 2, 3):
+            ctx.record = NormCall(x.detach(), view.detach(), rstd.detach().reshape(-1), weight)
+            calls.append(ctx.record)
         return y
 
     @staticmethod
@@ -134,6 +150,8 @@ class RADNormFunction(torch.autograd.Function):
     def backward(ctx, gy: torch.Tensor):
         weight, rstd, *saved = ctx.saved_tensors
         layout, sketch = ctx.layout, ctx.sketch
+        if (record := getattr(ctx, "record", None)) is not None:
+            record.grad = gy.detach().reshape(layout.rows, -1)
         shape, red = layout.shape, layout.reduce
         zs = [sketch.restore(tuple(saved[i * ctx.split:(i + 1) * ctx.split]), meta,
                              rng.generator(key, gy.device)).to(rstd.dtype).view(shape)

@@ -53,9 +53,12 @@ the sketch draws the entries of d̂ independently (:attr:`Sketch.independent_ent
 Quantize, Bernoulli and Importance per example), the expectation of a direction's
 score over the sketch is known: ``E⟨J_kᵀz, ε⟩² = Σ_i (J_kᵀz)_i² g_i² Var(d̂_i)``
 (:meth:`Sketch.entry_variance`). Each call is run once with the sketch to read d and g
-(:func:`radvar.ops.activation.sketched_calls`), and the estimate is the mean of these
+(:func:`radvar.ops._kept.recording`), and the estimate is the mean of these
 Z scores: unbiased, with only the direction noise (no probes; ``propagated
-(sketch averaged, Z directions)``). Any other site or sketch is probed.
+(sketch averaged, Z directions)``). A LayerNorm or RMSNorm keeps two independent sketches
+of its normalised input z and its errors are bilinear in them (:mod:`radvar.ops.norm`);
+the mean over the sketches of such a score is a sum of per-row quadratic forms in Var(ẑ)
+(:func:`_norm_scores`), averaged the same way. Any other site or sketch is probed.
 
 Dropout is held fixed (:func:`radvar.variance.dropout.held`): the exact pass
 draws the masks :func:`radvar.variance.empirical` draws, each site call keeps the
@@ -94,8 +97,9 @@ from .._data import Batch, split_batch
 from ..convert import _convert as convert  # no CoverageWarning: radvar reports coverage itself
 from ..layers.functional import FUNCTION_KINDS, functional_sites, intercept, is_site, site_entry, split_site
 from ..layers.registry import propagating
-from ..ops._kept import rows_view
-from ..ops.activation import sketched_calls
+from ..ops._kept import recording, rows_view
+from ..ops.activation import SketchedCall
+from ..ops.norm import NormCall
 from ..sketch import Sketch
 from .capture import batch_loss, require_finite
 from .dropout import held
@@ -285,7 +289,7 @@ class _Site:
         self.calls: list[_Call] = []
         self.reference: list | None = None  # the calls run exactly (the probes' baseline), computed once
         self.start = 0  # the position in the exact pass's dropout keys where the running call began
-        self.elementwise: bool | None = None  # one sketched derivative of its argument per call (None: not known)
+        self.averaged: bool | None = None  # whether its estimates average over the sketch (None: not known)
 
     @property
     def type(self) -> str:
@@ -624,36 +628,90 @@ def _scores(errors: tuple[list[torch.Tensor], list[torch.Tensor], dict[int, torc
     return a * a + 2 * a * b + squared
 
 
-def _averaged_scores(site: _Site, sketch: Sketch, directions: _Directions) -> torch.Tensor | None:
-    """The Z direction scores of an elementwise site averaged over the sketch in closed form, or None where
-    that does not apply. Each call of such a site is one sketched derivative of its argument t (no own
-    parameters): ε = g ⊙ (d̂ − d) with d = f'(t). Where the sketch draws the entries of d̂ independently
-    (Quantize, Bernoulli and Importance per example), E over the sketch of ⟨J_kᵀz, ε⟩² is
-    Σ_i (J_kᵀz)_i² g_i² Var(d̂_i), summed over the calls (independent draws): an unbiased score per direction
-    with no probe noise, from one run of each call (which records d and g) instead of one per probe."""
-    if site.own or site.elementwise is False or not sketch.independent_entries:
+def _averaged_scores(site: _Site, sketch: Sketch, directions: _Directions, index: dict[int, int]
+                     ) -> torch.Tensor | None:
+    """The Z direction scores of a site averaged over the sketch in closed form (module docstring, *Averaged
+    over the sketch*), or None where that does not apply: a sketch whose entries are not drawn independently,
+    or a site whose calls are not each one sketched derivative of its argument (:func:`_elementwise_scores`)
+    or one row-layout norm of it (:func:`_norm_scores`). Each call is run once with the sketch, recording
+    what its error is made of; the calls' draws are independent, so their scores add."""
+    if site.averaged is False or not sketch.independent_entries:
         return None
     scores = torch.zeros(directions.count, dtype=torch.float64)
     for call in site.calls:
         tangents = directions.tangents.get(id(call.grad_inputs[0])) if len(call.grad_inputs) == 1 else None
         if tangents is None:
             return None
-        with sketched_calls() as recorded:
+        with recording() as recorded:
             site.run(call, sketch)
         t = call.grad_inputs[0]
-        site.elementwise = len(recorded) == 1 and recorded[0].x.data_ptr() == t.data_ptr() \
-            and recorded[0].x.shape == t.shape
-        if not site.elementwise:
+        record = recorded[0] if len(recorded) == 1 and recorded[0].x.data_ptr() == t.data_ptr() \
+            and recorded[0].x.numel() == t.numel() else None
+        part = None
+        if isinstance(record, SketchedCall) and not site.own:
+            part = _elementwise_scores(record, sketch, tangents)
+        elif isinstance(record, NormCall):
+            part = _norm_scores(record, sketch, tangents, site, directions, index)
+        site.averaged = part is not None
+        if part is None:
             return None
-        d, g = recorded[0].derivative, recorded[0].grad
-        if g is not None:
-            weight = (g.to(tangents.dtype).square() * sketch.entry_variance(rows_view(d)).reshape(d.shape)).reshape(-1)
-            part = torch.zeros(directions.count, dtype=torch.float64, device=tangents.device)
-            for start in range(0, weight.numel(), _SQUARES):  # squares a slice at a time: no (Z, numel) temporary
-                columns = tangents[:, start:start + _SQUARES]
-                part += (columns.square() @ weight[start:start + _SQUARES].to(columns.dtype)).double()
-            scores += part.cpu()
+        scores += part.cpu()
     return scores
+
+
+def _elementwise_scores(record: SketchedCall, sketch: Sketch, tangents: torch.Tensor) -> torch.Tensor:
+    """One call of an elementwise site, ε = g ⊙ (d̂ − d): E⟨J_kᵀz, ε⟩² = Σ_i (J_kᵀz)_i² g_i² Var(d̂_i)."""
+    part = torch.zeros(tangents.shape[0], dtype=torch.float64, device=tangents.device)
+    d, g = record.derivative, record.grad
+    if g is None:
+        return part
+    weight = (g.to(tangents.dtype).square() * sketch.entry_variance(rows_view(d)).reshape(d.shape)).reshape(-1)
+    for start in range(0, weight.numel(), _SQUARES):  # squares a slice at a time: no (Z, numel) temporary
+        columns = tangents[:, start:start + _SQUARES]
+        part += (columns.square() @ weight[start:start + _SQUARES].to(columns.dtype)).double()
+    return part
+
+
+def _norm_scores(record: NormCall, sketch: Sketch, tangents: torch.Tensor, site: _Site, directions: _Directions,
+                 index: dict[int, int]) -> torch.Tensor | None:
+    """One call of a LayerNorm or RMSNorm site (:mod:`radvar.ops.norm`: two independent sketches ẑ_k = z + e_k
+    of z per row of n features, ĝ = γ ⊙ g, m = mean(ĝ ⊙ z)). Per row its errors are
+    ε = −(1/2σ)[(m t_k + (t·z/n) ĝ)-terms linear in e₁ and e₂ + (t·e₁)(ĝ·e₂)/n + (t·e₂)(ĝ·e₁)/n] along a
+    tangent t, and δ_γ = Σ_rows g ⊙ (e₁ + e₂)/2. With u the direction's part on γ and v = Var(ẑ) per entry,
+    the score's mean over the sketch is E(a + b)² − E b² + E‖δ_γ‖² (a = ⟨t, ε⟩, b = ⟨u, δ_γ⟩), where
+    E(a + b)² = Σ_rows [2 Σ_i c_i² v_i + (1/σ²)(2 A B + 2 C²)/(4n²)] for c = −(1/2σ)(m t + (t·z/n) ĝ) + u ⊙ g/2,
+    A = Σ t² v, B = Σ ĝ² v, C = Σ t ĝ v; E b² = ½ Σ u² g² v and E‖δ_γ‖² = ½ Σ g² v. None where the site has
+    parameters other than the call's γ and β (their errors are not these)."""
+    gamma = None if record.weight is None else next(
+        (p for p in site.own if p.data_ptr() == record.weight.data_ptr() and p.numel() == record.weight.numel()), None)
+    bias = getattr(site.module, "bias", None) if site.module is not None else None
+    if any(p is not gamma and p is not bias for p in site.own) or (gamma is None and record.weight is not None
+                                                                    and record.weight.requires_grad):
+        return None
+    count, wide = tangents.shape[0], torch.float64
+    if record.grad is None:
+        return torch.zeros(count, dtype=wide, device=tangents.device)
+    rows, n = record.z.shape
+    work = tangents.dtype  # the (Z, rows, n) products in the tangents' dtype, their sums in float64
+    t = tangents.reshape(count, rows, n)
+    z, g, rstd = record.z.to(work), record.grad.to(work), record.rstd.to(wide)
+    v = sketch.entry_variance(record.z).to(work)
+    gh = g if record.weight is None else g * record.weight.detach().reshape(-1).to(work)
+    m = (gh * z).sum(1, dtype=wide) / n
+    tz = (t * z).sum(2, dtype=wide)
+    c = t * (-0.5 * rstd * m).to(work)[None, :, None]
+    c.addcmul_((-0.5 / n * rstd * tz).to(work)[:, :, None], gh)
+    along = directions.matrix(index[id(gamma)]).to(work) if gamma is not None else None
+    if along is not None:
+        c.addcmul_(along[:, None, :], g, value=0.5)
+    linear = 2 * c.square_().mul_(v).sum((1, 2), dtype=wide)
+    tv = t * v
+    bilinear = (rstd.square() / (4 * n * n) * (2 * (tv * t).sum(2, dtype=wide) * (gh.square() * v).sum(1, dtype=wide)
+                                                + 2 * (tv * gh).sum(2, dtype=wide).square())).sum(1)
+    if along is None:
+        return linear + bilinear
+    gv = (g.square() * v).to(wide)
+    return linear + bilinear - 0.5 * (along.to(wide).square() @ gv.sum(0)) + 0.5 * gv.sum()
 
 
 def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[torch.Tensor],
@@ -661,7 +719,7 @@ def _estimate(site: _Site, sketch: Sketch | None, probes: Probes, params: list[t
     if sketch is None or sketch.exact or not site.calls:
         return SiteEstimate(site.name, site.type, sketch, 0.0, 0.0, "exact" if site.calls else "not called",
                             len(site.calls), 0.0)
-    if directions is not None and (scores := _averaged_scores(site, sketch, directions)) is not None:
+    if directions is not None and (scores := _averaged_scores(site, sketch, directions, index)) is not None:
         shared = Shared(((directions.key, tuple(scores.tolist())),))
         return SiteEstimate(site.name, site.type, sketch, float(scores.mean()), math.sqrt(shared.variance()),
                             method_label(0, directions.count), len(site.calls), 0.0, 0, directions.count, shared)
