@@ -675,9 +675,9 @@ def _elementwise_scores(record: SketchedCall, sketch: Sketch, tangents: torch.Te
 def _norm_scores(record: NormCall, sketch: Sketch, tangents: torch.Tensor, site: _Site, directions: _Directions,
                  index: dict[int, int]) -> torch.Tensor | None:
     """One call of a LayerNorm or RMSNorm site (:mod:`radvar.ops.norm`: two independent sketches ẑ_k = z + e_k
-    of z per row of n features, ĝ = γ ⊙ g, m = mean(ĝ ⊙ z)). Per row its errors are
-    ε = −(1/2σ)[(m t_k + (t·z/n) ĝ)-terms linear in e₁ and e₂ + (t·e₁)(ĝ·e₂)/n + (t·e₂)(ĝ·e₁)/n] along a
-    tangent t, and δ_γ = Σ_rows g ⊙ (e₁ + e₂)/2. With u the direction's part on γ and v = Var(ẑ) per entry,
+    of z per row of n features, ĝ = γ ⊙ g, m = mean(ĝ ⊙ z)). Along a tangent t a row's input error is
+    ⟨t, ε⟩ = −(1/2σ)[m t·(e₁ + e₂) + (t·z) ĝ·(e₁ + e₂)/n + (t·e₁)(ĝ·e₂)/n + (t·e₂)(ĝ·e₁)/n], and
+    δ_γ = Σ_rows g ⊙ (e₁ + e₂)/2. With u the direction's part on γ and v = Var(ẑ) per entry,
     the score's mean over the sketch is E(a + b)² − E b² + E‖δ_γ‖² (a = ⟨t, ε⟩, b = ⟨u, δ_γ⟩), where
     E(a + b)² = Σ_rows [2 Σ_i c_i² v_i + (1/σ²)(2 A B + 2 C²)/(4n²)] for c = −(1/2σ)(m t + (t·z/n) ĝ) + u ⊙ g/2,
     A = Σ t² v, B = Σ ĝ² v, C = Σ t ĝ v; E b² = ½ Σ u² g² v and E‖δ_γ‖² = ½ Σ g² v. None where the site has
