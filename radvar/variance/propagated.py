@@ -211,8 +211,9 @@ def sum_se(parts: Iterable[tuple[float, Shared]]) -> float:
 class SiteEstimate:
     """One (site, sketch): the added variance E‖Ĝ^(k) − G‖² over all parameters, its standard error,
     how it was obtained, the site's calls in the forward, ‖G‖² of the site's own parameters, the probes it
-    took (0: none, exact or averaged over the sketch in closed form), the directions they were scored against (0: each pushed back) and the direction
-    noise it shares with the other estimates of the same call (:class:`Shared`)."""
+    took (0: none, exact or averaged over the sketch in closed form), the directions they were scored against
+    (0: each pushed back) and the direction noise it shares with the other estimates of the same call
+    (:class:`Shared`)."""
 
     site: str
     type: str
