@@ -148,6 +148,28 @@ def test_mode_never_leaks():
     assert router_of(rad).state().seen == SITES
 
 
+def test_intercept_frees_its_ops_without_the_garbage_collector():
+    """What the ops hold (an analysis's tensors) is released as the block ends, not at the next collection."""
+    import gc
+    import weakref
+
+    model, x, _ = setup()
+    held = torch.zeros(1000)
+    gone = weakref.ref(held)
+
+    def op(*args, held=held, **kwargs):
+        return F.gelu(*args, **kwargs)
+
+    gc.disable()
+    try:
+        with intercept(model, {":gelu.0": op}):
+            model(x).sum().backward()
+        del op, held
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_reentrant_and_nested_calls():
     class Recursive(nn.Module):
         def __init__(self):

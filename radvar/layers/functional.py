@@ -44,6 +44,7 @@ import dataclasses
 import fnmatch
 import sys
 import threading
+import weakref
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -142,11 +143,13 @@ def current_site() -> str | None:
 
 
 class _SiteMode(TorchFunctionMode):
-    """Hands every intercepted torch call to its router."""
+    """Hands every intercepted torch call to its router, held weakly: the router's per-thread state holds
+    the mode, and a cycle would keep the router's ops (and what they hold) alive until the garbage collector
+    runs."""
 
     def __init__(self, router: "_Router"):
         super().__init__()
-        self.router = router
+        self.router = weakref.ref(router)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -154,7 +157,8 @@ class _SiteMode(TorchFunctionMode):
             name = INTERCEPTED.get(func)
         except TypeError:  # an unhashable callable is never intercepted
             name = None
-        return func(*args, **kwargs) if name is None else self.router.call(func, name, args, kwargs)
+        router = self.router() if name is not None else None  # None once the router is gone: plain calls
+        return func(*args, **kwargs) if router is None else router.call(func, name, args, kwargs)
 
 
 def _on_top(mode: TorchFunctionMode) -> bool:
@@ -319,21 +323,20 @@ def _install(model: nn.Module, router: _Router) -> list[torch.utils.hooks.Remova
         handles.append(m.register_forward_hook(_Leave(router, m is model), always_call=True))
 
     seen: set[int] = set()
-
-    def walk(m: nn.Module, name: str, below_sites: bool) -> None:
+    pending = [(model, "", False)]  # depth first, without a recursive closure (a reference cycle)
+    while pending:
+        m, name, below_sites = pending.pop()
         if id(m) in seen:
-            return
+            continue
         seen.add(id(m))
         has_twin = twin_for(m) is not None
         holds_sites = _holds_sites(m)
         if m is model or holds_sites or (has_twin and below_sites):
             hook(m, name)
         if has_twin:
-            return  # its children run inside it, where no call is a site and the mode is off
-        for child_name, child in m.named_children():
-            walk(child, f"{name}.{child_name}" if name else child_name, below_sites or holds_sites)
-
-    walk(model, "", False)
+            continue  # its children run inside it, where no call is a site and the mode is off
+        pending += reversed([(child, f"{name}.{child_name}" if name else child_name, below_sites or holds_sites)
+                             for child_name, child in m.named_children()])
     return handles
 
 
