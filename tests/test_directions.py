@@ -22,8 +22,8 @@ from .test_propagated import DropAttend, setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SITES = {"act1": [Quantize(2), Subsample(0.5)], "norm": [Quantize(2), Bernoulli(0.3)], "act2": [Subsample(0.5)],
-         ":gelu.0": [Quantize(2)]}  # sites of test_propagated.Net: a GELU and a SiLU twin, a LayerNorm, a routed F.gelu
+SITES = {"act1": [Quantize(2), Subsample(0.5)], "norm": [Quantize(2), Bernoulli(0.3), Subsample(0.5)],
+         "act2": [Subsample(0.5)], ":gelu.0": [Quantize(2)]}  # sites of test_propagated.Net: a GELU and a SiLU twin, a LayerNorm, a routed F.gelu
 
 
 def _agreeing(pushed: dict, estimated: dict) -> list[float]:
@@ -45,10 +45,12 @@ def test_direction_estimates_agree_with_backward_probes():
     pushed = propagated(model, batch, F.cross_entropy, SITES, 3000)
     radvar.seed(2)
     scored = propagated(model, batch, F.cross_entropy, SITES, Probes(300, directions=48))
-    assert len(_agreeing(pushed, scored)) == 5  # act1's Subsample(0.5, shared) has one outcome up to symmetry
+    assert len(_agreeing(pushed, scored)) == 6  # act1's Subsample(0.5, shared) has one outcome up to symmetry
     averaged = {(name, e.sketch) for name in SITES for e in scored[name] if e.method == method_label(0, 48)}
     assert averaged == {("act1", Quantize(2)), (":gelu.0", Quantize(2)), ("norm", Quantize(2)),
-                        ("norm", Bernoulli(0.3))}  # elementwise or row norm, sketches with independent entries
+                        ("norm", Bernoulli(0.3)), ("act1", Subsample(0.5)), ("act2", Subsample(0.5))}
+    # elementwise sites under sketches with independent entries or totals-only closed forms, the row norm
+    # under sketches with independent entries; its Subsample is probed
     assert {e.method for name in SITES for e in scored[name] if (name, e.sketch) not in averaged} == \
         {method_label(300, 48)}
 
@@ -67,6 +69,33 @@ def test_sketch_averaged_scores_agree_with_backward_probes():
     averaged = propagated(model, batch, F.cross_entropy, sites, Probes(2, directions=48))
     assert {e.method for name in sites for e in averaged[name]} == {method_label(0, 48)}
     assert len(_agreeing(pushed, averaged)) == 4
+
+
+def test_subsample_and_shared_mask_scores_agree_with_backward_probes(monkeypatch):
+    """Elementwise sites under sketches that keep entries of d and rescale them (Subsample without and with
+    replacement, shared and per example; Bernoulli with one mask for all rows): the sketch's own closed form
+    on the column and row totals of the contributions, 48 directions, against 2,000 probes pushed back; no
+    Holm rejection at 0.01. Treating a shared Subsample's draws as independent entries (Var d̂ = d²(n/k − 1))
+    misses their correlation and is rejected (here by 19 standard errors with replacement)."""
+    from radvar.sketch.base import kept_count
+
+    model, batch = setup()
+    sites = {"act1": [Subsample(0.3), Subsample(0.3, per_example=True), Subsample(0.5, replace=True)],
+             "act2": [Bernoulli(0.4, per_example=False)], ":gelu.0": [Subsample(0.6, per_example=True, replace=True)]}
+    radvar.seed(5)
+    pushed = propagated(model, batch, F.cross_entropy, sites, 2000)
+    radvar.seed(6)
+    averaged = propagated(model, batch, F.cross_entropy, sites, Probes(2, directions=48))
+    assert {e.method for name in sites for e in averaged[name]} == {method_label(0, 48)}
+    assert len(_agreeing(pushed, averaged)) == 5
+    monkeypatch.setattr(Subsample, "independent_entries", property(lambda self: True))
+    monkeypatch.setattr(Subsample, "entry_variance",
+                        lambda self, x: x.square() * (x.shape[-1] / kept_count(self.keep, x.shape[-1]) - 1))
+    radvar.seed(6)
+    wrong = propagated(model, batch, F.cross_entropy, {"act1": [Subsample(0.5, replace=True)]},
+                       Probes(2, directions=48))["act1"][0]
+    right = pushed["act1"][2]
+    assert abs(wrong.variance - right.variance) > 8 * math.hypot(wrong.se, right.se)
 
 
 def test_layer_norm_scores_averaged_over_its_two_sketches_agree_with_backward_probes():
@@ -94,20 +123,21 @@ def test_standard_errors_match_the_spread_over_seeds():
     if se is right; the se is an upper bound (by the probe x direction interaction), so only the upper end is
     tight: the bound below is halved."""
     model, batch = setup()
-    sites = {"act1": Quantize(2), "norm": Quantize(2), "act2": Subsample(0.5)}
+    sites = {"act1": [Quantize(2)], "norm": [Quantize(2), Subsample(0.5)], "act2": [Subsample(0.5)]}
     values, ses, totals, total_se = [], [], [], []
     for seed in range(40):
         radvar.seed(100 + seed)
         out = propagated(model, batch, F.cross_entropy, sites, Probes(8, directions=8))
-        ests = [out[n][0] for n in sites]
+        ests = [e for n in sites for e in out[n]]
         values.append([e.variance for e in ests])
         ses.append([e.se for e in ests])
         totals.append(sum(e.variance for e in ests))
         total_se.append(sum_se((e.se, e.shared) for e in ests))
     low, high = stats.chi2.ppf([0.001, 0.999], 39) / 39
-    for j, name in enumerate(sites):
+    assert {e.method for e in ests} == {method_label(0, 8), method_label(8, 8)}  # averaged, and probed (norm's
+    for j in range(len(ests)):                                                   # Subsample)
         ratio = np.var(np.array(values)[:, j], ddof=1) / np.mean(np.array(ses)[:, j] ** 2)
-        assert low / 2 < ratio < high, (name, ratio)
+        assert low / 2 < ratio < high, (ests[j].sketch, ratio)
     ratio = np.var(totals, ddof=1) / np.mean(np.square(total_se))
     assert low / 2 < ratio < high, ratio
 
@@ -119,7 +149,7 @@ def test_minibatch_standard_errors_match_the_spread_over_seeds():
     model = setup()[0]
     gen = torch.Generator().manual_seed(3)
     x, y = torch.randn(48, 5, dtype=torch.float64, generator=gen), torch.arange(48) % 3
-    plan = radvar.Plan({"act1": Quantize(2), "norm": Quantize(2), "act2": Subsample(0.5)})
+    plan = radvar.Plan({"act1": Quantize(2), "norm": Subsample(0.5), "act2": Subsample(0.5)})
     rows, totals = [], []
     for seed in range(40):
         radvar.seed(200 + seed)
@@ -127,7 +157,7 @@ def test_minibatch_standard_errors_match_the_spread_over_seeds():
         rows.append(rep.per_layer.set_index("layer").loc[list(plan), ["rad_variance", "rad_se"]].to_numpy())
         totals.append(rep.total[["rad_variance", "rad_se"]].to_numpy()[0])
     methods = rep.per_layer.set_index("layer")["method"]
-    assert methods["act1"] == methods["norm"] == method_label(0, 4, 4) and methods["act2"] == method_label(4, 4, 4)
+    assert methods["act1"] == methods["act2"] == method_label(0, 4, 4) and methods["norm"] == method_label(4, 4, 4)
     low, high = stats.chi2.ppf([0.001, 0.999], 39) / 39
     for series in [*np.stack(rows).transpose(1, 0, 2), np.array(totals)]:
         ratio = np.var(series[:, 0], ddof=1) / np.mean(series[:, 1] ** 2)
@@ -154,11 +184,12 @@ def test_fewer_directions_where_their_tangents_would_not_fit(monkeypatch):
     module = sys.modules["radvar.variance.propagated"]  # the package exports the function under the same name
     model, batch = setup()
     per = 2 * 12 * 8 * 8  # the GELU's and the norm's inputs: 12 x 8 float64 each
-    for room, method in [(3 * per, method_label(4, 3)), (2 * per - 1, method_label(4))]:
+    for room, act1, norm in [(3 * per, method_label(0, 3), method_label(4, 3)),
+                             (2 * per - 1, method_label(4), method_label(4))]:
         monkeypatch.setattr(module, "DIRECTION_BYTES", room)
         out = propagated(model, batch, F.cross_entropy, {"act1": Subsample(0.5), "norm": Subsample(0.5)},
                          Probes(4, directions=8))
-        assert {e[0].method for e in out.values()} == {method}
+        assert (out["act1"][0].method, out["norm"][0].method) == (act1, norm)  # the GELU's averaged over its sketch
 
 
 class Doubled(torch.autograd.Function):
@@ -241,7 +272,7 @@ def test_forward_mode_passes_stop_after_the_last_site_call():
     model.lin4.register_forward_pre_hook(lambda mod, args: calls.append(1))
     out = propagated(model, batch, F.cross_entropy, {"act1": Subsample(0.5), "act2": Subsample(0.5)},
                      Probes(2, directions=3))
-    assert {e[0].method for e in out.values()} == {method_label(2, 3)} and len(calls) == 1
+    assert {e[0].method for e in out.values()} == {method_label(0, 3)} and len(calls) == 1
 
 
 def test_no_forward_mode_pass_without_a_sketch_to_probe(monkeypatch):

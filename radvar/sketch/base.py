@@ -91,6 +91,7 @@ class Sketch(abc.ABC):
     registry: ClassVar[dict[str, type["Sketch"]]] = {}  # filled by radvar.sketch.registry.family
     leading: ClassVar[str] = "keep"  # the field the CLI's KIND:VALUE sets
     needs_entries: ClassVar[bool] = False
+    mixes_features: ClassVar[bool] = False  # whether variance() reads ViewStats' mix moments (a projection)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", check_keep(self.keep, type(self).__name__))

@@ -33,6 +33,7 @@ class Projection(Sketch):
 
     dist: str = dataclasses.field(default="rademacher", metadata={"choices": DISTS})
     kind = "projection"
+    mixes_features = True
 
     def check(self) -> None:
         if self.dist not in DISTS:

@@ -33,6 +33,9 @@ Optional:
   then, checked here): per-entry statistics built once per captured view from ``x``,
   the (rows, n) view in float64, and ``weight``, the per-entry w_rf = ‖C_rf‖² / x_rf²
   (broadcastable to x); read with ``view.entries(cls)``;
+* ``mixes_features = True`` where ``variance`` reads the view's ``mix`` moments (a
+  projection); the sketch-averaged propagated scores use the column and row totals
+  alone for families with neither flag;
 * ``sweep(keeps)``: the tuner's candidates of the family (default: one per keep);
 * ``exact``: when the sketch is the identity (default: keep = 1).
 

@@ -52,7 +52,11 @@ d = f'(t) for its argument t and returns ``g ⊙ d̂``, so ``ε = g ⊙ (d̂ −
 the sketch draws the entries of d̂ independently (:attr:`Sketch.independent_entries`:
 Quantize, Bernoulli and Importance per example), the expectation of a direction's
 score over the sketch is known: ``E⟨J_kᵀz, ε⟩² = Σ_i (J_kᵀz)_i² g_i² Var(d̂_i)``
-(:meth:`Sketch.entry_variance`). Each call is run once with the sketch to read d and g
+(:meth:`Sketch.entry_variance`). Where the sketch keeps entries of d̂ and rescales them
+(Subsample, Bernoulli with one mask for all rows), ``⟨J_kᵀz, ε⟩`` is its error on the total
+of the contributions ``C = J_kᵀz ⊙ g ⊙ d``, whose mean square is the sketch's own closed
+form (:meth:`Sketch.variance`) from the column and row totals of C. Each call is run once
+with the sketch to read d and g
 (:func:`radvar.ops._kept.recording`), and the estimate is the mean of these
 Z scores: unbiased, with only the direction noise (no probes; ``propagated
 (sketch averaged, Z directions)``). A LayerNorm or RMSNorm keeps two independent sketches
@@ -101,6 +105,7 @@ from ..ops._kept import recording, rows_view
 from ..ops.activation import SketchedCall
 from ..ops.norm import NormCall
 from ..sketch import Sketch
+from ..sketch.moments import ViewStats
 from .capture import batch_loss, require_finite
 from .dropout import held
 
@@ -290,7 +295,8 @@ class _Site:
         self.calls: list[_Call] = []
         self.reference: list | None = None  # the calls run exactly (the probes' baseline), computed once
         self.start = 0  # the position in the exact pass's dropout keys where the running call began
-        self.averaged: bool | None = None  # whether its estimates average over the sketch (None: not known)
+        self.averaged: type | bool | None = None  # the record type of its calls where its estimates average
+        # over the sketch (SketchedCall, NormCall), False where they cannot, None: not known yet
 
     @property
     def type(self) -> str:
@@ -632,11 +638,13 @@ def _scores(errors: tuple[list[torch.Tensor], list[torch.Tensor], dict[int, torc
 def _averaged_scores(site: _Site, sketch: Sketch, directions: _Directions, index: dict[int, int]
                      ) -> torch.Tensor | None:
     """The Z direction scores of a site averaged over the sketch in closed form (module docstring, *Averaged
-    over the sketch*), or None where that does not apply: a sketch whose entries are not drawn independently,
-    or a site whose calls are not each one sketched derivative of its argument (:func:`_elementwise_scores`)
-    or one row-layout norm of it (:func:`_norm_scores`). Each call is run once with the sketch, recording
-    what its error is made of; the calls' draws are independent, so their scores add."""
-    if site.averaged is False or not sketch.independent_entries:
+    over the sketch*), or None where that does not apply: a site whose calls are not each one sketched
+    derivative of its argument (:func:`_elementwise_scores`: sketches with independent entries or totals-only
+    closed forms, :func:`_reads_totals`) or one row-layout norm of it (:func:`_norm_scores`: independent
+    entries). Each call is run once with the sketch, recording what its error is made of; the calls' draws
+    are independent, so their scores add."""
+    kind = site.averaged  # the record type its calls make, once known
+    if kind is False or not (sketch.independent_entries or (_reads_totals(sketch) and kind is not NormCall)):
         return None
     scores = torch.zeros(directions.count, dtype=torch.float64)
     for call in site.calls:
@@ -648,29 +656,64 @@ def _averaged_scores(site: _Site, sketch: Sketch, directions: _Directions, index
         t = call.grad_inputs[0]
         record = recorded[0] if len(recorded) == 1 and recorded[0].x.data_ptr() == t.data_ptr() \
             and recorded[0].x.numel() == t.numel() else None
-        part = None
         if isinstance(record, SketchedCall) and not site.own:
-            part = _elementwise_scores(record, sketch, tangents)
+            site.averaged, part = SketchedCall, _elementwise_scores(record, sketch, tangents)
         elif isinstance(record, NormCall):
-            part = _norm_scores(record, sketch, tangents, site, directions, index)
-        site.averaged = part is not None
+            site.averaged = NormCall
+            part = _norm_scores(record, sketch, tangents, site, directions, index) \
+                if sketch.independent_entries else None
+            if part is None and sketch.independent_entries:
+                site.averaged = False
+        else:
+            site.averaged, part = False, None
         if part is None:
             return None
         scores += part.cpu()
     return scores
 
 
-def _elementwise_scores(record: SketchedCall, sketch: Sketch, tangents: torch.Tensor) -> torch.Tensor:
-    """One call of an elementwise site, ε = g ⊙ (d̂ − d): E⟨J_kᵀz, ε⟩² = Σ_i (J_kᵀz)_i² g_i² Var(d̂_i)."""
-    part = torch.zeros(tangents.shape[0], dtype=torch.float64, device=tangents.device)
+def _reads_totals(sketch: Sketch) -> bool:
+    """Whether the sketch's closed-form variance reads only a view's column and row totals (neither per-entry
+    statistics nor feature-mixing moments): Subsample, Bernoulli."""
+    return not sketch.needs_entries and not sketch.mixes_features
+
+
+def _elementwise_scores(record: SketchedCall, sketch: Sketch, tangents: torch.Tensor) -> torch.Tensor | None:
+    """One call of an elementwise site, ε = g ⊙ (d̂ − d). With independent entries, E⟨J_kᵀz, ε⟩² =
+    Σ_i (J_kᵀz)_i² g_i² Var(d̂_i). Otherwise ⟨J_kᵀz, ε⟩ is the sketch's error on the total of the contributions
+    C = J_kᵀz ⊙ g ⊙ d of its (rows, n) view's entries (d̂ keeps entries of d, rescaled), so its mean square is
+    the sketch's own closed form (:meth:`Sketch.variance`) of one view whose contributions are these scalars:
+    Σ_f (Σ_r C_rf)², (Σ C)², Σ C² and Σ_r (Σ_f C_rf)². None where that is not finite."""
+    count, wide = tangents.shape[0], torch.float64
     d, g = record.derivative, record.grad
     if g is None:
+        return torch.zeros(count, dtype=wide, device=tangents.device)
+    if sketch.independent_entries:
+        part = torch.zeros(count, dtype=wide, device=tangents.device)
+        weight = (g.to(tangents.dtype).square() * sketch.entry_variance(rows_view(d)).reshape(d.shape)).reshape(-1)
+        for start in range(0, weight.numel(), _SQUARES):  # squares a slice at a time: no (Z, numel) temporary
+            columns = tangents[:, start:start + _SQUARES]
+            part += (columns.square() @ weight[start:start + _SQUARES].to(columns.dtype)).double()
         return part
-    weight = (g.to(tangents.dtype).square() * sketch.entry_variance(rows_view(d)).reshape(d.shape)).reshape(-1)
-    for start in range(0, weight.numel(), _SQUARES):  # squares a slice at a time: no (Z, numel) temporary
-        columns = tangents[:, start:start + _SQUARES]
-        part += (columns.square() @ weight[start:start + _SQUARES].to(columns.dtype)).double()
-    return part
+    view = rows_view(d)
+    rows, n = view.shape
+    c = g.to(tangents.dtype).reshape(rows, n) * view.to(tangents.dtype)
+    t = tangents.reshape(count, rows, n)
+    columns = torch.zeros(count, n, dtype=wide, device=tangents.device)
+    row_col = torch.zeros(count, dtype=wide, device=tangents.device)
+    row_tot = torch.zeros(count, dtype=wide, device=tangents.device)
+    step = max(1, _SQUARES // n)
+    for start in range(0, rows, step):  # a slice of rows at a time: no (Z, rows, n) temporary
+        w = t[:, start:start + step] * c[start:start + step]
+        columns += w.sum(1, dtype=wide)
+        row_tot += w.sum(2, dtype=wide).square().sum(1)
+        row_col += w.square_().sum((1, 2), dtype=wide)
+    totals = zip(columns.square().sum(1).tolist(), columns.sum(1).square().tolist(), row_col.tolist(),
+                 row_tot.tolist())
+    scores = torch.tensor([sketch.variance(ViewStats(rows, n, shared_col, shared_tot, rc, rt, math.nan, math.nan,
+                                                     "not measured"))[0]
+                           for shared_col, shared_tot, rc, rt in totals], dtype=wide)
+    return scores if bool(torch.isfinite(scores).all()) else None
 
 
 def _norm_scores(record: NormCall, sketch: Sketch, tangents: torch.Tensor, site: _Site, directions: _Directions,
