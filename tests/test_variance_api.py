@@ -41,6 +41,22 @@ def test_per_example_norms_match_torch_func():
     torch.testing.assert_close(sums["4"], per["4.weight"].sum(0).reshape(-1))
 
 
+def test_per_example_norms_do_not_depend_on_the_chunk():
+    """Chunks of 1, 4 and 9 examples give the same norms and sums, a training-mode BatchNorm normalising with
+    the statistics of all the examples in each (a model with other parameters and a per-example fast path)."""
+    model, x, y = _small()
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), model[1:]).double().train()
+    whole = per_example_sq_norms(model, x, y, CE)
+    for chunk in (1, 4, 9):
+        norms, sums = per_example_sq_norms(model, x, y, CE, chunk=chunk)
+        assert norms.keys() == whole[0].keys() and sums.keys() == whole[1].keys()
+        for k in norms:
+            torch.testing.assert_close(norms[k], whole[0][k])
+            torch.testing.assert_close(sums[k], whole[1][k])
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        per_example_sq_norms(model, x, y, CE, chunk=0)
+
+
 def test_per_example_norms_through_attention_say_nothing_about_batching_rules(recwarn):
     """vmap has no batching rule for CPU flash attention and loops inside torch, warning each call; the
     per-example norms (every radvar analyze of a transformer) keep that to themselves, and match a loop."""

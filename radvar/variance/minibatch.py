@@ -113,8 +113,8 @@ def _example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn:
     return torch.stack([loss.reshape(()) for loss in losses])
 
 
-def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         loss_fn: Callable) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                         chunk: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per example i, ‖∂ℓ_i/∂W‖² per Linear/Conv layer (weight) plus bias and ``(other parameters)``
     entries, and Σ_i ∂ℓ_i/∂θ per group (flattened), for ℓ_i = loss_fn(model(x_i), y_i).
 
@@ -122,9 +122,18 @@ def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     active dropout draws an independent mask per example, as in training (vmap ``randomness="different"``);
     the model's buffers and torch's global RNG are left as they were (:func:`untouched`). A model output
     of any structure is sliced per example (:func:`radvar.outputs.take`), so ``loss_fn`` sees one example.
+    ``chunk``: examples per forward and backward (default: all of ``x``); the results do not depend on it
+    (BatchNorm's statistics stay those of all of ``x``), only the memory the passes take.
     """
+    n = x.shape[0]
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"per_example_sq_norms: chunk must be a positive int or None, got {chunk!r}")
+    step = n if chunk is None else chunk
     with untouched(model, x.device), batch_stats_frozen(model, x):
-        return _sq_norms(model, x, y, loss_fn)
+        parts = [_sq_norms(model, x[s:s + step], y[s:s + step], loss_fn) for s in range(0, n, step)]
+    norms = {k: torch.cat([p[k] for p, _ in parts]) for k in parts[0][0]}
+    sums = {k: sum(g[k] for _, g in parts) for k in parts[0][1]}
+    return norms, sums
 
 
 def _affine_norms(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -344,7 +353,8 @@ def _minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
     norms: dict[str, torch.Tensor] = {}
     sums: dict[str, torch.Tensor] = {}
     for s in range(0, n, _CHUNK):
-        part_norms, part_sums = per_example_sq_norms(model, x[s:s + _CHUNK], y[s:s + _CHUNK], loss_fn)
+        part_norms, part_sums = per_example_sq_norms(model, x[s:s + _CHUNK], y[s:s + _CHUNK], loss_fn,
+                                                     chunk=batch_size)  # passes the size of the model's batches
         _require_finite_norms(part_norms, s)
         for k in part_norms:
             norms[k] = torch.cat([norms[k], part_norms[k]]) if k in norms else part_norms[k]
